@@ -1,0 +1,3 @@
+from genloom.core.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,428 @@
+"""Config composition and validation (OmegaConf YAML, no code execution).
+
+A config is a YAML file. ``defaults: [base.yaml, ...]`` (paths relative to the file) are merged
+first, then the file, then ``key=value`` command-line overrides. Component nodes
+``{name: ..., <fields>}`` are validated against their record's config dataclass before anything
+heavy is built. Errors are :class:`~genloom.core.errors.ConfigError` naming the config path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+from genloom.core.errors import ConfigError, closest
+
+#: Top-level config keys that hold one component node, and their kind.
+COMPONENT_KEYS = {
+    "data": "dataset",
+    "tokenizer": "tokenizer",
+    "head": "head",
+    "backbone": "backbone",
+    "objective": "objective",
+    "decoder": "decoder",
+}
+#: Top-level keys that hold a list of component nodes.
+LIST_KEYS = {"processors": "processor", "callbacks": "callback"}
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    """Training loop settings (passed on to ``lightning.Trainer``)."""
+
+    max_steps: int = 1000
+    """Optimizer steps to train for."""
+    max_time_minutes: float | None = None
+    """Stop after this many minutes of training (wall clock), whatever max_steps says."""
+    precision: str = "32"
+    """'32', 'bf16-mixed' or '16-mixed'."""
+    accelerator: str = "auto"
+    devices: int = 1
+    strategy: str = "auto"
+    """Lightning strategy: 'auto', 'ddp', 'ddp_spawn', 'fsdp'..."""
+    num_nodes: int = 1
+    gradient_clip_val: float | None = 1.0
+    accumulate_grad_batches: int = 1
+    val_every_steps: int = 200
+    val_batches: int | None = None
+    """Cap on validation batches per check (None: the whole split)."""
+    checkpoint_every_steps: int = 200
+    log_every_steps: int = 10
+    compile: bool = False
+    """Wrap the backbone in torch.compile."""
+    deterministic: bool = False
+    progress: bool = True
+    threads: int | None = None
+    """torch.set_num_threads for the run (None: torch's default)."""
+
+    def __post_init__(self):
+        allowed = ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64")
+        if str(self.precision) not in allowed:
+            raise ValueError(f"precision must be one of {', '.join(allowed)}, got '{self.precision}'")
+        if self.max_steps < 1:
+            raise ValueError("max_steps must be at least 1")
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    """AdamW with linear warmup and cosine decay (the default), or a constant rate."""
+
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "constant", "linear"] = "cosine"
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of lr (cosine and linear schedules)."""
+
+
+@dataclasses.dataclass
+class GenerateConfig:
+    """Defaults for ``genloom generate`` and the quickstart's sample."""
+
+    prompt: str = ""
+    max_new_tokens: int = 200
+    num_samples: int = 1
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """The top-level fields that are not components."""
+
+    seed: int = 0
+    run_dir: str | None = None
+    """Where the run writes its config, checkpoints and weights (default runs/<config name>)."""
+    logger: Literal["wandb", "csv", "none"] = "wandb"
+    """wandb runs offline unless WANDB_MODE says otherwise; it never asks for a login."""
+    project: str = "genloom"
+    kernels: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Pin a backend per op, e.g. {attention: sdpa}; unnamed ops pick the best usable backend."""
+
+
+SECTION_SCHEMAS = {"trainer": TrainerConfig, "optimizer": OptimizerConfig, "generate": GenerateConfig}
+
+
+# ---------------------------------------------------------------------------------------------
+# Composition
+# ---------------------------------------------------------------------------------------------
+
+def _load_yaml(path: Path):
+    from omegaconf import OmegaConf
+    import yaml
+
+    if not path.exists():
+        raise ConfigError(f"config file '{path}' does not exist")
+    text = path.read_text()
+    try:
+        yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"malformed YAML: {problem}", source=where) from None
+    try:
+        cfg = OmegaConf.create(text)
+    except Exception as exc:
+        raise ConfigError(f"could not read YAML: {exc}", source=str(path)) from None
+    if not isinstance(cfg, typing.cast(type, type(OmegaConf.create({})))):
+        raise ConfigError("the top level of a config must be a mapping", source=str(path))
+    return cfg
+
+
+def compose(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None):
+    """Compose a config: ``defaults`` includes, then the file, then ``key=value`` overrides."""
+    from omegaconf import OmegaConf
+
+    parts = [OmegaConf.create(base or {})]
+    if path is not None:
+        parts.extend(_compose_file(Path(path), seen=()))
+    cfg = OmegaConf.merge(*parts)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, _, value = item.partition("=")
+        try:
+            parsed = OmegaConf.from_dotlist([f"{key}={value}"])
+        except Exception as exc:
+            raise ConfigError(f"could not parse override '{item}': {exc}", path=key) from None
+        cfg = OmegaConf.merge(cfg, parsed)
+    if "defaults" in cfg:
+        del cfg["defaults"]
+    return cfg
+
+
+def _compose_file(path: Path, seen: tuple):
+    from omegaconf import OmegaConf
+
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError("config includes itself (defaults cycle)", source=str(path))
+    cfg = _load_yaml(path)
+    parts = []
+    includes = cfg.pop("defaults", None)
+    if includes is not None:
+        for inc in OmegaConf.to_container(includes):
+            if not isinstance(inc, str):
+                raise ConfigError(f"'defaults' entries must be file names, got {inc!r}", path="defaults", source=str(path))
+            target = (path.parent / inc)
+            if target.suffix == "":
+                target = target.with_suffix(".yaml")
+            parts.extend(_compose_file(target, seen + (path,)))
+    parts.append(cfg)
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+def _type_name(tp) -> str:
+    if tp is type(None):
+        return "null"
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in get_args(tp))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def convert(value: Any, tp, path: str):
+    """Check ``value`` against the annotation ``tp`` and convert it (int -> float, list -> tuple)."""
+    if tp is Any or tp is object:
+        return value
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            try:
+                return convert(value, arg, path)
+            except _Mismatch:
+                continue
+        raise _Mismatch(tp)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _Mismatch(tp)
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise _Mismatch(tp)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch(tp)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch(tp)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _Mismatch(tp)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # YAML reads 32 for precision: "32"
+        raise _Mismatch(tp)
+    if origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch(tp)
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise _Mismatch(tp)
+            return tuple(convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        items = [convert(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if (origin is tuple or tp is tuple) else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch(tp)
+        kt, vt = (get_args(tp) or (Any, Any))
+        return {convert(k, kt, path): convert(v, vt, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _Mismatch(tp)
+        return build_dataclass(tp, value, path)
+    if isinstance(value, tp):
+        return value
+    raise _Mismatch(tp)
+
+
+def build_dataclass(cls, values: dict, path: str, *, skip: tuple[str, ...] = ("name",), source: str | None = None):
+    """Validate ``values`` against dataclass ``cls`` and build it; errors name ``path``."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in values.items():
+        if key in skip:
+            continue
+        if key not in fields:
+            guess = closest(key, fields)
+            hint = f" Did you mean '{guess}'?" if guess else ""
+            allowed = ", ".join(fields) or "(none)"
+            raise ConfigError(f"unknown field '{key}' for {cls.__name__}.{hint} Allowed fields: {allowed}.", path=_join(path, key), source=source)
+        try:
+            kwargs[key] = convert(value, hints[key], _join(path, key))
+        except _Mismatch:
+            raise ConfigError(f"{value!r} ({type(value).__name__}) is not a valid {_type_name(hints[key])}", path=_join(path, key), source=source) from None
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"missing required field(s) {', '.join(repr(m) for m in missing)} of {cls.__name__}", path=path or None, source=source)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc), path=path or None, source=source) from None
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+@dataclasses.dataclass
+class ComponentSpec:
+    """A validated component node: its registry record and built config dataclass."""
+
+    path: str
+    record: Any
+    config: Any
+
+
+@dataclasses.dataclass
+class ValidatedConfig:
+    """The composed config (OmegaConf), the run settings and every component validated."""
+
+    raw: Any
+    run: RunConfig
+    sections: dict[str, Any]
+    components: dict[str, ComponentSpec]
+    lists: dict[str, list[ComponentSpec]]
+    extra: dict[str, Any]
+
+    def to_container(self) -> dict:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(self.raw, resolve=True)
+
+
+def validate_node(registry, kind: str, node, path: str) -> ComponentSpec:
+    if isinstance(node, str):
+        node = {"name": node}
+    if not isinstance(node, dict):
+        raise ConfigError(f"expected a component node {{name: ..., <fields>}} of kind {kind}, got {type(node).__name__}", path=path)
+    if "name" not in node or not isinstance(node["name"], str):
+        allowed = ", ".join(registry.names(kind))
+        raise ConfigError(f"component node has no 'name' (a {kind}; allowed: {allowed})", path=path)
+    record = registry.get(kind, node["name"], path=_join(path, "name"))
+    if record.kind == "kernel":
+        raise ConfigError("kernels are chosen under 'kernels: {op: backend}', not as nodes", path=path)
+    cfg = build_dataclass(record.config, node, path)
+    return ComponentSpec(path=path, record=record, config=cfg)
+
+
+def validate(cfg, registry=None) -> ValidatedConfig:
+    """Validate a composed config against the registry; nothing heavy is built."""
+    from omegaconf import OmegaConf
+
+    from genloom.core.plugins import get_registry
+
+    registry = registry or get_registry()
+    registry.hook().genloom_configure(config=cfg)
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as exc:
+        raise ConfigError(f"could not resolve interpolations: {exc}") from None
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    run = build_dataclass(RunConfig, {k: v for k, v in data.items() if k in run_fields}, "")
+    for op, backend in run.kernels.items():
+        names = [r.name for r in registry.kernels_for(op)]
+        if not names:
+            known = sorted({r.op for r in registry.components("kernel")})
+            raise ConfigError(f"unknown kernel op '{op}' (known: {', '.join(known)})", path=f"kernels.{op}")
+        if backend != "auto" and backend not in names:
+            guess = closest(backend, names)
+            raise ConfigError(f"unknown backend '{backend}' for op '{op}'.{' Did you mean ' + repr(guess) + '?' if guess else ''} Allowed: auto, {', '.join(names)}", path=f"kernels.{op}")
+    sections = {}
+    for key, schema in SECTION_SCHEMAS.items():
+        node = data.get(key) or {}
+        if not isinstance(node, dict):
+            raise ConfigError(f"expected a mapping, got {type(node).__name__}", path=key)
+        sections[key] = build_dataclass(schema, node, key, skip=())
+    components: dict[str, ComponentSpec] = {}
+    lists: dict[str, list[ComponentSpec]] = {}
+    single = dict(COMPONENT_KEYS)
+    many = dict(LIST_KEYS)
+    for kind in registry.kinds.values():
+        if kind.config_key:
+            (many if kind.many else single)[kind.config_key] = kind.name
+    for key, kind in single.items():
+        if data.get(key) is not None:
+            components[key] = validate_node(registry, kind, data[key], key)
+    for key, kind in many.items():
+        nodes = data.get(key) or []
+        if not isinstance(nodes, list):
+            raise ConfigError(f"expected a list of component nodes of kind {kind}", path=key)
+        lists[key] = [validate_node(registry, kind, n, f"{key}[{i}]") for i, n in enumerate(nodes)]
+    known = set(single) | set(many) | set(SECTION_SCHEMAS) | run_fields
+    extra = {k: v for k, v in data.items() if k not in known}
+    for key in extra:
+        guess = closest(key, known)
+        hint = f" Did you mean '{guess}'?" if guess else ""
+        raise ConfigError(f"unknown top-level key '{key}'.{hint} Allowed: {', '.join(sorted(known))}.", path=key)
+    return ValidatedConfig(raw=cfg, run=run, sections=sections, components=components, lists=lists, extra=extra)
+
+
+def load(path=None, overrides=None, registry=None) -> ValidatedConfig:
+    """Compose and validate in one call."""
+    return validate(compose(path, overrides), registry)
+
+
+def describe_fields(cls) -> list[dict]:
+    """Fields of a config dataclass with their types, defaults and docstrings (for ``genloom describe``)."""
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "<required>"
+        out.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default, "doc": docs.get(f.name, "")})
+    return out
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Attribute docstrings (a string literal right after a field), as litgpt and Sphinx read them."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant) and isinstance(nxt.value.value, str):
+                    docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs

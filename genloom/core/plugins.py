@@ -1,0 +1,242 @@
+"""The plugin manager and the component registry.
+
+Entry points of group ``genloom`` are loaded once, on the first call of :func:`get_registry`
+(never at ``import genloom``). A plugin that fails to import is reported in one line and the
+rest keep working; ``GENLOOM_STRICT_PLUGINS=1`` makes the failure fatal.
+``GENLOOM_LOAD_PLUGINS`` (a comma list; empty means none) limits which entry points load, and
+``GENLOOM_DISABLE_PLUGINS`` (what ``--disable-plugin`` sets) excludes some.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as metadata
+import logging
+import os
+import sys
+from collections import defaultdict
+
+import pluggy
+
+from genloom.core import hookspecs
+from genloom.core.errors import ConfigError, PluginError, closest
+from genloom.core.records import AUX_KINDS, CORE_KINDS, Component, ComponentKind, PluginInfo
+
+log = logging.getLogger("genloom.plugins")
+
+hookimpl = pluggy.HookimplMarker("genloom")
+ENTRY_POINT_GROUP = "genloom"
+
+# hook name -> the kind its records must have
+KIND_HOOKS = {
+    "genloom_tokenizers": "tokenizer",
+    "genloom_backbones": "backbone",
+    "genloom_heads": "head",
+    "genloom_objectives": "objective",
+    "genloom_decoders": "decoder",
+    "genloom_kernels": "kernel",
+    "genloom_logits_processors": "processor",
+    "genloom_datasets": "dataset",
+    "genloom_callbacks": "callback",
+    "genloom_components": None,
+}
+
+
+class Registry:
+    """All components offered by the loaded plugins, by kind and name."""
+
+    def __init__(self, pm: pluggy.PluginManager, plugins: dict[str, PluginInfo]):
+        self.pm = pm
+        self.plugins = plugins
+        self.kinds: dict[str, ComponentKind] = {k: ComponentKind(name=k, plugin="genloom") for k in CORE_KINDS + AUX_KINDS}
+        self._by_kind: dict[str, dict[str, list[Component]]] = defaultdict(lambda: defaultdict(list))
+        self._collect()
+
+    # -- building -----------------------------------------------------------------------
+    def _collect(self) -> None:
+        for impl in self.pm.hook.genloom_component_kinds.get_hookimpls():
+            for kind in impl.function() or []:
+                if kind.name in self.kinds:
+                    other = self.kinds[kind.name].plugin
+                    raise PluginError(f"plugin '{impl.plugin_name}' declares component kind '{kind.name}', already declared by '{other}'")
+                self.kinds[kind.name] = ComponentKind(kind.name, kind.summary, kind.config_key, kind.many, impl.plugin_name)
+        for hook_name, kind in KIND_HOOKS.items():
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                info = self.plugins.get(impl.plugin_name)
+                dist = info.distribution if info else impl.plugin_name
+                version = info.version if info else ""
+                try:
+                    records = impl.function() or []
+                except Exception as exc:  # a broken hook is reported like a broken import
+                    self._fail(impl.plugin_name, exc)
+                    continue
+                for rec in records:
+                    if not isinstance(rec, Component):
+                        raise PluginError(f"plugin '{impl.plugin_name}' hook {hook_name} returned {type(rec).__name__}, expected a genloom.core.records.Component")
+                    if kind is not None and rec.kind != kind:
+                        raise PluginError(f"plugin '{impl.plugin_name}' hook {hook_name} returned a record of kind '{rec.kind}', expected '{kind}'")
+                    if rec.kind not in self.kinds:
+                        raise PluginError(f"plugin '{impl.plugin_name}' offers '{rec.name}' of unknown kind '{rec.kind}' (known: {', '.join(self.kinds)})")
+                    rec = rec.stamped(impl.plugin_name, dist, version)
+                    self._by_kind[rec.kind][rec.key].append(rec)
+                    if info is not None:
+                        info.components.append(rec)
+                if info is not None and hook_name not in info.hooks:
+                    info.hooks.append(hook_name)
+
+    def _fail(self, plugin: str, exc: BaseException) -> None:
+        info = self.plugins.get(plugin)
+        if info is not None:
+            info.error = f"{type(exc).__name__}: {exc}"
+            info.components.clear()
+        _report_failure(plugin, info.distribution if info else plugin, info.version if info else "", exc)
+
+    # -- queries ------------------------------------------------------------------------
+    def components(self, kind: str | None = None) -> list[Component]:
+        kinds = [kind] if kind else list(self.kinds)
+        out = []
+        for k in kinds:
+            for recs in self._by_kind.get(k, {}).values():
+                out.extend(recs)
+        return sorted(out, key=lambda c: (c.kind, c.key, c.plugin))
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._by_kind.get(kind, {}))
+
+    def failed(self) -> list[PluginInfo]:
+        return [p for p in self.plugins.values() if p.error]
+
+    def kernels_for(self, op: str) -> list[Component]:
+        recs = [r for rs in self._by_kind.get("kernel", {}).values() for r in rs if r.op == op]
+        return sorted(recs, key=lambda r: -r.priority)
+
+    def get(self, kind: str, name: str, *, path: str | None = None) -> Component:
+        """The component ``name`` of ``kind``; ``plugin:name`` picks among plugins offering the same name.
+
+        Raises :class:`ConfigError` naming ``path`` with the allowed names, the closest match and
+        any plugin that failed to load (its error chained).
+        """
+        if kind not in self.kinds:
+            raise ConfigError(f"unknown component kind '{kind}' (known: {', '.join(self.kinds)})", path=path)
+        plugin = None
+        bare = name
+        if ":" in name:
+            plugin, _, bare = name.partition(":")
+        candidates = self._by_kind.get(kind, {}).get(bare, [])
+        if plugin is not None:
+            candidates = [c for c in candidates if c.plugin == plugin]
+        if len(candidates) == 1:
+            return candidates[0]
+        if len(candidates) > 1:
+            both = " and ".join(f"'{c.qualified_name}' ({c.distribution} {c.version})" for c in candidates)
+            raise ConfigError(f"{kind} '{name}' is offered by more than one plugin: {both}. Name one of them as plugin:name.", path=path)
+        allowed = self.names(kind)
+        listing = ", ".join(f"{n} ({'/'.join(c.plugin for c in self._by_kind[kind][n])})" for n in allowed) or "none"
+        msg = f"unknown {kind} '{name}'."
+        guess = closest(bare, allowed)
+        if guess:
+            msg += f" Did you mean '{guess}'?"
+        msg += f" Allowed: {listing}."
+        failed = self.failed()
+        cause = None
+        if failed:
+            msg += " Plugins that failed to load: " + "; ".join(f"{p.name} ({p.distribution} {p.version}): {p.error}" for p in failed) + "."
+            cause = getattr(failed[0], "exception", None)
+        err = ConfigError(msg, path=path)
+        if cause is not None:
+            raise err from cause
+        raise err
+
+    def hook(self):
+        return self.pm.hook
+
+
+def _report_failure(name: str, dist: str, version: str, exc: BaseException) -> None:
+    line = f"genloom: plugin '{name}' ({dist} {version}) failed to load: {type(exc).__name__}: {exc}"
+    if os.environ.get("GENLOOM_STRICT_PLUGINS", "") not in ("", "0"):
+        raise PluginError(line) from exc
+    print(line, file=sys.stderr)
+
+
+def _entry_points():
+    eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    seen = set()
+    for ep in eps:
+        key = (ep.name, ep.value)
+        if key in seen:  # an editable install can list the same entry point twice
+            continue
+        seen.add(key)
+        yield ep
+
+
+def _allowed(name: str) -> bool:
+    only = os.environ.get("GENLOOM_LOAD_PLUGINS")
+    if only is not None:
+        allowed = {p.strip() for p in only.split(",") if p.strip()}
+        if name not in allowed:
+            return False
+    disabled = {p.strip() for p in os.environ.get("GENLOOM_DISABLE_PLUGINS", "").split(",") if p.strip()}
+    return name not in disabled
+
+
+def make_plugin_manager(extra: dict[str, object] | None = None, *, entry_points: bool = True) -> tuple[pluggy.PluginManager, dict[str, PluginInfo]]:
+    """A fresh plugin manager with the entry-point plugins (and ``extra`` name -> module/object) registered."""
+    pm = pluggy.PluginManager("genloom")
+    pm.add_hookspecs(hookspecs)
+    infos: dict[str, PluginInfo] = {}
+    if entry_points:
+        for ep in _entry_points():
+            if not _allowed(ep.name):
+                continue
+            dist = ep.dist.name if ep.dist else "?"
+            version = ep.dist.version if ep.dist else "?"
+            info = PluginInfo(name=ep.name, distribution=dist, version=version, module=ep.value)
+            infos[ep.name] = info
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                info.error = f"{type(exc).__name__}: {exc}"
+                info.exception = exc  # type: ignore[attr-defined]
+                _report_failure(ep.name, dist, version, exc)
+                continue
+            pm.register(plugin, name=ep.name)
+    for name, plugin in (extra or {}).items():
+        if isinstance(plugin, str):
+            plugin = importlib.import_module(plugin)
+        infos[name] = PluginInfo(name=name, distribution=name, version="", module=getattr(plugin, "__name__", repr(plugin)))
+        pm.register(plugin, name=name)
+    pm.hook.genloom_addhooks.call_historic(kwargs={"pluginmanager": pm})
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"{exc} (a hook implementation whose name matches no genloom hook: check the spelling)") from exc
+    return pm, infos
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry; loads the entry-point plugins on first call."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        pm, infos = make_plugin_manager()
+        _REGISTRY = Registry(pm, infos)
+    return _REGISTRY
+
+
+def set_registry(registry: Registry | None) -> Registry | None:
+    """Replace the process-wide registry (tests use this); returns the previous one."""
+    global _REGISTRY
+    old, _REGISTRY = _REGISTRY, registry
+    return old
+
+
+def registry_with(*plugins, entry_points: bool = True) -> Registry:
+    """A registry with extra in-process plugins (modules or objects with hookimpls) beside the entry points."""
+    extra = {}
+    for i, p in enumerate(plugins):
+        name = getattr(p, "__name__", None) or f"plugin{i}"
+        extra[name] = p
+    pm, infos = make_plugin_manager(extra, entry_points=entry_points)
+    return Registry(pm, infos)

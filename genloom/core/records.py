@@ -1,0 +1,171 @@
+"""Typed records that plugins return from their hooks.
+
+A record describes a component without building it: its name, a lazy factory
+(``"module:attr"``, imported only when the component is built), its config dataclass, a one-line
+summary and the paper it implements. The plugin manager stamps each record with the plugin,
+distribution and version that supplied it.
+
+Keep config dataclasses in torch-free modules (a plugin's ``__init__.py`` or ``config.py``) so
+that listing and validating configs never imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The six core component kinds, in build order.
+CORE_KINDS = ("tokenizer", "head", "backbone", "objective", "decoder", "kernel")
+#: Further kinds the core manages the same way (contributed by their own hooks).
+AUX_KINDS = ("processor", "dataset", "callback")
+
+
+@dataclass(frozen=True)
+class Paper:
+    """The paper a component implements."""
+
+    title: str
+    year: int | None = None
+    arxiv: str | None = None
+    url: str | None = None
+
+    def cite(self) -> str:
+        parts = [self.title]
+        if self.year:
+            parts.append(f"({self.year})")
+        if self.arxiv:
+            parts.append(f"arXiv:{self.arxiv}")
+        return " ".join(parts)
+
+
+@dataclass
+class NoConfig:
+    """Config of a component that has no fields."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """One buildable component of some kind.
+
+    ``factory`` is ``"module:attr"``; ``attr`` is called as ``attr(config, ctx)`` with the
+    validated config dataclass and the :class:`~genloom.core.context.BuildContext`.
+    For kernels, ``op`` names the operation the backend implements and ``priority`` orders
+    automatic selection (higher first).
+    """
+
+    kind: str
+    name: str
+    factory: str
+    config: type = NoConfig
+    summary: str = ""
+    paper: Paper | None = None
+    op: str | None = None
+    priority: int = 0
+    # Stamped by the plugin manager:
+    plugin: str = ""
+    distribution: str = ""
+    version: str = ""
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.plugin}:{self.name}" if self.plugin else self.name
+
+    @property
+    def key(self) -> str:
+        """Registry key within the kind (kernels are keyed ``op/backend``)."""
+        return f"{self.op}/{self.name}" if self.kind == "kernel" and self.op else self.name
+
+    def stamped(self, plugin: str, distribution: str, version: str) -> "Component":
+        return dataclasses.replace(self, plugin=plugin, distribution=distribution, version=version)
+
+    def load_factory(self):
+        import importlib
+
+        module, _, attr = self.factory.partition(":")
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "name": self.name,
+            "summary": self.summary,
+            "plugin": self.plugin,
+            "distribution": self.distribution,
+            "version": self.version,
+            "config": self.config.__name__,
+            "paper": dataclasses.asdict(self.paper) if self.paper else None,
+        }
+        if self.kind == "kernel":
+            out.update(op=self.op, priority=self.priority)
+        return out
+
+
+def _kind_record(kind: str):
+    def make(name: str, factory: str, config: type = NoConfig, summary: str = "", paper: Paper | None = None, **extra) -> Component:
+        return Component(kind=kind, name=name, factory=factory, config=config, summary=summary, paper=paper, **extra)
+
+    make.__name__ = kind
+    make.__doc__ = f"A :class:`Component` record of kind ``{kind}``."
+    return make
+
+
+tokenizer = _kind_record("tokenizer")
+backbone = _kind_record("backbone")
+head = _kind_record("head")
+objective = _kind_record("objective")
+decoder = _kind_record("decoder")
+processor = _kind_record("processor")
+dataset = _kind_record("dataset")
+callback = _kind_record("callback")
+
+
+def kernel(op: str, name: str, factory: str, config: type = NoConfig, summary: str = "", paper: Paper | None = None, priority: int = 0) -> Component:
+    """A kernel record: backend ``name`` of operation ``op``."""
+    return Component(kind="kernel", name=name, factory=factory, config=config, summary=summary, paper=paper, op=op, priority=priority)
+
+
+@dataclass(frozen=True)
+class ComponentKind:
+    """A component kind a plugin adds (beside the six core kinds).
+
+    Its components come from the generic ``genloom_components`` hook with ``kind=name``; the
+    registry, config validation and listing then work for it as for the core kinds.
+    ``config_key`` is the top-level config key holding a node (or list of nodes, if ``many``).
+    """
+
+    name: str
+    summary: str = ""
+    config_key: str | None = None
+    many: bool = False
+    plugin: str = ""
+
+
+@dataclass
+class PluginInfo:
+    """One loaded (or failed) plugin."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+    error: str | None = None
+    components: list[Component] = field(default_factory=list)
+    hooks: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        papers = {c.paper.cite() for c in self.components if c.paper}
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "module": self.module,
+            "ok": self.error is None,
+            "error": self.error,
+            "hooks": self.hooks,
+            "papers": sorted(papers),
+            "components": [{"kind": c.kind, "name": c.key} for c in self.components],
+        }

@@ -1,0 +1,29 @@
+"""Accelerator kernel plugins: implementations of named ops, each beside a PyTorch reference.
+
+Ops and backends (higher priority wins when usable; config ``kernels: {op: backend}`` pins one):
+
+- ``attention``: ``reference`` (plain PyTorch math), ``sdpa`` (torch's scaled_dot_product_attention),
+  ``flex`` (FlexAttention block masks from the pattern's ``allowed``), ``xformers`` (CUDA only,
+  detected at run time).
+- ``selective_scan``: ``reference`` (step-by-step recurrence), ``chunked`` (PyTorch chunked
+  parallel scan), ``triton`` (a Triton kernel; CPU through ``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+from genloom.core import hookimpl, records
+
+_REF = "genloom.kernels.attention"
+
+
+@hookimpl
+def genloom_kernels():
+    return [
+        records.kernel("attention", "reference", f"{_REF}:make_reference", summary="Plain PyTorch attention math; the definition every backend is tested against.", priority=0),
+        records.kernel("attention", "flex", f"{_REF}:make_flex", summary="FlexAttention with block masks built from the pattern's allowed().", priority=5),
+        records.kernel("attention", "sdpa", f"{_REF}:make_sdpa", summary="torch.nn.functional.scaled_dot_product_attention (is_causal fast path).", priority=10),
+        records.kernel("attention", "xformers", f"{_REF}:make_xformers", summary="xformers memory-efficient attention (CUDA; causal and block-diagonal biases).", priority=30),
+        records.kernel("selective_scan", "reference", "genloom.kernels.selective_scan:make_reference", summary="Mamba's selective scan as a step-by-step recurrence.", priority=0),
+        records.kernel("selective_scan", "chunked", "genloom.kernels.selective_scan:make_chunked", summary="Chunked parallel selective scan in PyTorch.", priority=10),
+        records.kernel("selective_scan", "triton", "genloom.kernels.selective_scan:make_triton", summary="Triton selective-scan kernel (CUDA, or CPU with TRITON_INTERPRET=1).", priority=20),
+    ]

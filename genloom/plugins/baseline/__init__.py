@@ -1,0 +1,288 @@
+"""Baseline components that are no paper's contribution.
+
+Byte-level and BPE tokenizers, a decoder-only transformer (RMSNorm, rotary positions, SwiGLU,
+grouped-query attention, KV cache; the Llama layout, so Hugging Face Llama checkpoints convert
+by renaming), the LM head, the next-token objective, sampling/greedy/beam decoders, the usual
+logits processors, embedded data sets and a few Lightning callbacks. They register through the
+same hooks as every other plugin.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from genloom.core import hookimpl, records
+
+_P = "genloom.plugins.baseline"
+
+
+# -- tokenizers ------------------------------------------------------------------------------
+@dataclass
+class BytesConfig:
+    """Byte-level tokenizer: ids 0-255 are bytes; 256 is end-of-sequence."""
+
+    add_eos: bool = True
+    """Append the end-of-sequence id after each document."""
+
+
+@dataclass
+class BpeConfig:
+    """Byte-level BPE trained with Hugging Face ``tokenizers`` on the data set's training split."""
+
+    vocab_size: int = 1024
+    """Size of the trained vocabulary (including the end-of-sequence token)."""
+    min_frequency: int = 2
+    max_train_bytes: int = 4_000_000
+    """Train the merges on at most this many bytes of the training split."""
+    add_eos: bool = True
+
+    def __post_init__(self):
+        if self.vocab_size < 260:
+            raise ValueError(f"vocab_size must be at least 260 (256 bytes + specials), got {self.vocab_size}")
+
+
+# -- backbone / head / objective ----------------------------------------------------------------
+@dataclass
+class TransformerConfig:
+    """Decoder-only transformer in the Llama layout."""
+
+    d_model: int = 256
+    """Model width; published to later components as ``ctx.d_model``."""
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    """Key/value heads for grouped-query attention (None: n_heads, i.e. multi-head)."""
+    ffn_hidden: int | None = None
+    """SwiGLU hidden width (None: 8/3 d_model rounded up to a multiple of 32)."""
+    rope: bool = True
+    """Rotary position embeddings; False gives a position-free (permutation-equivariant) encoder."""
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    final_norm: bool = True
+    """RMSNorm after the last block (Llama's model.norm)."""
+
+    def __post_init__(self):
+        kv = self.n_kv_heads or self.n_heads
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.n_heads % kv:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({kv})")
+
+    def bind(self, ctx):
+        ctx.set("d_model", self.d_model)
+
+
+@dataclass
+class LmHeadConfig:
+    """Token embedding in, logits out."""
+
+    tie_weights: bool = True
+    """Share the embedding matrix with the output projection."""
+    init_std: float = 0.02
+
+
+@dataclass
+class NextTokenConfig:
+    """Next-token prediction (causal language modelling)."""
+
+    label_smoothing: float = 0.0
+
+
+# -- decoders ---------------------------------------------------------------------------------
+@dataclass
+class SamplingConfig:
+    """Ancestral sampling from the head's distribution (after the processors)."""
+
+
+@dataclass
+class GreedyConfig:
+    """Take the most likely token at each step."""
+
+
+@dataclass
+class BeamConfig:
+    """Beam search over the model's log-probabilities."""
+
+    num_beams: int = 4
+    length_penalty: float = 1.0
+    """Hypothesis score = log-prob / length**length_penalty."""
+
+
+# -- processors ------------------------------------------------------------------------------
+@dataclass
+class TemperatureConfig:
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0 (use the greedy decoder for temperature 0)")
+
+
+@dataclass
+class TopKConfig:
+    k: int = 50
+
+
+@dataclass
+class TopPConfig:
+    p: float = 0.9
+
+    def __post_init__(self):
+        if not 0 < self.p <= 1:
+            raise ValueError(f"p must be in (0, 1], got {self.p}")
+
+
+@dataclass
+class MinPConfig:
+    p: float = 0.05
+
+
+@dataclass
+class RepetitionPenaltyConfig:
+    penalty: float = 1.2
+    """Divide positive (multiply negative) logits of tokens already in the sequence by this."""
+
+
+# -- data ---------------------------------------------------------------------------------------
+@dataclass
+class TextDataConfig:
+    seq_len: int = 256
+    """Tokens per training window (the model sees seq_len inputs and seq_len targets)."""
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class PyStdlibConfig(TextDataConfig):
+    """The Python standard library's own ``.py`` files as bytes, split by file."""
+
+    max_train_bytes: int = 8_000_000
+    """Use at most this many bytes of training files (chosen deterministically)."""
+    max_eval_bytes: int = 400_000
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+
+    def bind(self, ctx):
+        ctx.set("seq_len", self.seq_len)
+
+
+@dataclass
+class TextFilesConfig(TextDataConfig):
+    """Your own local text files or folders (recursively), split by file."""
+
+    paths: list[str] = field(default_factory=list)
+    glob: str = "*"
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    max_train_bytes: int | None = None
+
+    def __post_init__(self):
+        if not self.paths:
+            raise ValueError("paths must list at least one file or folder")
+
+    def bind(self, ctx):
+        ctx.set("seq_len", self.seq_len)
+
+
+# -- callbacks -----------------------------------------------------------------------------------
+@dataclass
+class EarlyStoppingConfig:
+    monitor: str = "val/loss"
+    patience: int = 3
+    min_delta: float = 0.0
+
+
+@dataclass
+class SampleCallbackConfig:
+    """Print a generated sample at each validation."""
+
+    prompt: str = ""
+    max_new_tokens: int = 64
+
+
+def _optional(module: str, *names: str):
+    """Config classes from a sibling module, or None while that module is not present."""
+    try:
+        mod = importlib.import_module(f"{_P}.{module}")
+    except ImportError:
+        return None
+    return tuple(getattr(mod, n) for n in names)
+
+
+@hookimpl
+def genloom_tokenizers():
+    return [
+        records.tokenizer("bytes", f"{_P}.tokenizers:build_bytes", BytesConfig, "Byte-level tokenizer (exact round trip of any bytes)."),
+        records.tokenizer("bpe", f"{_P}.tokenizers:build_bpe", BpeConfig, "Byte-level BPE trained with Hugging Face tokenizers on the training split."),
+    ]
+
+
+@hookimpl
+def genloom_backbones():
+    return [records.backbone("transformer", f"{_P}.transformer:build", TransformerConfig, "Decoder-only transformer: RMSNorm, RoPE, SwiGLU, GQA, KV cache.")]
+
+
+@hookimpl
+def genloom_heads():
+    out = [records.head("lm", f"{_P}.heads:build_lm", LmHeadConfig, "Token embedding and (optionally tied) output projection with a categorical distribution.")]
+    cfgs = _optional("series_config", "ForecastHeadConfig")
+    if cfgs:
+        out.append(records.head("forecast", f"{_P}.forecast:build_forecast_head", cfgs[0], "Projects each variate token's hidden state to the forecast horizon."))
+    return out
+
+
+@hookimpl
+def genloom_objectives():
+    out = [records.objective("next-token", f"{_P}.objectives:build_next_token", NextTokenConfig, "Next-token cross-entropy with perplexity and bits-per-byte.")]
+    cfgs = _optional("series_config", "MseObjectiveConfig")
+    if cfgs:
+        out.append(records.objective("mse", f"{_P}.forecast:build_mse_objective", cfgs[0], "Mean squared forecasting error (MAE reported)."))
+    return out
+
+
+@hookimpl
+def genloom_decoders():
+    return [
+        records.decoder("sampling", f"{_P}.decoders:build_sampling", SamplingConfig, "Ancestral sampling, one token per step, with a KV cache."),
+        records.decoder("greedy", f"{_P}.decoders:build_greedy", GreedyConfig, "Most likely token at each step."),
+        records.decoder("beam", f"{_P}.decoders:build_beam", BeamConfig, "Beam search (reorders the incremental state across the batch)."),
+    ]
+
+
+@hookimpl
+def genloom_logits_processors():
+    return [
+        records.processor("temperature", f"{_P}.processors:build_temperature", TemperatureConfig, "Divide logits by a temperature."),
+        records.processor("top-k", f"{_P}.processors:build_top_k", TopKConfig, "Keep the k most likely tokens."),
+        records.processor("top-p", f"{_P}.processors:build_top_p", TopPConfig, "Nucleus: keep the smallest set with probability >= p."),
+        records.processor("min-p", f"{_P}.processors:build_min_p", MinPConfig, "Keep tokens with probability >= p x the top probability."),
+        records.processor("repetition-penalty", f"{_P}.processors:build_repetition_penalty", RepetitionPenaltyConfig, "Penalise tokens already present in the sequence."),
+    ]
+
+
+@hookimpl
+def genloom_datasets():
+    out = [
+        records.dataset("pystdlib", f"{_P}.data:build_pystdlib", PyStdlibConfig, "The Python standard library's source files as bytes (split by file)."),
+        records.dataset("text-files", f"{_P}.data:build_text_files", TextFilesConfig, "Local text files or folders (split by file)."),
+    ]
+    images = _optional("images_config", "DigitsConfig", "SampleImagesConfig")
+    if images:
+        out.append(records.dataset("digits", f"{_P}.images:build_digits", images[0], "scikit-learn's 8x8 handwritten digits with labels."))
+        out.append(records.dataset("sample-images", f"{_P}.images:build_sample_images", images[1], "scikit-learn's bundled photographs, as patches."))
+    series = _optional("series_config", "MacrodataConfig", "SunspotsConfig")
+    if series:
+        out.append(records.dataset("macrodata", f"{_P}.series:build_macrodata", series[0], "statsmodels' US macroeconomic quarterly series (multivariate)."))
+        out.append(records.dataset("sunspots", f"{_P}.series:build_sunspots", series[1], "statsmodels' yearly sunspot numbers (univariate)."))
+    return out
+
+
+@hookimpl
+def genloom_callbacks():
+    return [
+        records.callback("early-stopping", f"{_P}.callbacks:build_early_stopping", EarlyStoppingConfig, "Stop when a validation metric stops improving."),
+        records.callback("sample", f"{_P}.callbacks:build_sample", SampleCallbackConfig, "Print a generated sample at each validation."),
+    ]

@@ -1,0 +1,98 @@
+"""BD3-LM sampling math (paper Alg. 2): blocks left to right, each denoised by iterative unmasking.
+
+A block of ``n`` positions starts all-mask (except positions already known, e.g. the tail of a prompt
+that does not fill its block).  Over ``steps`` ancestral steps from ``t = 1`` to ``t = 0`` (linear
+schedule), a masked position is unmasked between times ``t > s`` with probability
+``(alpha(s) - alpha(t)) / (1 - alpha(t)) = (t - s) / t`` and then takes a token drawn from the
+denoiser's distribution (the mask token excluded, SUBS).  Unmasked positions never change.  When a
+step unmasks nothing, the denoiser's input is unchanged, so its logits are reused (no forward pass),
+as in the paper's sampler.
+
+``logits_fn(block)`` hides where the context comes from: a KV cache of the clean blocks before it
+(the decoder) or a full recompute over ``[prefix, block]`` (the reference the tests compare with).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+def sample_categorical(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Draw one token per position from softmax(logits) (..., V), by inverse CDF with the given generator."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=probs.device) * cdf[..., -1:]
+    return torch.searchsorted(cdf, u).squeeze(-1).clamp_max(probs.shape[-1] - 1)
+
+
+def denoise_block(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    block: torch.Tensor,
+    *,
+    mask_id: int,
+    steps: int,
+    generator: torch.Generator | None = None,
+    process: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    greedy: bool = False,
+):
+    """Iteratively unmask ``block`` (B, n) (mask_id where unknown). Returns (tokens (B, n), forward passes)."""
+    block = block.clone()
+    logits = None
+    forward_passes = 0
+    for k in range(steps):
+        masked = block == mask_id
+        if not bool(masked.any()):
+            break
+        if logits is None:
+            raw = logits_fn(block).float()
+            raw[..., mask_id] = float("-inf")  # SUBS: never emit the mask
+            logits = process(raw) if process is not None else raw
+            forward_passes += 1
+        t, s = 1.0 - k / steps, 1.0 - (k + 1) / steps
+        candidate = logits.argmax(-1) if greedy else sample_categorical(logits, generator)
+        reveal = torch.rand(block.shape, generator=generator, device=block.device) < (t - s) / t
+        reveal &= masked
+        block = torch.where(reveal, candidate, block)
+        if bool(reveal.any()):
+            logits = None  # the input changed: the next step needs a fresh forward pass
+    return block, forward_passes
+
+
+def generate_reference(model, prompt, *, max_new_tokens, block_size, steps, mask_id, generator=None, use_cache=True, init_state=None, rewind=None):
+    """Plain-loop BD3-LM generation (no core session): with a KV cache of clean blocks or with full recompute."""
+    from genloom.core.pattern import block_causal
+
+    pattern = block_causal(block_size)
+    B, P = prompt.shape
+    total = P + max_new_tokens
+    seq = prompt
+    start = (P // block_size) * block_size  # blocks are aligned to position 0, as in training
+    state = None
+    if use_cache:
+        state = init_state(B, total + block_size)
+        if start:
+            model(prompt[:, :start], pattern=pattern, state=state)
+    forward_passes = 0
+    while start < total:
+        stop = min(start + block_size, total)
+        known = seq[:, start:]
+        block = torch.cat([known, torch.full((B, stop - start - known.shape[1]), mask_id, dtype=seq.dtype, device=seq.device)], dim=1)
+
+        if use_cache:
+            def logits_fn(x, start=start):
+                out = model(x, pattern=pattern, state=state)
+                rewind(state, start)
+                return out
+        else:
+            def logits_fn(x, start=start):
+                return model(torch.cat([seq[:, :start], x], dim=1), pattern=pattern)[:, start:]
+
+        block, n = denoise_block(logits_fn, block, mask_id=mask_id, steps=steps, generator=generator)
+        forward_passes += n
+        seq = torch.cat([seq[:, :start], block], dim=1)
+        if use_cache:
+            model(block, pattern=pattern, state=state)
+        start = stop
+    return seq, forward_passes

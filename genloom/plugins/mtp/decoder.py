@@ -1,0 +1,109 @@
+"""Self-speculative decoding with mask tokens (the paper's linear speculative decoding), greedy.
+
+Each step feeds one chunk ``[pending, d_1 .. d_m, <mask> x m]`` to the model with the KV cache:
+
+- ``pending`` is the base model's greedy token from the previous step (final, not yet in the cache);
+- ``d_1..d_m`` are the drafts the sampler produced from the previous step's masks (their slots are
+  marked invalid for a sequence that has no drafts, so its masks follow ``pending`` directly);
+- the base model's greedy choices ``g_0..g_m`` at ``pending`` and the drafts verify the drafts:
+  ``d_j`` is accepted while ``d_j == g_{j-1}``; ``pending`` and the accepted drafts are committed,
+  and ``g_a`` (after the last accepted token) becomes the next ``pending``;
+- when every draft was accepted (or there were none), the masks at the end of the chunk followed
+  the right context, so the sampler drafts the next ``m`` tokens from them; otherwise the next step
+  runs without drafts.
+
+The cache is rolled back to the committed tokens (``state.rollback``), which drops the rejected
+drafts and the masks. Ordinary positions never attend to a mask (masks come last, the pattern is
+causal) and their gate is off, so every verified token is the base model's greedy choice: the
+output equals plain greedy decoding token for token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from genloom.core.generation import Commit, Decoder, Session
+from genloom.core.pattern import CAUSAL
+
+
+class MTPSpeculativeDecoder(Decoder):
+    """Greedy self-speculative decoding with the gated-LoRA mask tokens."""
+
+    def __init__(self, config, ctx=None):
+        super().__init__(config, ctx)
+        default = ctx.get("mtp_n_masks") if ctx is not None else None
+        self.n_masks = int(config.n_masks or default or 4)
+
+    # -- helpers --------------------------------------------------------------------------
+    def _head(self, session):
+        head = session.model.head
+        if not hasattr(head, "draft") or not hasattr(head, "mask_id"):
+            raise TypeError("the mtp decoder needs the 'mtp' head (mask token, sampler)")
+        return head
+
+    def _hidden(self, session: Session, ids, valid=None):
+        session.metrics.count_forward("target")
+        return session.model.hidden(ids, pattern=CAUSAL, state=session.state, valid=valid)
+
+    def _greedy(self, session: Session, logits: torch.Tensor, chunk: torch.Tensor | None = None) -> torch.Tensor:
+        """Greedy tokens (B,) or (B, k) from processed base logits (processors see the chunk so far)."""
+        if not session.processors:
+            return logits.argmax(-1)
+        if logits.dim() == 2:
+            return session.process(logits).argmax(-1)
+        hist = session.history()
+        picks = []
+        for j in range(logits.shape[1]):
+            h_j = torch.cat([hist, chunk[:, : j + 1]], 1)
+            picks.append(session.process(logits[:, j], history=h_j).argmax(-1))
+        return torch.stack(picks, 1)
+
+    def _masks(self, session, batch):
+        return torch.full((batch, self.n_masks), self._head(session).mask_id, dtype=torch.long, device=session.device)
+
+    # -- the loop -------------------------------------------------------------------------
+    def start(self, session: Session) -> None:
+        head, m, B = self._head(session), self.n_masks, session.batch_size
+        capacity = session.prompt_ids.shape[1] + session.max_new_tokens + 2 * m + 16
+        session.state = session.model.init_state(B, capacity)
+        before = session.state.lengths.clone()
+        ids = torch.cat([session.prompt_ids, self._masks(session, B)], 1)
+        valid = torch.cat([session.prompt_valid, torch.ones(B, m, dtype=torch.bool, device=session.device)], 1)
+        h = self._hidden(session, ids, valid)
+        P = session.prompt_ids.shape[1]
+        pending = self._greedy(session, head(h[:, P - 1]))
+        drafts = head.draft(h[:, P:], pending)
+        session.state.rollback(before + session.prompt_valid.sum(1))
+        session.scratch.update(pending=pending, drafts=drafts, has_drafts=torch.ones(B, dtype=torch.bool, device=session.device))
+
+    def propose(self, session: Session):
+        s = session.scratch
+        return s["pending"], s["drafts"], s["has_drafts"]
+
+    def verify(self, session: Session, proposal) -> Commit:
+        pending, drafts, has_drafts = proposal
+        head, m, B = self._head(session), self.n_masks, session.batch_size
+        before = session.state.lengths.clone()
+        chunk = torch.cat([pending[:, None], drafts], 1)  # (B, 1 + m)
+        ids = torch.cat([chunk, self._masks(session, B)], 1)
+        ones = torch.ones(B, 1, dtype=torch.bool, device=session.device)
+        valid = torch.cat([ones, has_drafts[:, None].expand(B, m), ones.expand(B, m)], 1)
+        h = self._hidden(session, ids, valid)
+        greedy = self._greedy(session, head(h[:, : 1 + m]), chunk)  # g_0..g_m
+        match = (drafts == greedy[:, :m]) & has_drafts[:, None]
+        accepted = match.long().cumprod(1).sum(1)  # a in 0..m
+        next_pending = greedy.gather(1, accepted[:, None])[:, 0]
+        # the masks followed the right context only if every draft was accepted (or there were none)
+        fresh = ~has_drafts | (accepted == m)
+        new_drafts = head.draft(h[:, 1 + m :], next_pending)
+        session.state.rollback(before + 1 + accepted)
+        session.metrics.record_acceptance(accepted, m, active=has_drafts & ~session.finished)
+        session.scratch.update(pending=next_pending, drafts=new_drafts, has_drafts=fresh)
+        return Commit(chunk, 1 + accepted)
+
+    def advance(self, session: Session, commit: Commit) -> None:
+        pass  # the verify pass already advanced the cache
+
+
+def build(config, ctx) -> MTPSpeculativeDecoder:
+    return MTPSpeculativeDecoder(config, ctx)

@@ -1,0 +1,242 @@
+"""VAR's multi-scale residual VQ autoencoder (the `var-vq` tokenizer), paper Sec. 3.2 / Algorithm 1-2.
+
+The encoder maps an image to a feature map ``f`` (C, h, w). Scale k (side s_k) quantizes the
+residual ``f - f_hat`` area-downsampled to s_k x s_k against ONE shared codebook, upsamples the code
+embeddings back to h x w (bicubic) and passes them through a small convolution phi_k; the result is
+added to ``f_hat`` and removed from the residual. ``f_hat`` after K scales is what the decoder turns
+back into an image, so the sum over scales of the phi_k(up(z_k)) maps is the decoder's input, exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Phi(nn.Module):
+    """phi_k: a 3x3 convolution mixed with identity, x (1 - ratio) + conv(x) ratio (VAR's quant_resi)."""
+
+    def __init__(self, channels: int, ratio: float):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.ratio = ratio
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (1.0 - self.ratio) + self.conv(x) * self.ratio
+
+
+def _encoder(in_channels: int, hidden: int, latent: int, stages: int) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 3, padding=1), nn.SiLU()]
+    for _ in range(stages):
+        layers += [nn.Conv2d(hidden, hidden, 4, stride=2, padding=1), nn.SiLU(), nn.Conv2d(hidden, hidden, 3, padding=1), nn.SiLU()]
+    layers.append(nn.Conv2d(hidden, latent, 1))
+    return nn.Sequential(*layers)
+
+
+def _decoder(latent: int, hidden: int, out_channels: int, stages: int) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(latent, hidden, 3, padding=1), nn.SiLU()]
+    for _ in range(stages):
+        layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(hidden, hidden, 3, padding=1), nn.SiLU(), nn.Conv2d(hidden, hidden, 3, padding=1), nn.SiLU()]
+    layers.append(nn.Conv2d(hidden, out_channels, 3, padding=1))
+    return nn.Sequential(*layers)
+
+
+class MultiScaleVQ(nn.Module):
+    """Multi-scale residual VQ autoencoder with one shared codebook.
+
+    Token ids come as a list with one (B, s_k * s_k) tensor per scale (row-major). The
+    transformer's input for scale k (k >= 2) is :meth:`next_scale_input` of the ``f_hat``
+    accumulated over scales < k, which :meth:`embed_scales` gives for all scales at once.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        scales: tuple[int, ...] = (1, 2, 3, 4),
+        codebook_size: int = 64,
+        latent_channels: int = 16,
+        hidden_channels: int = 32,
+        phi_ratio: float = 0.5,
+        beta: float = 0.25,
+        upsample_mode: str = "bicubic",
+    ):
+        super().__init__()
+        channels, height, width = image_shape
+        side = scales[-1]
+        if height != width or height % side or (height // side) & (height // side - 1):
+            raise ValueError(f"image {height}x{width} must be square and a power-of-two multiple of the last scale {side}")
+        stages = int(math.log2(height // side))
+        self.image_shape = tuple(image_shape)
+        self.scales = tuple(scales)
+        self.latent_side = side
+        self.latent_channels = latent_channels
+        self.vocab_size = codebook_size
+        self.beta = beta
+        self.upsample_mode = upsample_mode
+        self.encoder = _encoder(channels, hidden_channels, latent_channels, stages)
+        self.decoder = _decoder(latent_channels, hidden_channels, channels, stages)
+        self.codebook = nn.Embedding(codebook_size, latent_channels)
+        nn.init.uniform_(self.codebook.weight, -1.0 / codebook_size, 1.0 / codebook_size)
+        self.phi = nn.ModuleList(Phi(latent_channels, phi_ratio) for _ in scales)
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    # -- sequence layout ---------------------------------------------------------------------
+    @property
+    def scale_lengths(self) -> tuple[int, ...]:
+        """Tokens per scale: s_k * s_k."""
+        return tuple(s * s for s in self.scales)
+
+    @property
+    def seq_len(self) -> int:
+        return sum(self.scale_lengths)
+
+    # -- resampling --------------------------------------------------------------------------
+    def _down(self, x: torch.Tensor, side: int) -> torch.Tensor:
+        return x if x.shape[-1] == side else F.interpolate(x, size=(side, side), mode="area")
+
+    def _up(self, x: torch.Tensor) -> torch.Tensor:
+        side = self.latent_side
+        return x if x.shape[-1] == side else F.interpolate(x, size=(side, side), mode=self.upsample_mode, **({} if self.upsample_mode in ("nearest", "area") else {"align_corners": False}))
+
+    # -- quantization ------------------------------------------------------------------------
+    def nearest_codes(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest codebook entry for each row of ``vectors`` (N, C)."""
+        codes = self.codebook.weight
+        distance = vectors.pow(2).sum(1, keepdim=True) - 2.0 * vectors @ codes.T + codes.pow(2).sum(1)[None]
+        return distance.argmin(1)
+
+    def scale_contribution(self, k: int, ids: torch.Tensor) -> torch.Tensor:
+        """phi_k(upsample(codebook[ids])): the (B, C, h, w) map that scale k adds to f_hat."""
+        side = self.scales[k]
+        z = self.codebook(ids).view(ids.shape[0], side, side, -1).permute(0, 3, 1, 2)
+        return self.phi[k](self._up(z))
+
+    def quantize(self, f: torch.Tensor):
+        """Residual quantization of features ``f`` (B, C, h, w), Algorithm 1.
+
+        Returns ``(f_hat, ids, vq_loss)``; ``f_hat`` is straight-through (its value is the sum of the
+        scale contributions, its gradient flows to ``f``), ``vq_loss`` is the codebook + commitment loss
+        averaged over scales.
+        """
+        f_detached = f.detach()
+        residual = f_detached
+        f_hat = torch.zeros_like(f_detached)
+        ids, vq_loss = [], f.new_zeros(())
+        for k, side in enumerate(self.scales):
+            r = self._down(residual, side)
+            flat = r.permute(0, 2, 3, 1).reshape(-1, r.shape[1])
+            idx = self.nearest_codes(flat).view(f.shape[0], side * side)
+            contribution = self.scale_contribution(k, idx)
+            f_hat = f_hat + contribution
+            residual = residual - contribution.detach()
+            ids.append(idx)
+            # codebook/phi move toward f; the encoder is committed toward f_hat (beta)
+            vq_loss = vq_loss + F.mse_loss(f_hat, f_detached) + self.beta * F.mse_loss(f, f_hat.detach())
+        if self.training:  # straight-through: the value of f_hat, the gradient of f (to the encoder)
+            f_hat = f_hat.detach() - f_detached + f
+        return f_hat, ids, vq_loss / len(self.scales)
+
+    # -- public tokenizer API ----------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Images (B, C, H, W) in [-1, 1] -> list of K id tensors (B, s_k * s_k)."""
+        return self.quantize(self.encoder(images))[1]
+
+    def ids_to_fhat(self, ids: list[torch.Tensor]) -> torch.Tensor:
+        """f_hat from the first len(ids) scales: the sum of their contributions."""
+        f_hat = self.scale_contribution(0, ids[0])
+        for k in range(1, len(ids)):
+            f_hat = f_hat + self.scale_contribution(k, ids[k])
+        return f_hat
+
+    def decode_fhat(self, f_hat: torch.Tensor) -> torch.Tensor:
+        return self.decoder(f_hat)
+
+    def decode_ids(self, ids: list[torch.Tensor]) -> torch.Tensor:
+        """List of the first k <= K scales' ids -> images (B, C, H, W) (coarse when k < K)."""
+        return self.decode_fhat(self.ids_to_fhat(ids))
+
+    def split_scales(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """(B, sum s_k^2) ids -> list of per-scale (B, s_k^2) tensors (the inverse of torch.cat(ids, 1))."""
+        return list(flat.split(self.scale_lengths[: self._num_scales(flat.shape[1])], dim=1))
+
+    def _num_scales(self, length: int) -> int:
+        total = 0
+        for k, n in enumerate(self.scale_lengths):
+            total += n
+            if total == length:
+                return k + 1
+        raise ValueError(f"{length} tokens is not a whole number of scales {self.scale_lengths}")
+
+    def next_scale_input(self, f_hat: torch.Tensor, k: int) -> torch.Tensor:
+        """The transformer's input features for scale k: f_hat (of scales < k) area-resized to s_k, (B, s_k^2, C)."""
+        return self._down(f_hat, self.scales[k]).flatten(2).transpose(1, 2)
+
+    def embed_scales(self, ids: list[torch.Tensor]) -> torch.Tensor:
+        """Teacher-forcing inputs for scales 2..K: (B, sum_{k>=2} s_k^2, C) latent features.
+
+        Scale k's input is the f_hat accumulated from the ground-truth tokens of scales < k, resized
+        to s_k x s_k (Sec. 3.2); scale 1's input is the class token, which the head embeds.
+        """
+        f_hat, inputs = None, []
+        for k in range(1, len(self.scales)):
+            contribution = self.scale_contribution(k - 1, ids[k - 1])
+            f_hat = contribution if f_hat is None else f_hat + contribution
+            inputs.append(self.next_scale_input(f_hat, k))
+        return torch.cat(inputs, 1) if inputs else ids[0].new_zeros((ids[0].shape[0], 0, self.latent_channels), dtype=torch.float)
+
+    # -- training ----------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor):
+        """Reconstruction and VQ loss: ``(reconstruction, ids, vq_loss)``."""
+        f_hat, ids, vq_loss = self.quantize(self.encoder(images))
+        return self.decoder(f_hat), ids, vq_loss
+
+    def fit(self, train_dataset, ctx=None, *, steps: int = 600, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, log_every: int = 0) -> list[float]:
+        """Train the autoencoder on ``train_dataset`` samples' "image" (reconstruction MSE + VQ loss).
+
+        Skipped when the tokenizer is already fitted (e.g. loaded from a checkpoint). Dead codes
+        (unused in a batch for a while) are re-seeded from current residual vectors, so a toy
+        codebook is fully used. Returns the loss curve. Afterwards the tokenizer is frozen.
+        """
+        if bool(self.fitted):
+            return []
+        generator = torch.Generator().manual_seed(seed)
+        n = len(train_dataset)
+        optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        usage = torch.zeros(self.vocab_size)
+        losses = []
+        self.train()
+        for step in range(steps):
+            index = torch.randint(n, (batch_size,), generator=generator)
+            images = torch.stack([train_dataset[int(i)]["image"] for i in index])
+            reconstruction, ids, vq_loss = self(images)
+            loss = F.mse_loss(reconstruction, images) + vq_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for g in optimizer.param_groups:  # cosine decay to 10%
+                g["lr"] = lr * (0.55 + 0.45 * math.cos(math.pi * (step + 1) / steps))
+            usage = usage * 0.9 + torch.bincount(torch.cat(ids, 1).flatten(), minlength=self.vocab_size).float()
+            if step < steps // 2 and step % 25 == 24:
+                self._restart_dead_codes(images, usage, generator)
+            losses.append(float(loss))
+            if log_every and step % log_every == 0:
+                print(f"var-vq fit step {step}: loss {float(loss):.4f}")
+        self.eval()
+        self.requires_grad_(False)
+        self.fitted.fill_(True)
+        return losses
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, images: torch.Tensor, usage: torch.Tensor, generator: torch.Generator) -> None:
+        dead = (usage < 1e-3 * usage.sum() / self.vocab_size).nonzero().flatten()
+        if dead.numel() == 0:
+            return
+        f = self.encoder(images)
+        vectors = torch.cat([self._down(f, s).permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for s in self.scales[:2]])
+        pick = torch.randint(vectors.shape[0], (dead.numel(),), generator=generator)
+        self.codebook.weight[dead] = vectors[pick]
+        usage[dead] = usage.sum() / self.vocab_size
