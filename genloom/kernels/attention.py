@@ -86,7 +86,9 @@ class Sdpa(_Backend):
 class Flex(_Backend):
     name = "flex"
 
-    def supports(self, device=None, dtype=None, pattern=None, **_):
+    def supports(self, device=None, dtype=None, pattern=None, requires_grad=False, **_):
+        if requires_grad and device is not None and torch.device(device).type == "cpu":
+            return "FlexAttention has no backward on CPU"
         try:
             from torch.nn.attention import flex_attention  # noqa: F401
         except Exception as exc:  # pragma: no cover - old torch

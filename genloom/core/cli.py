@@ -1,0 +1,94 @@
+"""The ``genloom`` command line.
+
+``plugins``, ``components``, ``describe`` and ``config`` never import torch or Lightning.
+User errors print one paragraph and exit with code 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from genloom.core.errors import GenloomError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genloom", description="Generative sequence models from plugins and YAML configs.")
+    p.add_argument("--disable-plugin", action="append", default=[], metavar="NAME", help="do not load this plugin (repeatable)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log which kernels and plugins are chosen")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("plugins", help="list installed plugins with their distribution, version, papers and components")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--all", action="store_true", help="also list plugins that failed to load, with their errors")
+
+    s = sub.add_parser("components", help="list components, of one kind or all")
+    s.add_argument("kind", nargs="?")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("describe", help="config fields, types, defaults, docs and paper of one component")
+    s.add_argument("kind")
+    s.add_argument("name")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("config", help="validate a config and print the resolved tree")
+    s.add_argument("config")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("kernels", help="every kernel op and backend, and whether it is usable here")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("train", help="train a model from a config", add_help=False)
+    s.add_argument("args", nargs=argparse.REMAINDER)
+
+    s = sub.add_parser("generate", help="generate from a run directory, checkpoint or config")
+    s.add_argument("run")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="decoder=NAME, max_new_tokens=N, prompt=TEXT, num_samples=N, seed=N, out=PATH, decoder.FIELD=VALUE")
+    s.add_argument("--json", action="store_true", help="print metrics as JSON at the end")
+
+    s = sub.add_parser("import", help="convert a checkpoint from another library into a genloom run directory")
+    s.add_argument("source", choices=["hf"])
+    s.add_argument("src_dir")
+    s.add_argument("--out", required=True)
+
+    s = sub.add_parser("new-plugin", help="scaffold a pip-installable plugin package with tests")
+    s.add_argument("name")
+    s.add_argument("--dir", default=".")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.disable_plugin:
+        current = [x for x in os.environ.get("GENLOOM_DISABLE_PLUGINS", "").split(",") if x]
+        os.environ["GENLOOM_DISABLE_PLUGINS"] = ",".join(current + args.disable_plugin)
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(_dispatch(args) or 0)
+    except GenloomError as exc:
+        print(f"genloom: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("genloom: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args):
+    from genloom.core import commands
+
+    return getattr(commands, "cmd_" + args.command.replace("-", "_"))(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
