@@ -71,13 +71,19 @@ class Head(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        logits = outputs.float().flatten(0, -2)
-        targets = targets.flatten()
+    def token_nll(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-token negative log-likelihood, shaped like ``targets``."""
+        per = nn.functional.cross_entropy(outputs.float().flatten(0, -2), targets.flatten(), reduction="none")
+        return per.view(targets.shape)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean NLL over ``mask``ed positions; ``weight`` (like targets) scales each token's term (ELBO weights)."""
+        per = self.token_nll(outputs, targets)
+        if weight is not None:
+            per = per * weight
         if mask is None:
-            return nn.functional.cross_entropy(logits, targets)
-        per = nn.functional.cross_entropy(logits, targets, reduction="none")
-        mask = mask.flatten().to(per.dtype)
+            return per.mean()
+        mask = mask.to(per.dtype)
         return (per * mask).sum() / mask.sum().clamp_min(1.0)
 
     def sample(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -72,6 +72,15 @@ class AttentionPattern:
             return (kv_pos <= q_pos) & (kv_pos > q_pos - self.window)
         raise NotImplementedError(f"pattern '{self.kind}' must override allowed()")
 
+    def positions(self, index: torch.Tensor) -> torch.Tensor:
+        """The model position (for positional encodings) of the row at layout ``index``.
+
+        The identity for every core pattern. A pattern whose layout repeats positions overrides it
+        (BD3-LM's vectorised [x_t, x_0] pass: row n and row L + n are both position n).
+        Kernels keep masking on the layout indices.
+        """
+        return index
+
     def mask_mod(self):
         """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` for sequences whose positions equal their indices."""
 

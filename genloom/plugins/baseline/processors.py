@@ -57,9 +57,12 @@ class RepetitionPenalty:
     def __call__(self, logits, history):
         if history.numel() == 0:
             return logits
-        seen = torch.zeros_like(logits, dtype=torch.bool)
-        hist = history.clamp_min(0)
-        seen.scatter_(-1, hist, (history >= 0) & (history < logits.shape[-1]))
+        V = logits.shape[-1]
+        # padding (-1) and out-of-vocabulary ids go to an extra column that is dropped
+        hist = torch.where((history >= 0) & (history < V), history, V).to(logits.device)
+        seen = torch.zeros(logits.shape[0], V + 1, dtype=torch.bool, device=logits.device)
+        seen.scatter_(-1, hist, True)
+        seen = seen[:, :V]
         penalised = torch.where(logits > 0, logits / self.penalty, logits * self.penalty)
         return torch.where(seen, penalised, logits)
 

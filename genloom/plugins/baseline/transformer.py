@@ -132,7 +132,7 @@ class Transformer(Backbone):
             positions = (valid.long().cumsum(1) - 1).clamp_min(0)
         else:
             positions = torch.arange(L, device=h.device).expand(B, L)
-        rope = self.rotary(positions, h.dtype) if self.rotary is not None else None
+        rope = self.rotary(pattern.positions(positions), h.dtype) if self.rotary is not None else None
         for i, block in enumerate(self.layers):
             h = block(h, pattern=pattern, rope=rope, positions=positions, valid=valid, cache=state, layer=i)
         return self.norm(h)

@@ -25,13 +25,13 @@ What this implementation does.
 - Decoder ``block-diffusion`` (``decoder.py``): one block per propose step, iterative unmasking
   (``steps`` ancestral steps, logits reused when a step reveals nothing) against the KV cache of the
   committed clean blocks; the block is committed through the core loop, so length is arbitrary
-  (``max_new_tokens``) and stop tokens, processors and metrics work as for every decoder.
+  (``max_new_tokens``) and stop tokens, processors and metrics work as for every decoder. The
+  finished block's keys/values enter the cache during the next block's first denoiser pass.
 
 Simplifications at toy scale: the linear schedule only (the paper also studies others); the clipped
 range is a config value, not searched by the paper's variance-minimising grid search; no
-nucleus-sampling default (use the core's processors); the clean block's KV is computed by an extra
-forward pass after the block is finished (the paper does the same when it does not fuse it into the
-next block's first step).
+nucleus-sampling default (use the core's processors); a generation always finishes whole blocks
+and the session keeps the first ``max_new_tokens`` of them.
 """
 
 from __future__ import annotations
@@ -86,12 +86,19 @@ class BlockDiffusionDecoderConfig:
     """Denoising steps per block; None means one per position of the block."""
     greedy: bool = False
     """Take the argmax token when a position is revealed instead of sampling."""
+    cache: bool = True
+    """Keep the clean blocks in the backbone's KV cache (False: recompute the whole context at every step)."""
 
     def __post_init__(self):
         if self.block_size is not None and self.block_size < 1:
             raise ValueError(f"block_size must be at least 1, got {self.block_size}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
+
+    def bind(self, ctx):
+        ctx.add_special_token("mask")  # the same id as the objective's, if it reserved one
+        if self.block_size is None:
+            self.block_size = ctx.get("block_size")
 
 
 @hookimpl

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from genloom.core.model import Objective
+from genloom.core.pattern import block_causal
 from genloom.plugins.block_diffusion.pattern import BlockDiffusionPattern
 
 
@@ -31,8 +32,12 @@ def subs_logits(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
     return logits
 
 
-class BlockDiffusionObjective(nn.Module):
-    """Block diffusion (BD3-LM) training loss; see the module docstring for the equation."""
+class BlockDiffusionObjective(Objective):
+    """Block diffusion (BD3-LM) training loss; see the module docstring for the equation.
+
+    Batch: ``ids`` (B, L) (a trailing extra id beyond ``seq_len``, as next-token windows carry, is
+    dropped), optional ``valid`` (B, L) or next-token style ``mask`` (B, L-1) marking real tokens.
+    """
 
     def __init__(self, config, *, mask_id: int, seq_len: int | None = None):
         super().__init__()
@@ -40,11 +45,8 @@ class BlockDiffusionObjective(nn.Module):
         self.block_size = config.block_size
         self.mask_id = int(mask_id)
         self.seq_len = seq_len
-
-    # -- the pattern the backbone must serve -------------------------------------------------
-    @property
-    def pattern(self) -> BlockDiffusionPattern:
-        return BlockDiffusionPattern(seq_len=self.seq_len or self.block_size, block_size=self.block_size)
+        # the pattern the backbone must serve (assembly checks it); the loss builds it for the batch's length
+        self.pattern = BlockDiffusionPattern(seq_len=seq_len or self.block_size, block_size=self.block_size)
 
     def pattern_for(self, seq_len: int) -> BlockDiffusionPattern:
         return BlockDiffusionPattern(seq_len=seq_len, block_size=self.block_size)
@@ -79,11 +81,15 @@ class BlockDiffusionObjective(nn.Module):
         return x_t, masked, t_token
 
     # -- the vectorised pass ------------------------------------------------------------------
-    def noisy_logits(self, model, x_t: torch.Tensor, x_0: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits for every noisy position in one pass over ``[x_t, x_0]`` (B, L, V)."""
+    def noisy_logits(self, model, x_t: torch.Tensor, x_0: torch.Tensor) -> torch.Tensor:
+        """Logits for every noisy position in one pass over ``[x_t, x_0]`` (B, L, V).
+
+        No ``valid`` goes to the model: the transformer derives mask positions from it, which would
+        scramble the 2L layout. Padding (right-aligned, eval tails only) is therefore visible as keys
+        inside the last, partial block; it is never scored.
+        """
         L = x_0.shape[1]
-        full_valid = None if valid is None else torch.cat([valid, valid], dim=1)
-        logits = model(torch.cat([x_t, x_0], dim=1), pattern=self.pattern_for(L), valid=full_valid)
+        logits = model(torch.cat([x_t, x_0], dim=1), pattern=self.pattern_for(L))
         return logits[:, :L]
 
     def weighted_loss(self, logits, x_0, masked, t_token, valid=None):
@@ -99,7 +105,7 @@ class BlockDiffusionObjective(nn.Module):
 
     def loss_given_noise(self, model, ids, masked, t_token, valid=None):
         x_t = torch.where(masked, torch.full_like(ids, self.mask_id), ids)
-        logits = self.noisy_logits(model, x_t, ids, valid)
+        logits = self.noisy_logits(model, x_t, ids)
         term, ce = self.weighted_loss(logits, ids, masked, t_token, valid)
         count = ids.numel() if valid is None else valid.sum().clamp_min(1)
         scored = masked if valid is None else masked & valid.bool()
@@ -110,32 +116,57 @@ class BlockDiffusionObjective(nn.Module):
             mask_rate=n_masked / count,
         )
 
-    def loss(self, model, batch, *, generator=None):
-        ids = batch["ids"] if isinstance(batch, dict) else batch
-        valid = batch.get("valid") if isinstance(batch, dict) else None
+    def clean_batch(self, batch):
+        """(ids (B, L), valid (B, L) or None) from a batch dict or an id tensor."""
+        if not isinstance(batch, dict):
+            return batch, None
+        ids = batch["ids"]
+        valid = batch.get("valid")
+        if valid is None and batch.get("mask") is not None and batch["mask"].shape[1] == ids.shape[1] - 1:
+            # next-token windows: mask[i] says whether ids[i + 1] is real; ids[0] always is
+            mask = batch["mask"].bool()
+            valid = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+        if self.seq_len and ids.shape[1] == self.seq_len + 1:
+            ids = ids[:, :-1]
+            valid = None if valid is None else valid[:, :-1]
         if valid is not None:
             valid = valid.bool()
+            if bool(valid.all()):
+                valid = None
+        return ids, valid
+
+    def loss(self, model, batch, *, generator=None):
+        ids, valid = self.clean_batch(batch)
         _, masked, t_token = self.corrupt(ids, generator=generator)
         return self.loss_given_noise(model, ids, masked, t_token, valid)
+
+    def metrics(self, out, batch):
+        return {k: float(out[k]) for k in ("masked_ce", "mask_rate") if k in out}
 
 
 # -- the paper's naive loop, used as the reference for the vectorised pass ---------------------------
 
-def looped_noisy_logits(model, x_t: torch.Tensor, x_0: torch.Tensor, block_size: int, *, init_state, rewind) -> torch.Tensor:
+def looped_noisy_logits(model, x_t: torch.Tensor, x_0: torch.Tensor, block_size: int) -> torch.Tensor:
     """Logits of every noisy block computed block by block with a KV cache of clean blocks (Alg. 1, loop form).
 
     For block b: run the noisy block x_t^b against the cache holding x_0^{<b} (bidirectional inside
-    the block), rewind the cache, then append the clean block x_0^b to it.
+    the block), roll the cache back, then append the clean block x_0^b to it. This is the paper's
+    naive training loop; :meth:`BlockDiffusionObjective.noisy_logits` must equal it.
     """
-    from genloom.core.pattern import block_causal
-
     B, L = x_0.shape
-    state = init_state(B, L + block_size)
+    state = model.init_state(B, L + block_size)
     pattern = block_causal(block_size)
     out = []
     for start in range(0, L, block_size):
         stop = min(start + block_size, L)
         out.append(model(x_t[:, start:stop], pattern=pattern, state=state))
-        rewind(state, start)
+        state.rollback(start)
         model(x_0[:, start:stop], pattern=pattern, state=state)
     return torch.cat(out, dim=1)
+
+
+def build(config, ctx):
+    mask_id = ctx.get("mask_id")
+    if mask_id is None:
+        mask_id = ctx.add_special_token("mask")
+    return BlockDiffusionObjective(config, mask_id=mask_id, seq_len=ctx.get("seq_len"))

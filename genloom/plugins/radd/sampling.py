@@ -24,7 +24,7 @@ from genloom.plugins.radd.diffusion import clean_logits
 
 def gumbel_like(shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
     u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
-    return -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    return -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
 
 
 def transfer_schedule(n_masked: torch.Tensor, steps: int) -> torch.Tensor:

@@ -11,11 +11,14 @@ import torch
 class ExactToy:
     """A random distribution p0 over ``{0..V-1}^L``; the mask token is ``V``."""
 
-    def __init__(self, length: int = 3, vocab: int = 3, seed: int = 0, concentration: float = 0.5):
+    def __init__(self, length: int = 3, vocab: int = 3, seed: int = 0, concentration: float = 0.5, p0=None):
         g = torch.Generator().manual_seed(seed)
         self.length, self.vocab, self.mask_id = length, vocab, vocab
         self.states = torch.tensor(list(itertools.product(range(vocab), repeat=length)))  # (V^L, L)
-        w = -torch.log(torch.rand(len(self.states), generator=g, dtype=torch.float64)) ** (1 / concentration)
+        if p0 is None:
+            w = (-torch.log(torch.rand(len(self.states), generator=g, dtype=torch.float64))) ** (1 / concentration)
+        else:
+            w = torch.as_tensor(p0, dtype=torch.float64)
         self.p0 = w / w.sum()
         noisy = list(itertools.product(range(vocab + 1), repeat=length))
         self.noisy = torch.tensor(noisy)

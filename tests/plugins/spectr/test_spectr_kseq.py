@@ -18,14 +18,15 @@ stats = pytest.importorskip("scipy.stats")
 pytest.importorskip("scipy.optimize")
 from genloom.plugins.spectr.optimal_transport import optimal_acceptance  # noqa: E402
 
-DRAWS = 200_000
+DRAWS = 100_000
 ALPHA = 1e-3
 
 
 def dirichlet_pair(vocab, seed, concentration=1.0):
     torch.manual_seed(seed)
     dist = torch.distributions.Dirichlet(torch.full((vocab,), concentration))
-    return dist.sample().double(), dist.sample().double()
+    p, q = dist.sample().double(), dist.sample().double()
+    return p / p.sum(), q / q.sum()
 
 
 def chi_square_pvalue(samples, probs):
@@ -185,9 +186,9 @@ def test_spectr_block_generates_the_target_joint_distribution():
 def test_more_drafts_accept_more_tokens_per_round():
     vocab, gamma = 6, 4
     target, draft = bigram_tables(vocab, seed=11)
-    start = torch.zeros(20_000, dtype=torch.long)
+    start = torch.zeros(3_000, dtype=torch.long)
     lengths = {}
     for k in (1, 2, 4):
         gen = torch.Generator().manual_seed(11)
-        _, _, lengths[k] = spectr_generate(target, draft, start, num_tokens=8, gamma=gamma, num_drafts=k, gen=gen)
-    assert lengths[1] < lengths[2] < lengths[4]
+        _, _, lengths[k] = spectr_generate(target, draft, start, num_tokens=5, gamma=gamma, num_drafts=k, gen=gen)
+    assert lengths[1] + 0.1 < lengths[2] < lengths[4] - 0.1
