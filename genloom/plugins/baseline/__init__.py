@@ -286,3 +286,16 @@ def genloom_callbacks():
         records.callback("early-stopping", f"{_P}.callbacks:build_early_stopping", EarlyStoppingConfig, "Stop when a validation metric stops improving."),
         records.callback("sample", f"{_P}.callbacks:build_sample", SampleCallbackConfig, "Print a generated sample at each validation."),
     ]
+
+
+@dataclass
+class IdsConfig:
+    """Token ids as they are (for imported checkpoints without a tokenizer file, and synthetic data)."""
+
+    vocab_size: int = 256
+    eos_id: int | None = None
+
+
+@hookimpl(specname="genloom_tokenizers")
+def _ids_tokenizer():
+    return [records.tokenizer("ids", f"{_P}.tokenizers:build_ids", IdsConfig, "Identity tokenizer over a fixed vocabulary of ids.")]

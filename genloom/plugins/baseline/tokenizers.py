@@ -141,3 +141,23 @@ def build_bytes(config, ctx):
 
 def build_bpe(config, ctx):
     return BpeTokenizer(config.vocab_size, config.min_frequency, config.max_train_bytes, config.add_eos)
+
+
+class IdsTokenizer(Tokenizer):
+    """Ids in, ids out: decode gives the ids as a space-separated string."""
+
+    def __init__(self, vocab_size: int, eos_id: int | None = None):
+        self.vocab_size = vocab_size
+        self.eos_id = eos_id
+
+    def encode(self, data) -> list[int]:
+        if isinstance(data, str):
+            return [int(x) for x in data.split()]
+        return [int(x) for x in data]
+
+    def decode(self, ids) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+
+def build_ids(config, ctx):
+    return IdsTokenizer(config.vocab_size, config.eos_id)

@@ -197,16 +197,14 @@ class MultiScaleVQ(nn.Module):
     def fit(self, train_dataset, ctx=None, *, steps: int = 600, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, log_every: int = 0) -> list[float]:
         """Train the autoencoder on ``train_dataset`` samples' "image" (reconstruction MSE + VQ loss).
 
-        Skipped when the tokenizer is already fitted (e.g. loaded from a checkpoint). Dead codes
-        (unused in a batch for a while) are re-seeded from current residual vectors, so a toy
-        codebook is fully used. Returns the loss curve. Afterwards the tokenizer is frozen.
+        Skipped when the tokenizer is already fitted (e.g. loaded from a checkpoint). Returns the
+        loss curve. Afterwards the tokenizer is in eval mode and frozen.
         """
         if bool(self.fitted):
             return []
         generator = torch.Generator().manual_seed(seed)
         n = len(train_dataset)
         optimizer = torch.optim.Adam(self.parameters(), lr=lr)
-        usage = torch.zeros(self.vocab_size)
         losses = []
         self.train()
         for step in range(steps):
@@ -219,24 +217,10 @@ class MultiScaleVQ(nn.Module):
             optimizer.step()
             for g in optimizer.param_groups:  # cosine decay to 10%
                 g["lr"] = lr * (0.55 + 0.45 * math.cos(math.pi * (step + 1) / steps))
-            usage = usage * 0.9 + torch.bincount(torch.cat(ids, 1).flatten(), minlength=self.vocab_size).float()
-            if step < steps // 2 and step % 25 == 24:
-                self._restart_dead_codes(images, usage, generator)
-            losses.append(float(loss))
+            losses.append(loss.item())
             if log_every and step % log_every == 0:
-                print(f"var-vq fit step {step}: loss {float(loss):.4f}")
+                print(f"var-vq fit step {step}: loss {losses[-1]:.4f}")
         self.eval()
         self.requires_grad_(False)
         self.fitted.fill_(True)
         return losses
-
-    @torch.no_grad()
-    def _restart_dead_codes(self, images: torch.Tensor, usage: torch.Tensor, generator: torch.Generator) -> None:
-        dead = (usage < 1e-3 * usage.sum() / self.vocab_size).nonzero().flatten()
-        if dead.numel() == 0:
-            return
-        f = self.encoder(images)
-        vectors = torch.cat([self._down(f, s).permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for s in self.scales[:2]])
-        pick = torch.randint(vectors.shape[0], (dead.numel(),), generator=generator)
-        self.codebook.weight[dead] = vectors[pick]
-        usage[dead] = usage.sum() / self.vocab_size

@@ -1,0 +1,108 @@
+"""Hugging Face interop: convert a Llama-architecture checkpoint into a genloom run directory.
+
+``genloom import hf SRC_DIR --out DIR`` reads what ``transformers``' ``save_pretrained`` wrote
+(``config.json`` + safetensors shards; grouped-query attention; tied or untied embeddings) and
+writes a run directory that :func:`genloom.load` and ``genloom generate`` accept. The baseline
+transformer uses Llama's parameter names, so the conversion is a renaming. ``transformers`` itself
+is not needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from genloom.core.errors import CheckpointError, ConfigError
+
+
+def llama_config(src: Path) -> dict:
+    path = src / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"'{src}' has no config.json (expected a directory written by save_pretrained)")
+    hf = json.loads(path.read_text())
+    arch = (hf.get("architectures") or ["?"])[0]
+    if hf.get("model_type") not in ("llama", "mistral", "qwen2") and "Llama" not in arch:
+        raise ConfigError(f"only Llama-architecture checkpoints convert (got model_type '{hf.get('model_type')}', architecture '{arch}')")
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise ConfigError("checkpoints with attention/MLP biases are not supported by the baseline transformer")
+    rope = hf.get("rope_scaling") or {}
+    params = hf.get("rope_parameters") or {}
+    if (rope and rope.get("rope_type", rope.get("type")) not in (None, "default")) or params.get("rope_type", "default") != "default":
+        raise ConfigError("only the default rotary embedding converts (no rope scaling)")
+    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    n_heads = hf["num_attention_heads"]
+    if hf.get("head_dim") not in (None, hf["hidden_size"] // n_heads):
+        raise ConfigError("a head_dim other than hidden_size / num_attention_heads is not supported")
+    eos = hf.get("eos_token_id")
+    if isinstance(eos, list):
+        eos = eos[0]
+    return {
+        "tokenizer": {"name": "ids", "vocab_size": hf["vocab_size"], "eos_id": eos},
+        "head": {"name": "lm", "tie_weights": bool(hf.get("tie_word_embeddings", False))},
+        "backbone": {
+            "name": "transformer",
+            "d_model": hf["hidden_size"],
+            "n_layers": hf["num_hidden_layers"],
+            "n_heads": n_heads,
+            "n_kv_heads": hf.get("num_key_value_heads", n_heads),
+            "ffn_hidden": hf["intermediate_size"],
+            "rope_theta": float(theta),
+            "norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
+        },
+        "objective": {"name": "next-token"},
+        "decoder": {"name": "greedy"},
+        "logger": "none",
+    }
+
+
+def rename(key: str) -> str | None:
+    if key == "model.embed_tokens.weight":
+        return "head.embed_tokens.weight"
+    if key == "lm_head.weight":
+        return "head.lm_head.weight"
+    if key == "model.norm.weight":
+        return "backbone.norm.weight"
+    if key.startswith("model.layers."):
+        return "backbone." + key[len("model."):]
+    if key.endswith("rotary_emb.inv_freq"):
+        return None
+    raise CheckpointError(f"unexpected tensor '{key}' in a Llama checkpoint")
+
+
+def import_llama(src_dir, out_dir) -> Path:
+    import torch
+    from safetensors.torch import load_file
+
+    from genloom.core import config as config_mod
+    from genloom.core import runio
+    from genloom.core.model import assemble
+    from genloom.core.plugins import get_registry
+
+    src, out = Path(src_dir), Path(out_dir)
+    cfg = llama_config(src)
+    validated = config_mod.validate(config_mod.compose(None, None, base=cfg))
+    built = assemble(validated, data=False)
+    files = sorted(src.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"no .safetensors files in '{src}' (save with safe_serialization=True)")
+    state = {}
+    for f in files:
+        for k, v in load_file(str(f)).items():
+            new = rename(k)
+            if new is not None:
+                state[new] = v
+    if built.model.head.tied:
+        state.pop("head.lm_head.weight", None)
+        state["head.lm_head.weight"] = state["head.embed_tokens.weight"]
+    model_sd = built.model.state_dict()
+    missing = [k for k in model_sd if k not in state]
+    if missing:
+        raise CheckpointError(f"the checkpoint in '{src}' lacks {missing[:5]}")
+    dtype = next(iter(state.values())).dtype
+    built.model.to(dtype)
+    with torch.no_grad():
+        for k, v in model_sd.items():
+            v.copy_(state[k])
+    runio.save_config(out, validated, get_registry())
+    runio.save_weights(out, built.model)
+    return out

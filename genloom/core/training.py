@@ -1,0 +1,802 @@
+"""Config-driven training with Lightning.
+
+:class:`GenloomModule` trains any (tokenizer, head, backbone, objective) combination that
+:func:`genloom.core.model.assemble` builds: it calls ``model.loss(batch)`` and logs what comes back.
+:class:`GenloomDataModule` serves a data-set component's splits. :func:`train` is what
+``genloom train`` runs: compose and validate the config, assemble, fit, export, sample.
+
+Conventions this module owns (written down in docs/training.md):
+
+- ``model.loss(batch)`` returns ``{"loss": scalar, **metrics}``. Keys starting with ``_`` are
+  sums (``_nats``, ``_tokens``, ``_bytes``...): validation adds them up over the whole split and
+  across ranks, so ``val/loss`` = sum nats / sum tokens and ``val/bits_per_byte`` = sum nats / ln 2
+  / sum bytes are exact, not means of per-batch ratios. Other metrics are averaged over samples.
+- ``data.batch_size`` is per device; the global batch is batch_size x devices x nodes.
+- The training data order is a pure function of (seed, batch index): pass ``p`` over the training
+  split uses the permutation drawn from a generator seeded with (seed, p), and batch ``i`` is slice
+  ``i`` of it; every rank takes its part of the global batch. A resumed run restarts the sampler at
+  the number of batches already trained on (saved in the checkpoint through Lightning's stateful
+  data-loader protocol), so the order continues exactly.
+- The global torch/numpy/python random states are saved in every checkpoint and restored at
+  ``on_train_start``; validation runs under a fixed seed and gives the training random state back
+  afterwards, so noise-sampling objectives (masked diffusion...) also resume exactly.
+- A non-finite loss stops the run with :class:`TrainingDiverged` naming the optimizer step; a
+  checkpoint is never written from non-finite parameters, so the last good one stays.
+- Checkpoints are written to a temporary file and renamed (a kill mid-write never leaves a
+  half-written ``last.ckpt``) and are read with ``torch.load(weights_only=True)`` after a CRC check
+  of the archive; a damaged file raises :class:`~genloom.core.errors.CheckpointError` naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
+
+from genloom.core import runio
+from genloom.core.errors import CheckpointError, ConfigError, GenloomError
+
+log = logging.getLogger("genloom.training")
+
+CHECKPOINTS = "checkpoints"
+LAST = "last.ckpt"
+METRICS = "metrics.json"
+
+
+class TrainingDiverged(GenloomError):
+    """The loss (or the parameters) became NaN or infinite; the message names the optimizer step."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer and schedule
+# ---------------------------------------------------------------------------------------------
+
+_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay matrices; no decay on norms, biases (any parameter with < 2 dims) and embeddings.
+
+    A module may also list parameter names to exempt in ``no_weight_decay()`` (the timm habit).
+    Shared parameters (tied embeddings) appear once.
+    """
+    exempt: set[int] = set()
+    for module in model.modules():
+        is_embedding = isinstance(module, nn.Embedding)
+        is_norm = isinstance(module, _NORM_TYPES) or "norm" in type(module).__name__.lower()
+        named = dict(module.named_parameters(recurse=False))
+        listed = set(module.no_weight_decay()) if hasattr(module, "no_weight_decay") else set()
+        for name, p in named.items():
+            if is_embedding or is_norm or p.ndim < 2 or name in listed:
+                exempt.add(id(p))
+        for name, p in module.named_parameters():
+            if name in listed:
+                exempt.add(id(p))
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if id(p) in exempt else decay).append(p)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str = "cosine", min_lr_ratio: float = 0.1) -> float:
+    """Multiplier of the base learning rate before optimizer step ``step`` (0-based)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps  # linear warmup, never exactly 0
+    if schedule == "constant":
+        return 1.0
+    progress = min(max((step - warmup_steps) / max(1, total_steps - warmup_steps), 0.0), 1.0)
+    if schedule == "linear":
+        return 1.0 - (1.0 - min_lr_ratio) * progress
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------------------------
+# Random states (exact resume)
+# ---------------------------------------------------------------------------------------------
+
+def get_rng_state() -> dict:
+    """torch (CPU and CUDA), numpy and python random states as plain containers (weights_only-safe)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The LightningModule
+# ---------------------------------------------------------------------------------------------
+
+def _batch_size(batch) -> int:
+    if isinstance(batch, dict):
+        for v in batch.values():
+            if torch.is_tensor(v) and v.dim() > 0:
+                return int(v.shape[0])
+    if torch.is_tensor(batch):
+        return int(batch.shape[0])
+    return 1
+
+
+def _token_count(out: dict, batch) -> float:
+    if "_tokens" in out:
+        return float(out["_tokens"])
+    if isinstance(batch, dict) and torch.is_tensor(batch.get("ids")):
+        ids = batch["ids"]
+        return float(ids.shape[0] * max(ids.shape[-1] - 1, 1))
+    return float(_batch_size(batch))
+
+
+class GenloomModule(L.LightningModule):
+    """Trains an assembled :class:`~genloom.core.model.GenerativeModel` through ``model.loss(batch)``."""
+
+    def __init__(self, model: nn.Module, optimizer, trainer_config, *, seed: int = 0, config: dict | None = None):
+        super().__init__()
+        self.model = model
+        self.optimizer_config = optimizer
+        self.trainer_config = trainer_config
+        self.seed = seed
+        self.config_dict = config
+        self.batches_seen = 0  # training batches whose step ran (the data sampler resumes from it)
+        self.last_val_step = -1
+        self.val_metrics: dict[str, float] = {}
+        self._rng_to_restore: dict | None = None
+        self._train_rng: dict | None = None
+        self._tick: float | None = None
+        self._tokens_per_s: float | None = None
+        if trainer_config.compile:
+            model.backbone.compile()  # in place: parameter names (and checkpoints) are unchanged
+
+    def forward(self, ids, **kw):
+        return self.model(ids, **kw)
+
+    # -- training --------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        out = self.model.loss(batch)
+        loss = out["loss"]
+        step = self.global_step + 1  # the optimizer step this batch contributes to (1-based)
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise TrainingDiverged(
+                f"the loss became {float(loss.detach().float())} at optimizer step {step} (training batch {self.batches_seen + 1}); "
+                f"the run stopped and the last checkpoint written before it is kept. Lower optimizer.lr, raise optimizer.warmup_steps, "
+                f"set trainer.gradient_clip_val, or use trainer.precision=32."
+            )
+        self.batches_seen += 1
+        world = self.trainer.world_size if self._trainer is not None else 1
+        sync = world > 1
+        bs = _batch_size(batch)
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=bs, sync_dist=sync)
+        for key, value in out.items():
+            if key == "loss" or key.startswith("_"):
+                continue
+            if torch.is_tensor(value) and value.numel() != 1:
+                continue
+            self.log(f"train/{key}", value.detach().float() if torch.is_tensor(value) else float(value), on_step=True, on_epoch=False, batch_size=bs)
+        now = time.perf_counter()
+        if self._tick is not None:
+            rate = _token_count(out, batch) * world / max(now - self._tick, 1e-9)
+            self._tokens_per_s = rate if self._tokens_per_s is None else 0.9 * self._tokens_per_s + 0.1 * rate
+            self.log("tok/s", float(self._tokens_per_s), prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
+        self._tick = now
+        return loss
+
+    def on_train_start(self):
+        if self._rng_to_restore is not None:
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+        self._tick = None
+
+    def configure_optimizers(self):
+        cfg = self.optimizer_config
+        groups = parameter_groups(self.model, cfg.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        total = self.trainer_config.max_steps
+        warmup, schedule, floor = cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio
+
+        def factor(step):
+            return lr_factor(step, warmup_steps=warmup, total_steps=total, schedule=schedule, min_lr_ratio=floor)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # -- validation ------------------------------------------------------------------------
+    def on_validation_start(self):
+        # validation draws its noise from a fixed seed and hands the training random state back
+        self._train_rng = get_rng_state()
+        torch.manual_seed(self.seed + 7919)
+        self._val_sums: dict[str, torch.Tensor] = {}
+        self._val_weighted: dict[str, torch.Tensor] = {}
+        self._val_count = torch.zeros((), dtype=torch.float64)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        out = self.model.loss(batch)
+        n = _batch_size(batch)
+        extra = {}
+        objective = getattr(self.model, "objective", None)
+        if objective is not None and hasattr(objective, "metrics"):
+            extra = objective.metrics(out, batch) or {}
+        for key, value in list(out.items()) + list(extra.items()):
+            v = value.detach().double().cpu() if torch.is_tensor(value) else torch.tensor(float(value), dtype=torch.float64)
+            if v.numel() != 1:
+                continue
+            v = v.reshape(())
+            if key.startswith("_"):
+                self._val_sums[key] = self._val_sums.get(key, 0) + v
+            else:
+                self._val_weighted[key] = self._val_weighted.get(key, 0) + v * n
+        self._val_count += n
+
+    def on_validation_epoch_end(self):
+        metrics = self._reduce_validation()
+        if self.trainer.sanity_checking:
+            return
+        self.val_metrics = metrics
+        self.last_val_step = self.global_step
+        if metrics:
+            self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_step=False, on_epoch=True, sync_dist=False, batch_size=1)
+
+    def on_validation_end(self):
+        if self._train_rng is not None:
+            set_rng_state(self._train_rng)
+            self._train_rng = None
+
+    def _reduce_validation(self) -> dict[str, float]:
+        sums = {k: v for k, v in self._val_sums.items()}
+        weighted = {k: v for k, v in self._val_weighted.items()}
+        keys_s, keys_w = sorted(sums), sorted(weighted)
+        world = self.trainer.world_size
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * world
+            torch.distributed.all_gather_object(gathered, (keys_s, keys_w))
+            keys_s = sorted({k for g in gathered for k in g[0]})
+            keys_w = sorted({k for g in gathered for k in g[1]})
+        vec = torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64) for k in keys_s]
+                          + [torch.as_tensor(weighted.get(k, 0.0), dtype=torch.float64) for k in keys_w]
+                          + [self._val_count.to(torch.float64)])
+        if world > 1:
+            vec = self.trainer.strategy.reduce(vec.to(self.device), reduce_op="sum").cpu().double()
+        total = dict(zip(keys_s, vec[: len(keys_s)].tolist()))
+        means = {k: v for k, v in zip(keys_w, vec[len(keys_s): len(keys_s) + len(keys_w)].tolist())}
+        count = float(vec[-1])
+        out: dict[str, float] = {}
+        if count > 0:
+            out.update({k: v / count for k, v in means.items()})
+        nats, tokens, nbytes = total.get("_nats"), total.get("_tokens"), total.get("_bytes")
+        if nats is not None and tokens:
+            loss = nats / tokens
+            out["loss"] = loss
+            out["bits_per_token"] = loss / math.log(2)
+            out["ppl"] = math.exp(min(loss, 30.0))
+        if nats is not None and nbytes:
+            out["bits_per_byte"] = nats / math.log(2) / nbytes
+        for k, v in total.items():
+            out[f"total{k}"] = v
+        return out
+
+    # -- checkpoint state ------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint):
+        rng = self._train_rng if self._train_rng is not None else get_rng_state()  # never the validation stream
+        checkpoint["genloom"] = {"batches_seen": self.batches_seen, "rng": rng, "config": self.config_dict, "last_val_step": self.last_val_step}
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("genloom") or {}
+        self.batches_seen = int(state.get("batches_seen", 0))
+        self.last_val_step = int(state.get("last_val_step", -1))
+        self._rng_to_restore = state.get("rng")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+class TrainBatches(torch.utils.data.Sampler):
+    """Batch sampler over the training split whose order is a pure function of (seed, batch index).
+
+    Pass ``p`` over the split uses ``randperm(n)`` drawn from a generator seeded with
+    ``seed * 1_000_003 + p``; global batch ``i`` of a pass is slice ``i`` of it (the partial tail is
+    dropped), and rank ``r`` takes positions ``[r * batch_size, (r + 1) * batch_size)`` of the
+    global batch. ``start`` skips the batches a resumed run has already trained on.
+    """
+
+    def __init__(self, n: int, batch_size: int, total_batches: int, seed: int = 0, rank: int = 0, world_size: int = 1, progress: Callable[[], int] | None = None):
+        self.n, self.batch_size, self.total = n, batch_size, total_batches
+        self.seed, self.rank, self.world = seed, rank, world_size
+        self.global_batch = batch_size * world_size
+        if n < self.global_batch:
+            raise ConfigError(f"the training split has {n} samples, fewer than one global batch of {self.global_batch} "
+                              f"(data.batch_size={batch_size} x {world_size} devices); lower data.batch_size", path="data.batch_size")
+        self.per_pass = n // self.global_batch
+        self.start = 0
+        self.progress = progress
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def permutation(self, p: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != p:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + p)
+            self._perm = (p, torch.randperm(self.n, generator=g))
+        return self._perm[1]
+
+    def global_indices(self, i: int) -> list[int]:
+        p, j = divmod(i, self.per_pass)
+        return self.permutation(p)[j * self.global_batch:(j + 1) * self.global_batch].tolist()
+
+    def __iter__(self):
+        for i in range(self.start, self.total):
+            idx = self.global_indices(i)
+            yield idx[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+    def __len__(self):
+        return self.total
+
+    def consumed(self) -> int:
+        return int(self.progress()) if self.progress is not None else self.start
+
+
+class ResumableLoader(torch.utils.data.DataLoader):
+    """A DataLoader that Lightning saves and restores (``state_dict``): the batches already trained on."""
+
+    def state_dict(self) -> dict:
+        return {"batches_consumed": self.batch_sampler.consumed()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.start = int(state.get("batches_consumed", 0))
+
+
+class EvalShard(torch.utils.data.Sampler):
+    """Rank ``r`` of ``world`` evaluates samples r, r + world, ...; nothing is dropped or repeated."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, n, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+class GenloomDataModule(L.LightningDataModule):
+    """Serves ``DataSource.load(split, tokenizer, ctx)``: shuffled resumable training batches, full val/test splits."""
+
+    def __init__(self, source, tokenizer, ctx, *, seed: int = 0, max_steps: int = 1000, accumulate: int = 1):
+        super().__init__()
+        self.source, self.tokenizer, self.ctx = source, tokenizer, ctx
+        self.seed, self.max_steps, self.accumulate = seed, max_steps, accumulate
+        self._datasets: dict[str, Any] = {}
+
+    def dataset(self, split: str):
+        if split not in self._datasets:
+            self._datasets[split] = self.source.load(split, self.tokenizer, self.ctx)
+        return self._datasets[split]
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _loader_kwargs(self) -> dict:
+        workers = int(getattr(self.source, "num_workers", 0) or 0)
+        return {"collate_fn": self.source.collate, "num_workers": workers, "generator": torch.Generator().manual_seed(self.seed),
+                "persistent_workers": False, "pin_memory": torch.cuda.is_available()}
+
+    def train_dataloader(self):
+        ds = self.dataset("train")
+        rank, world = self._rank_world()
+        module = self.trainer.lightning_module if getattr(self, "trainer", None) is not None else None
+        progress = (lambda: module.batches_seen) if module is not None else None
+        sampler = TrainBatches(len(ds), int(self.source.batch_size), self.max_steps * self.accumulate, self.seed, rank, world, progress)
+        return ResumableLoader(ds, batch_sampler=sampler, **self._loader_kwargs())
+
+    def _eval_loader(self, split: str):
+        ds = self.dataset(split)
+        rank, world = self._rank_world()
+        bs = int(getattr(self.source, "eval_batch_size", None) or self.source.batch_size)
+        return torch.utils.data.DataLoader(ds, batch_size=bs, sampler=EvalShard(len(ds), rank, world), drop_last=False, **self._loader_kwargs())
+
+    def val_dataloader(self):
+        return self._eval_loader("val")
+
+    def test_dataloader(self):
+        return self._eval_loader("test")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise :class:`CheckpointError` naming ``path`` if it is missing, truncated or corrupted (CRC check)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint '{path}' is empty (a run killed while writing it?); delete it to start over")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint '{path}' is truncated or corrupted: it is not a complete PyTorch archive; "
+                              f"delete it (and resume from an earlier copy) or start the run again with --overwrite")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint '{path}' is truncated or corrupted ({type(exc).__name__}: {exc})") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint '{path}' is corrupted: member '{bad}' fails its CRC check; delete it or start the run again with --overwrite")
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """Read a Lightning checkpoint without executing pickled code (``weights_only=True``)."""
+    verify_checkpoint(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint '{path}' could not be read safely ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise CheckpointError(f"'{path}' is not a Lightning checkpoint (no state_dict)")
+    return state
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Writes to a temporary file, fsyncs and renames; reads with weights_only=True after a CRC check."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return load_checkpoint(Path(path), map_location=map_location if map_location is not None else "cpu")
+
+
+def check_finite_parameters(module: nn.Module, step: int, filepath) -> None:
+    for name, p in module.named_parameters():
+        if not bool(torch.isfinite(p.detach()).all()):
+            raise TrainingDiverged(
+                f"parameter '{name}' became NaN/inf at optimizer step {step}; the run stopped without "
+                f"overwriting '{filepath}', which keeps the last good state. Lower optimizer.lr or set trainer.gradient_clip_val."
+            )
+
+
+class GuardedCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every N steps, never written from non-finite parameters."""
+
+    def _save_checkpoint(self, trainer, filepath):
+        check_finite_parameters(trainer.lightning_module, trainer.global_step, filepath)
+        super()._save_checkpoint(trainer, filepath)
+
+
+# ---------------------------------------------------------------------------------------------
+# train(): what `genloom train` runs
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, float]
+    global_step: int
+    seconds: float
+    sample: str | None = None
+    weights: Path | None = None
+
+
+def _is_rank_zero() -> bool:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def resolve(config, overrides=(), *, run_dir=None, registry=None):
+    """Compose and validate; returns (validated, run_dir, source_dir) where source_dir is set when ``config`` was a run directory."""
+    from genloom.core import config as config_mod
+
+    overrides = list(overrides or [])
+    source_dir = None
+    if isinstance(config, config_mod.ValidatedConfig):
+        validated = config
+    elif isinstance(config, dict):
+        validated = config_mod.validate(config_mod.compose(None, overrides, base=config), registry)
+    else:
+        path = Path(config)
+        if path.is_dir():
+            source_dir = path
+            validated = runio.validate_run_config(path, overrides, registry)
+        else:
+            validated = config_mod.load(path, overrides, registry)
+    if run_dir is None:
+        run_dir = source_dir or validated.run.run_dir
+    if run_dir is None:
+        stem = Path(config).stem if isinstance(config, (str, Path)) else "run"
+        run_dir = Path("runs") / stem
+    return validated, Path(run_dir), source_dir
+
+
+def config_tree(data: dict, title: str = "config"):
+    from rich.tree import Tree
+
+    def add(node, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(v, (dict, list)) and v:
+                    add(node.add(f"[bold]{k}[/bold]"), v)
+                else:
+                    node.add(f"[bold]{k}[/bold]: {v!r}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                if isinstance(v, (dict, list)):
+                    add(node.add(f"[{i}]"), v)
+                else:
+                    node.add(f"[{i}] {v!r}")
+
+    tree = Tree(f"[bold]{title}[/bold]")
+    add(tree, data)
+    return tree
+
+
+def _make_logger(validated, run_dir: Path):
+    kind = validated.run.logger
+    if kind == "none":
+        return False
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="logs")
+    os.environ.setdefault("WANDB_MODE", "offline")  # never reach the network (or ask for a login) unless asked
+    os.environ.setdefault("WANDB_DIR", str(run_dir))
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if os.environ["WANDB_MODE"] in ("online", "run") and not os.environ.get("WANDB_API_KEY") and not _netrc_has_wandb():
+        raise ConfigError("WANDB_MODE is online but no wandb credentials were found (WANDB_API_KEY or ~/.netrc); "
+                          "run `wandb login` first, unset WANDB_MODE to log offline, or set logger=csv", path="logger")
+    from lightning.pytorch.loggers import WandbLogger
+
+    id_file = run_dir / "wandb_id.txt"
+    if id_file.exists():
+        run_id = id_file.read_text().strip()
+    else:
+        run_id = f"{run_dir.name}-{int(time.time())}"
+        if _is_rank_zero():
+            id_file.write_text(run_id)
+    return WandbLogger(project=validated.run.project, name=run_dir.name, id=run_id, save_dir=str(run_dir), resume="allow")
+
+
+def _netrc_has_wandb() -> bool:
+    netrc = Path.home() / ".netrc"
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.seed",
+                 "lightning.pytorch.trainer.connectors.signal_connector"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*tensorboardX.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+
+
+def _load_tokenizer(validated, registry, tok_dir: Path):
+    from genloom.core.context import BuildContext
+    from genloom.core.model import build_component
+    from genloom.core.plugins import get_registry
+
+    tok = build_component(validated.components["tokenizer"], BuildContext(registry or get_registry()))
+    if hasattr(tok, "load"):
+        tok.load(tok_dir)
+    return tok
+
+
+def _sample(built, gen_cfg, run_dir) -> str | None:
+    from genloom.core.generation import Generator
+
+    tok = built.model.tokenizer
+    if built.ctx.get("modality", "text") != "text" or not hasattr(tok, "decode"):
+        return None
+    prompt = gen_cfg.prompt
+    ids = list(tok.encode(prompt)) if prompt else [int(getattr(tok, "eos_id", 0) or 0)]
+    result = Generator(built, run_dir).generate([ids] * max(1, gen_cfg.num_samples), max_new_tokens=gen_cfg.max_new_tokens, seed=gen_cfg.seed)
+    texts = result.decode()
+    if not all(isinstance(t, str) for t in texts):
+        return None
+    return "\n---\n".join(prompt + t for t in texts)
+
+
+def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite: bool = False, registry=None, console=None,
+          generate: bool = True) -> TrainResult:
+    """Train from a config file, a config dict, a validated config or (with ``resume``) a run directory."""
+    from rich.console import Console
+
+    from genloom.core.model import assemble
+    from genloom.core.plugins import get_registry
+
+    t_start = time.perf_counter()
+    registry = registry or get_registry()
+    validated, run_dir, source_dir = resolve(config, overrides, run_dir=run_dir, registry=registry)
+    tcfg, ocfg, gcfg = validated.sections["trainer"], validated.sections["optimizer"], validated.sections["generate"]
+    console = console or Console(stderr=False, highlight=False)
+    rank0 = _is_rank_zero()
+    say = console.print if rank0 else (lambda *a, **k: None)
+
+    ckpt_dir = run_dir / CHECKPOINTS
+    last = ckpt_dir / LAST
+    ckpt_path = None
+    if resume and last.exists():
+        verify_checkpoint(last)  # fail before anything heavy is built
+        ckpt_path = last
+    elif resume:
+        say(f"[yellow]no checkpoint in {ckpt_dir}; starting from scratch[/yellow]")
+    elif not resume and ckpt_dir.exists() and any(ckpt_dir.glob("*.ckpt")):
+        if not overwrite:
+            raise ConfigError(f"run directory '{run_dir}' already holds checkpoints; pass --resume to continue that run, "
+                              f"--overwrite to start it again, or choose another --run-dir", path="run_dir")
+        if rank0:
+            for f in ckpt_dir.glob("*.ckpt"):
+                f.unlink()
+
+    _quiet_lightning()
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    data = validated.to_container()
+    if rank0:
+        say(config_tree(data, f"config -> {run_dir}"))
+        runio.save_config(run_dir, validated, registry)
+    L.seed_everything(validated.run.seed, workers=True, verbose=False)
+
+    tok_dir = run_dir / runio.TOKENIZER
+    tokenizer = None
+    if ckpt_path is not None and tok_dir.exists() and any(tok_dir.iterdir()):
+        tokenizer = _load_tokenizer(validated, registry, tok_dir)  # the fitted tokenizer of the run, not a refit
+    built = assemble(validated, registry, tokenizer=tokenizer)
+    if built.data is None:
+        raise ConfigError("the config has no 'data' node to train on", path="data")
+    if rank0 and hasattr(built.model.tokenizer, "save"):
+        tok_dir.mkdir(parents=True, exist_ok=True)
+        built.model.tokenizer.save(tok_dir)
+    n_params = sum(p.numel() for p in {id(p): p for p in built.model.parameters()}.values())
+    say(f"model: {n_params / 1e6:.2f}M parameters; data prepared in {time.perf_counter() - t_start:.1f}s")
+
+    module = GenloomModule(built.model, ocfg, tcfg, seed=validated.run.seed, config=data)
+    dm = GenloomDataModule(built.data, built.model.tokenizer, built.ctx, seed=validated.run.seed, max_steps=tcfg.max_steps,
+                           accumulate=tcfg.accumulate_grad_batches)
+    n_train = len(dm.dataset("train"))
+    n_val = len(dm.dataset("val"))
+    total_batches = tcfg.max_steps * tcfg.accumulate_grad_batches
+
+    from genloom.core.model import build_component
+
+    callbacks = [build_component(spec, built.ctx) for spec in validated.lists.get("callbacks", [])]
+    callbacks.append(GuardedCheckpoint(dirpath=str(ckpt_dir), filename="step-{step}", save_top_k=0, save_last=True,
+                                       every_n_train_steps=tcfg.checkpoint_every_steps, enable_version_counter=False))
+    if tcfg.progress and rank0:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(leave=True))
+    logger = _make_logger(validated, run_dir)
+    trainer = L.Trainer(
+        max_steps=tcfg.max_steps,
+        max_time=datetime.timedelta(minutes=tcfg.max_time_minutes) if tcfg.max_time_minutes else None,
+        max_epochs=-1,
+        precision=str(tcfg.precision),
+        accelerator=tcfg.accelerator,
+        devices=tcfg.devices,
+        strategy=tcfg.strategy,
+        num_nodes=tcfg.num_nodes,
+        gradient_clip_val=tcfg.gradient_clip_val,
+        accumulate_grad_batches=tcfg.accumulate_grad_batches,
+        val_check_interval=max(1, min(tcfg.val_every_steps * tcfg.accumulate_grad_batches, total_batches)),
+        check_val_every_n_epoch=None,
+        limit_val_batches=(tcfg.val_batches if tcfg.val_batches is not None else 1.0) if n_val else 0,
+        log_every_n_steps=tcfg.log_every_steps,
+        deterministic=tcfg.deterministic,
+        enable_progress_bar=bool(tcfg.progress),
+        enable_model_summary=False,
+        enable_checkpointing=True,
+        use_distributed_sampler=False,  # TrainBatches and EvalShard shard by rank themselves
+        default_root_dir=str(run_dir),
+        logger=logger,
+        callbacks=callbacks,
+        plugins=[SafeCheckpointIO()],
+    )
+    say(f"training on {n_train} train / {n_val} val samples; global batch {int(built.data.batch_size) * trainer.world_size} x "
+        f"{tcfg.accumulate_grad_batches} accumulation; {'resuming from ' + str(ckpt_path) if ckpt_path else 'from scratch'}")
+    t_fit = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+    except RuntimeError as exc:
+        if "Error(s) in loading state_dict" in str(exc) and ckpt_path is not None:
+            raise CheckpointError(f"checkpoint '{ckpt_path}' does not match the model built from the config: {str(exc).splitlines()[0]}") from None
+        raise
+    fit_seconds = time.perf_counter() - t_fit
+    if trainer.interrupted:
+        raise GenloomError(f"training was interrupted at step {trainer.global_step}; continue with `genloom train {run_dir} --resume`")
+
+    if tcfg.checkpoint_every_steps and trainer.global_step % tcfg.checkpoint_every_steps:
+        check_finite_parameters(module, trainer.global_step, last)
+        trainer.save_checkpoint(str(last))  # the final state, so --resume with a larger max_steps continues from here
+    if n_val and module.last_val_step != trainer.global_step:
+        trainer.validate(module, datamodule=dm, verbose=False)
+    metrics = dict(module.val_metrics)
+    weights = None
+    sample = None
+    if trainer.is_global_zero:
+        model = built.model
+        if "fsdp" in str(tcfg.strategy).lower():
+            model = _gathered_copy(trainer, validated, registry, built)
+        model.cpu()
+        weights = runio.save_weights(run_dir, model)
+        seconds = time.perf_counter() - t_start
+        summary = {"global_step": trainer.global_step, "fit_seconds": fit_seconds, "total_seconds": seconds, "parameters": n_params,
+                   "val": metrics}
+        (run_dir / METRICS).write_text(json.dumps(summary, indent=2))
+        _print_metrics(say, metrics, trainer.global_step, fit_seconds)
+        if generate:
+            sample = _sample(built, gcfg, run_dir)
+            if sample is not None:
+                say("[bold]sample:[/bold]")
+                console.print(sample, markup=False, highlight=False)
+    return TrainResult(run_dir=run_dir, metrics=metrics, global_step=trainer.global_step, seconds=time.perf_counter() - t_start,
+                       sample=sample, weights=weights)
+
+
+def _gathered_copy(trainer, validated, registry, built):
+    """A plain (unsharded) copy of the model with the full state dict gathered from the shards (FSDP)."""
+    from genloom.core.model import assemble
+
+    state = trainer.strategy.lightning_module_state_dict()
+    copy = assemble(validated, registry, data=False, tokenizer=built.model.tokenizer).model
+    copy.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    return copy
+
+
+def _print_metrics(say, metrics: dict, step: int, seconds: float) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"validation after {step} steps ({seconds / 60:.1f} min of training)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k in sorted(metrics):
+        if not k.startswith("total_"):
+            table.add_row(f"val/{k}", f"{metrics[k]:.4f}")
+    say(table)
