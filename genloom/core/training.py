@@ -644,8 +644,13 @@ def _sample(built, gen_cfg, run_dir) -> str | None:
 
 
 def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite: bool = False, registry=None, console=None,
-          generate: bool = True) -> TrainResult:
-    """Train from a config file, a config dict, a validated config or (with ``resume``) a run directory."""
+          generate: bool = True, callbacks=()) -> TrainResult:
+    """Train from a config file, a config dict, a validated config or (with ``resume``) a run directory.
+
+    ``overrides`` are ``key=value`` strings; ``callbacks`` are extra Lightning callbacks (beside the
+    config's ``callbacks`` list). Returns the run directory, the final validation metrics, the
+    number of optimizer steps, the wall time and the generated sample (text models).
+    """
     from rich.console import Console
 
     from genloom.core.model import assemble
@@ -706,7 +711,7 @@ def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite
 
     from genloom.core.model import build_component
 
-    callbacks = [build_component(spec, built.ctx) for spec in validated.lists.get("callbacks", [])]
+    callbacks = [build_component(spec, built.ctx) for spec in validated.lists.get("callbacks", [])] + list(callbacks)
     callbacks.append(GuardedCheckpoint(dirpath=str(ckpt_dir), filename="step-{step}", save_top_k=0, save_last=True,
                                        every_n_train_steps=tcfg.checkpoint_every_steps, enable_version_counter=False))
     if tcfg.progress and rank0:
