@@ -54,7 +54,7 @@ class SelectiveScanBackend:
 class ChunkedBackend(SelectiveScanBackend):
     name = "chunked"
 
-    def __init__(self, chunk_size: int = DEFAULT_CHUNK_SIZE):
+    def __init__(self, chunk_size: int | None = DEFAULT_CHUNK_SIZE):
         self.chunk_size = chunk_size
 
     def __call__(self, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None):

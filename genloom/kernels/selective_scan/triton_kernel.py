@@ -59,7 +59,7 @@ def _scan_forward_kernel(
     HAS_D: constexpr, HAS_Z: constexpr, HAS_BIAS: constexpr, HAS_INIT: constexpr,
     SOFTPLUS: constexpr, BLOCK_D: constexpr, BLOCK_N: constexpr,
 ):
-    batch = tl.program_id(0)
+    batch = tl.program_id(0).to(tl.int64)  # offsets past 2**31 elements stay exact
     block = tl.program_id(1)
     offs_d = block * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genloom.plugins.baseline.images_config import DigitsConfig, SampleImagesConfig
+from genloom.core.data import DataSource
+from genloom.plugins.baseline.images_config import DigitsConfig, ImageDataConfig, SampleImagesConfig
 
 SPLITS = ("train", "val", "test")
 
@@ -34,15 +35,20 @@ class ImageDataset(torch.utils.data.Dataset):
         return {"image": self.images[index], "label": int(self.labels[index])}
 
 
-class ImageData:
+class ImageData(DataSource):
     """A data set of images with fixed splits: ``info`` and ``load(split, tokenizer, ctx)``."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, splits: dict[str, np.ndarray], num_classes: int, name: str):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, splits: dict[str, np.ndarray], num_classes: int, name: str, config: ImageDataConfig | None = None):
         channels, height, width = images.shape[1:]
+        config = config or ImageDataConfig()
+        self.batch_size = config.batch_size
+        self.eval_batch_size = config.eval_batch_size
+        self.num_workers = config.num_workers
         self.images = images
         self.labels = labels
         self.splits = splits
-        self.info = {"modality": "image", "channels": channels, "height": height, "width": width, "num_classes": num_classes, "name": name}
+        self.info = {"modality": "image", "channels": channels, "height": height, "width": width, "num_classes": num_classes}
+        self.name = name
 
     def load(self, split: str, tokenizer=None, ctx=None) -> ImageDataset:
         if split not in self.splits:
@@ -79,7 +85,7 @@ def digits_tensor(image_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
 def build_digits(config: DigitsConfig, ctx=None) -> ImageData:
     images, labels = digits_tensor(config.image_size)
     splits = stratified_split(labels.numpy(), config.val_fraction, config.test_fraction, config.seed)
-    return ImageData(images, labels, splits, num_classes=10, name="digits")
+    return ImageData(images, labels, splits, num_classes=10, name="digits", config=config)
 
 
 def _sample_photographs() -> list[np.ndarray]:
@@ -107,4 +113,4 @@ def build_sample_images(config: SampleImagesConfig, ctx=None) -> ImageData:
     images = torch.cat(patches).contiguous()
     labels = torch.zeros(images.shape[0], dtype=torch.long)
     splits = stratified_split(labels.numpy(), config.val_fraction, config.test_fraction, config.seed)
-    return ImageData(images, labels, splits, num_classes=1, name="sample-images")
+    return ImageData(images, labels, splits, num_classes=1, name="sample-images", config=config)

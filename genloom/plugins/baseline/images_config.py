@@ -3,8 +3,9 @@
 ``digits`` is scikit-learn's 8x8 handwritten digits (1797 images, 10 classes); ``sample-images``
 cuts scikit-learn's two sample photographs into patches. Both give samples
 ``{"image": (C, H, W) float in [-1, 1], "label": int}`` and split deterministically.
-Binding publishes ``image_shape`` (C, H, W) and ``num_classes`` on the build context, so an
-image tokenizer or a class-conditional objective never repeats them by hand.
+The data source's ``info`` (modality, channels, height, width, num_classes) enters the build
+context when the data set is built; ``bind`` publishes the same values from the config alone, so a
+run loaded for generation (no data) still knows them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-def _check_split(val_fraction: float, test_fraction: float) -> None:
+def _publish(ctx, channels: int, side: int, num_classes: int) -> None:
+    for key, value in (("modality", "image"), ("channels", channels), ("height", side), ("width", side), ("num_classes", num_classes)):
+        ctx.set(key, value)
+
+
+def _check_split(config) -> None:
+    val_fraction, test_fraction = config.val_fraction, config.test_fraction
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {config.batch_size}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if not 0.0 <= test_fraction < 1.0:
@@ -22,7 +31,18 @@ def _check_split(val_fraction: float, test_fraction: float) -> None:
 
 
 @dataclass
-class DigitsConfig:
+class ImageDataConfig:
+    """Batching fields shared by the image data sets."""
+
+    batch_size: int = 64
+    """Training batch size (per device)."""
+    eval_batch_size: int | None = None
+    """Validation/test batch size (None: batch_size)."""
+    num_workers: int = 0
+
+
+@dataclass
+class DigitsConfig(ImageDataConfig):
     """scikit-learn's handwritten digits as images in [-1, 1]."""
 
     image_size: int = 8
@@ -37,15 +57,14 @@ class DigitsConfig:
     def __post_init__(self):
         if self.image_size < 8:
             raise ValueError(f"image_size must be at least 8 (the native digit size), got {self.image_size}")
-        _check_split(self.val_fraction, self.test_fraction)
+        _check_split(self)
 
     def bind(self, ctx) -> None:
-        ctx.set("image_shape", (1, self.image_size, self.image_size))
-        ctx.set("num_classes", 10)
+        _publish(ctx, 1, self.image_size, 10)
 
 
 @dataclass
-class SampleImagesConfig:
+class SampleImagesConfig(ImageDataConfig):
     """Patches of scikit-learn's two sample photographs (china.jpg, flower.jpg); label 0."""
 
     patch_size: int = 16
@@ -72,8 +91,7 @@ class SampleImagesConfig:
             raise ValueError(f"downscale must be at least 1, got {self.downscale}")
         if self.patch_size * self.downscale > 427:
             raise ValueError(f"patch_size * downscale must fit in the 427-pixel-high photographs, got {self.patch_size} * {self.downscale}")
-        _check_split(self.val_fraction, self.test_fraction)
+        _check_split(self)
 
     def bind(self, ctx) -> None:
-        ctx.set("image_shape", (1 if self.grayscale else 3, self.patch_size, self.patch_size))
-        ctx.set("num_classes", 1)
+        _publish(ctx, 1 if self.grayscale else 3, self.patch_size, 1)

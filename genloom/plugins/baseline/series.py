@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from genloom.core.data import DataSource
 from genloom.plugins.baseline.series_config import (
     MACRODATA_LEVELS,
     MacrodataConfig,
@@ -106,7 +107,7 @@ def window_starts(border: tuple[int, int], lookback: int, horizon: int, stride: 
     return targets - lookback
 
 
-class SeriesData:
+class SeriesData(DataSource):
     """A multivariate timeline with time-ordered splits: ``info`` and ``load(split, tokenizer, ctx)``."""
 
     def __init__(self, values: np.ndarray, variates: list[str], config: SeriesWindowConfig, name: str, season: int, index=None):
@@ -116,6 +117,8 @@ class SeriesData:
         if not np.isfinite(values).all():
             raise ValueError(f"data set '{name}' has missing or infinite values")
         self.config = config
+        self.batch_size = config.batch_size
+        self.eval_batch_size = config.eval_batch_size
         self.name = name
         self.raw = values
         self.index = index

@@ -58,11 +58,17 @@ class SeriesWindowConfig:
     """Standardise each variate with the mean/std of the training part of the timeline."""
     stride: int = 1
     """Step between the starts of consecutive windows."""
+    batch_size: int = 32
+    """Training windows per batch."""
+    eval_batch_size: int | None = None
+    """Windows per validation/test batch (None: batch_size)."""
 
     def __post_init__(self):
         _check_windows(self.lookback, self.horizon, self.val_fraction, self.test_fraction)
         if self.stride < 1:
             raise ValueError(f"stride must be at least 1, got {self.stride}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
 
     def bind(self, ctx) -> None:
         ctx.set("lookback", self.lookback)

@@ -3,12 +3,12 @@
 What the paper does (Arriola et al., 2025, arXiv:2503.09573). A sequence is cut into blocks of
 ``L'`` tokens. Blocks are generated left to right (autoregressive over blocks: ``log p(x) =
 sum_b log p(x^b | x^{<b})``), and each block conditional is a masked (absorbing-state) discrete
-diffusion model, trained with the diffusion NELBO (Eq. 8) and sampled by iterative unmasking
+diffusion model, trained with the block diffusion NELBO and sampled by iterative unmasking
 while the clean blocks before it sit in a KV cache. Training is vectorised: one forward pass over
 the concatenation ``[x_t, x_0]`` (length 2L) with a mask in which noisy block b sees itself
 (bidirectional) and clean blocks < b, and clean block b sees clean blocks <= b. With ``L' = 1`` the
 NELBO equals the autoregressive NLL in expectation, and exactly when every token is masked
-(``t = 1``), which is the paper's tuned schedule for ``L' = 1`` that closes the gap to AR (Sec. 4).
+(``t = 1``), which is the paper's tuned schedule for ``L' = 1`` that closes the gap to AR.
 The paper further reduces gradient variance with clipped ("data-driven") schedules
 ``t ~ U[beta, omega]`` tuned per block size.
 

@@ -99,6 +99,7 @@ class BlockDiffusionDecoder(Decoder):
             generator=session.generator,
             process=session.process if session.processors else None,
             greedy=self.config.greedy,
+            sample=session.model.head.sample,
         )
         scratch["denoiser_calls"] = scratch.get("denoiser_calls", 0) + forward_passes
         return block

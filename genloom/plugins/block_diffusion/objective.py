@@ -1,4 +1,4 @@
-"""The BD3-LM objective: per-block masked diffusion, vectorised over ``[x_t, x_0]`` (paper Alg. 1, Eq. 8).
+"""The BD3-LM objective: per-block masked diffusion, vectorised over ``[x_t, x_0]`` (the paper's NELBO and vectorised training).
 
 For blocks ``x^1 .. x^B`` of ``block_size`` tokens, each block b draws its own time ``t_b`` and is
 corrupted by the absorbing ("mask") process ``q(x_t^b | x^b)``: every token of the block becomes the
@@ -8,10 +8,14 @@ mask token with probability ``1 - alpha(t_b)``.  With the linear schedule ``alph
           = sum_b E_{t_b} E_q [ (1 / t_b) * sum_{l masked} CE ],
 
 with the SUBS parameterisation (the mask is never predicted; unmasked tokens are copied, so they
-cost nothing).  The reported loss is the NELBO per (valid) token.
+cost nothing).  The reported loss is the NELBO per (valid) token (an upper bound on the NLL per
+token in expectation over the noise when times cover [0, 1]); validation sums ``_nats`` and
+``_tokens``/``_bytes`` so ``val/bits_per_byte`` is the NELBO in bits per byte.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +39,10 @@ def subs_logits(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
 class BlockDiffusionObjective(Objective):
     """Block diffusion (BD3-LM) training loss; see the module docstring for the equation.
 
-    Batch: ``ids`` (B, L) (a trailing extra id beyond ``seq_len``, as next-token windows carry, is
-    dropped), optional ``valid`` (B, L) or next-token style ``mask`` (B, L-1) marking real tokens.
+    Batch: ``ids`` (B, L) with optional ``valid`` (B, L), or next-token windows (``ids`` of
+    ``seq_len + 1`` with ``mask`` (B, seq_len)), of which the targets ``ids[:, 1:]`` are scored (see
+    :meth:`clean_batch`). ``pattern`` is the 2L training pattern (what assembly checks the backbone
+    against); the decoder passes its own ``block_causal`` pattern explicitly.
     """
 
     def __init__(self, config, *, mask_id: int, seq_len: int | None = None):
@@ -92,10 +98,17 @@ class BlockDiffusionObjective(Objective):
         logits = model(torch.cat([x_t, x_0], dim=1), pattern=self.pattern_for(L))
         return logits[:, :L]
 
-    def weighted_loss(self, logits, x_0, masked, t_token, valid=None):
-        """Per-token NELBO terms (B, L): (1/t) * CE on masked tokens, 0 elsewhere (Eq. 8, linear schedule)."""
+    def weighted_loss(self, logits, x_0, masked, t_token, valid=None, head=None):
+        """Per-token NELBO terms (B, L): (1/t) * CE on masked tokens, 0 elsewhere (linear schedule).
+
+        The cross-entropy comes from the head's ``token_nll`` (heads own their distribution), on the
+        SUBS logits.
+        """
         logits = subs_logits(logits.float(), self.mask_id)
-        ce = F.cross_entropy(logits.transpose(1, 2), x_0, reduction="none")
+        if head is not None and hasattr(head, "token_nll"):
+            ce = head.token_nll(logits, x_0)
+        else:
+            ce = F.cross_entropy(logits.transpose(1, 2), x_0, reduction="none")
         # -alpha'(t) / (1 - alpha(t)) = 1 / t for alpha(t) = 1 - t
         weight = 1.0 / t_token
         term = torch.where(masked, weight * ce, torch.zeros_like(ce))
@@ -106,29 +119,35 @@ class BlockDiffusionObjective(Objective):
     def loss_given_noise(self, model, ids, masked, t_token, valid=None):
         x_t = torch.where(masked, torch.full_like(ids, self.mask_id), ids)
         logits = self.noisy_logits(model, x_t, ids)
-        term, ce = self.weighted_loss(logits, ids, masked, t_token, valid)
-        count = ids.numel() if valid is None else valid.sum().clamp_min(1)
+        term, ce = self.weighted_loss(logits, ids, masked, t_token, valid, head=getattr(model, "head", None))
+        count = torch.tensor(float(ids.numel()), device=ids.device) if valid is None else valid.sum().clamp_min(1).float()
         scored = masked if valid is None else masked & valid.bool()
         n_masked = scored.sum()
+        nats = term.sum()
         return dict(
-            loss=term.sum() / count,
+            loss=nats / count,
             masked_ce=(ce * scored).sum() / n_masked.clamp_min(1),
             mask_rate=n_masked / count,
+            _nats=nats.detach(),
+            _tokens=count.detach(),
         )
 
     def clean_batch(self, batch):
-        """(ids (B, L), valid (B, L) or None) from a batch dict or an id tensor."""
+        """(ids (B, L), valid (B, L) or None) from a batch dict or an id tensor.
+
+        Next-token windows carry ``seq_len + 1`` ids and a ``mask`` (B, seq_len) over ``ids[:, 1:]``;
+        the objective scores exactly those targets (``ids[:, 1:]`` with ``valid = mask``), so summed
+        nats and the batch's ``target_bytes`` describe the same tokens.
+        """
         if not isinstance(batch, dict):
             return batch, None
         ids = batch["ids"]
         valid = batch.get("valid")
-        if valid is None and batch.get("mask") is not None and batch["mask"].shape[1] == ids.shape[1] - 1:
-            # next-token windows: mask[i] says whether ids[i + 1] is real; ids[0] always is
-            mask = batch["mask"].bool()
-            valid = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
-        if self.seq_len and ids.shape[1] == self.seq_len + 1:
-            ids = ids[:, :-1]
-            valid = None if valid is None else valid[:, :-1]
+        mask = batch.get("mask")
+        if valid is None and mask is not None and mask.shape[1] == ids.shape[1] - 1:
+            ids, valid = ids[:, 1:], mask
+        elif valid is None and self.seq_len and ids.shape[1] == self.seq_len + 1:
+            ids = ids[:, 1:]
         if valid is not None:
             valid = valid.bool()
             if bool(valid.all()):
@@ -138,16 +157,18 @@ class BlockDiffusionObjective(Objective):
     def loss(self, model, batch, *, generator=None):
         ids, valid = self.clean_batch(batch)
         _, masked, t_token = self.corrupt(ids, generator=generator)
-        return self.loss_given_noise(model, ids, masked, t_token, valid)
+        out = self.loss_given_noise(model, ids, masked, t_token, valid)
+        if isinstance(batch, dict) and "target_bytes" in batch:
+            out["_bytes"] = batch["target_bytes"].sum().clamp_min(1.0).detach()
+            out["bits_per_byte"] = out["_nats"] / math.log(2) / out["_bytes"]
+        return out
 
-    def metrics(self, out, batch):
-        return {k: float(out[k]) for k in ("masked_ce", "mask_rate") if k in out}
 
 
 # -- the paper's naive loop, used as the reference for the vectorised pass ---------------------------
 
 def looped_noisy_logits(model, x_t: torch.Tensor, x_0: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Logits of every noisy block computed block by block with a KV cache of clean blocks (Alg. 1, loop form).
+    """Logits of every noisy block computed block by block with a KV cache of clean blocks (the paper's naive loop).
 
     For block b: run the noisy block x_t^b against the cache holding x_0^{<b} (bidirectional inside
     the block), roll the cache back, then append the clean block x_0^b to it. This is the paper's

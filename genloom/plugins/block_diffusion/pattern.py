@@ -1,4 +1,4 @@
-"""The BD3-LM training attention pattern over the concatenation ``[x_t, x_0]`` (paper Sec. 3.2, Fig. 2).
+"""The BD3-LM training attention pattern over the concatenation ``[x_t, x_0]`` (paper Fig. 2).
 
 Rows ``0 .. L-1`` hold the noisy sequence ``x_t``, rows ``L .. 2L-1`` the clean sequence ``x_0``.
 With blocks of ``block_size`` tokens (block of a row = its sequence position // block_size):

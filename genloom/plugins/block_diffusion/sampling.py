@@ -1,4 +1,4 @@
-"""BD3-LM sampling math (paper Alg. 2): blocks left to right, each denoised by iterative unmasking.
+"""BD3-LM sampling math : blocks left to right, each denoised by iterative unmasking.
 
 A block of ``n`` positions starts all-mask (except positions already known, e.g. the tail of a prompt
 that does not fill its block).  Over ``steps`` ancestral steps from ``t = 1`` to ``t = 0`` (linear
@@ -36,8 +36,15 @@ def denoise_block(
     generator: torch.Generator | None = None,
     process: Callable[[torch.Tensor], torch.Tensor] | None = None,
     greedy: bool = False,
+    sample: Callable | None = None,
 ):
-    """Iteratively unmask ``block`` (B, n) (mask_id where unknown). Returns (tokens (B, n), forward passes)."""
+    """Iteratively unmask ``block`` (B, n) (mask_id where unknown). Returns (tokens (B, n), forward passes).
+
+    ``sample(logits, generator)`` draws the candidate tokens (the decoder passes the head's sampler);
+    each step draws the candidates first, then the reveal coins, so two callers with the same
+    generator and the same logits make the same choices.
+    """
+    sample = sample or sample_categorical
     block = block.clone()
     logits = None
     forward_passes = 0
@@ -51,7 +58,7 @@ def denoise_block(
             logits = process(raw) if process is not None else raw
             forward_passes += 1
         t, s = 1.0 - k / steps, 1.0 - (k + 1) / steps
-        candidate = logits.argmax(-1) if greedy else sample_categorical(logits, generator)
+        candidate = logits.argmax(-1) if greedy else sample(logits, generator)
         reveal = torch.rand(block.shape, generator=generator, device=block.device) < (t - s) / t
         reveal &= masked
         block = torch.where(reveal, candidate, block)

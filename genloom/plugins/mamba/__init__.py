@@ -58,7 +58,7 @@ class MambaConfig:
     dt_rank: int | None = None
     """Rank of the step-size projection (None: ceil(d_model / 16), the paper's choice)."""
     dt_min: float = 0.001
-    """Smallest initial step size (dt_proj bias is initialised to softplus^-1 of values in [dt_min, dt_max])."""
+    """Smallest initial step size (the dt_proj bias is softplus^-1 of step sizes drawn log-uniformly between dt_min and dt_max)."""
     dt_max: float = 0.1
     """Largest initial step size."""
     dt_init_floor: float = 1e-4

@@ -36,8 +36,10 @@ many positions with a custom attention mask and position ids; the core backbones
 position ids, so each row carries one block right after its prefix). Decoding is the paper's
 *linear* speculative decoding (greedy); the quadratic variant needs mask blocks interleaved after
 every draft with their own positions, which the core backbones cannot be told. The base model is
-frozen by default (``train_base: false``); a base trained elsewhere is loaded into the wrapped
-components (their ``base`` submodules keep the base model's parameter names).
+frozen by default (``train_base: false``); a base trained elsewhere is loaded with
+``init_from`` (a run directory) into the wrapped components, whose ``base`` submodules keep the
+base model's parameter names. With ``train_base: true`` and ``next_token_weight > 0`` base and
+MTP parts train jointly from scratch (what the runnable config does on a CPU).
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ class GatedLoRABackboneConfig:
     """fnmatch patterns over the base backbone's module names (e.g. '*.q_proj'); empty: every nn.Linear."""
     train_base: bool = False
     """Also train the base backbone's own weights (the paper keeps them frozen)."""
+    init_from: str | None = None
+    """A genloom run directory (or its weights file) of a trained base model: its backbone weights initialise the base."""
 
     def __post_init__(self):
         if "name" not in self.base:
@@ -106,6 +110,9 @@ class MTPHeadConfig:
     """Hidden width of the sampler MLP (None: 2 x d_model)."""
     train_base: bool = False
     """Also train the base head's own weights (the paper keeps them frozen)."""
+    init_from: str | None = None
+    """A genloom run directory (or its weights file) of a trained base model: its head weights initialise the base
+    head (the <mask> row, new to the vocabulary, keeps its initial value)."""
 
     def __post_init__(self):
         if "name" not in self.base:

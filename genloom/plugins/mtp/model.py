@@ -125,13 +125,48 @@ class MTPHead(Head):
         return torch.stack(out, 1) if out else first.new_zeros(first.shape[0], 0)
 
 
+def copy_base_weights(module: nn.Module, source: dict, what: str) -> None:
+    """Copy a trained base component's ``state_dict`` into ``module``; a vocabulary-sized first
+    dimension may have grown (the <mask> token was added after the base was trained)."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in source]
+    unexpected = [k for k in source if k not in own]
+    if missing or unexpected:
+        raise ValueError(f"init_from: the {what} weights do not match the configured base {what}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        for key, value in source.items():
+            target = own[key]
+            if target.shape == value.shape:
+                target.copy_(value)
+            elif target.dim() == value.dim() and target.shape[1:] == value.shape[1:] and target.shape[0] > value.shape[0]:
+                target[: value.shape[0]].copy_(value)  # rows past the base vocabulary keep their init
+            else:
+                raise ValueError(f"init_from: {what} parameter '{key}' has shape {tuple(value.shape)} in the base run, {tuple(target.shape)} here")
+
+
+def _init_from(ctx, path: str | None, part: str, module: nn.Module) -> None:
+    """Initialise ``module`` from the ``part`` (backbone/head) of the genloom run at ``path``."""
+    if not path:
+        return
+    key = f"mtp_init_from:{path}"
+    source = ctx.get(key)
+    if source is None:
+        from genloom.core.generation import load_model
+
+        source = load_model(path)
+        ctx.set(key, source)
+    copy_base_weights(module, getattr(source, part).state_dict(), part)
+
+
 def build_backbone(config, ctx) -> GatedLoRABackbone:
     base = ctx.build("backbone", _node(config.base), path="backbone.base")
+    _init_from(ctx, config.init_from, "backbone", base)
     return GatedLoRABackbone(base, rank=config.rank, alpha=config.alpha, targets=config.targets, gate=gate_context(ctx), train_base=config.train_base)
 
 
 def build_head(config, ctx) -> MTPHead:
     base = ctx.build("head", _node(config.base), path="head.base")
+    _init_from(ctx, config.init_from, "head", base)
     d_model = int(ctx.d_model)
     return MTPHead(base, mask_id=int(ctx.mask_id), d_model=d_model, sampler_hidden=config.sampler_hidden or 2 * d_model,
                    gate=gate_context(ctx), train_base=config.train_base)

@@ -1,6 +1,7 @@
 """Training the gated LoRA, the mask embedding and the sampler (the base model stays as it is).
 
-For every sequence ``x`` of the batch, ``cuts_per_sequence`` prefix lengths ``n`` are drawn and a
+Batch: ``ids`` (B, L+1) and an optional ``mask`` (B, L) of scored next-token targets (the
+next-token objective's layout; ``mask`` is used by the optional next-token loss). For every sequence ``x`` of the batch, ``cuts_per_sequence`` prefix lengths ``n`` are drawn and a
 row ``[x_0 .. x_{n-1}, <mask> x m]`` is built (rows are right-padded; with the causal pattern the
 padding is never seen by a scored position). The i-th mask (i = 1..m) is trained to predict
 ``x_{n+i}`` (the base next-token position ``n-1`` predicts ``x_n``):
@@ -68,7 +69,7 @@ class MTPObjective(Objective):
         out: dict[str, torch.Tensor] = {}
         total = ids.new_zeros((), dtype=torch.float32)
         if train_base:
-            ntp = head.loss(head(clean[:, :-1]), ids[:, 1:], batch.get("valid", None)[:, 1:] if batch.get("valid", None) is not None else None)
+            ntp = head.loss(head(clean[:, :-1]), ids[:, 1:], batch.get("mask"))
             out["next_token"] = ntp.detach()
             total = total + cfg.next_token_weight * ntp
 

@@ -63,11 +63,18 @@ def weighted_dce(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, w
     Returns the loss, the plain masked-token cross-entropy and the masked fraction.
     """
     nll = diffusion.masked_cross_entropy(diffusion.clean_logits(logits, mask_id), x0, masked)
-    per_sequence = (nll.sum(-1) * weight)
+    per_sequence = nll.sum(-1) * weight
     tokens = tokens if tokens is not None else torch.full_like(per_sequence, x0.shape[1])
     loss = (per_sequence / tokens.clamp_min(1)).mean()
     n_masked = masked.sum().clamp_min(1)
-    return {"loss": loss, "masked_ce": nll.sum() / n_masked, "mask_fraction": masked.float().mean()}
+    return {
+        "loss": loss,
+        "bits_per_token": loss.detach() / diffusion.LOG2,
+        "masked_ce": nll.detach().sum() / n_masked,
+        "mask_fraction": masked.float().mean(),
+        "_nats": per_sequence.detach().sum(),  # validation: val/loss = sum of the bound / sum of tokens
+        "_tokens": tokens.sum(),
+    }
 
 
 class RADDObjective(Objective):
@@ -83,7 +90,11 @@ class RADDObjective(Objective):
     def loss(self, model, batch: dict) -> dict[str, torch.Tensor]:
         x0 = batch["ids"]
         valid = batch.get("valid")
-        maskable = valid if valid is not None else None
+        scored = batch.get("mask")
+        if valid is None and scored is not None and scored.shape[1] == x0.shape[1] - 1 and not bool(scored.all()):
+            # token windows: ``mask`` marks real targets ids[1:]; padding is neither noised nor attended
+            valid = torch.cat([torch.ones_like(scored[:, :1]), scored], 1).bool()
+        maskable = valid
         prompt = batch.get("prompt_mask")
         if prompt is not None:  # conditional training: the prompt is never masked nor scored
             maskable = (~prompt) if maskable is None else (maskable & ~prompt)

@@ -7,8 +7,10 @@ Two per-step rules, each a small state machine the decoders drive one network ca
   ``(t - s) / t`` and, if so, takes a token drawn from ``p_theta(x0^i | x_t^UM)``. Because the
   network has no time input, its output only changes when the noisy state changes: when a step
   unmasks nothing, the next step reuses the cached output (the paper's caching strategy), so the
-  number of network calls (NFE) equals the number of distinct noisy states visited. Random numbers
-  are drawn identically with and without the cache, so both give the same samples.
+  number of network evaluations of a sequence (its NFE) equals the number of distinct noisy states
+  it visits. In a batch only the rows whose state changed are re-evaluated (one network call on
+  that sub-batch). Random numbers are drawn identically with and without the cache, so both give
+  the same samples.
 - :class:`ConfidenceCanvas` -- the standard confidence-based masked-diffusion sampler (MaskGIT /
   LLaDA "low-confidence remasking"): each step predicts every masked token, then keeps the ``n_k``
   most confident predictions, with ``n_k`` from a linear schedule over ``steps`` (optionally
@@ -80,25 +82,32 @@ class AncestralCanvas:
     def done(self) -> bool:
         return self.step_index >= self.steps or not bool(self.masked.any())
 
-    def needs_call(self) -> bool:
-        """Whether this step must run the network (always without the cache)."""
+    def rows_to_evaluate(self) -> torch.Tensor:
+        """(B,) rows whose network output this step needs: every row with masks without the cache;
+        with the cache only rows whose noisy state changed since their last evaluation."""
+        pending = self.masked.any(-1)
         if not self.cache or self.cached_logits is None:
-            return True
-        return bool((self.changed & self.masked.any(-1)).any())
+            return pending
+        return pending & self.changed
+
+    def needs_call(self) -> bool:
+        """Whether this step runs the network at all."""
+        return bool(self.rows_to_evaluate().any())
 
     def step(self, denoise) -> torch.Tensor:
-        """One reverse step; ``denoise(ids) -> logits`` is called only when needed.
+        """One reverse step; ``denoise(ids, rows) -> logits`` runs the network on the rows that need it.
 
-        Returns the boolean (B, L) of positions unmasked in this step.
+        ``ids`` are the canvases of the selected rows, ``rows`` the (B,) boolean selection. Returns
+        the boolean (B, L) of positions unmasked in this step.
         """
-        if self.needs_call():
-            logits = denoise(self.canvas)
+        rows = self.rows_to_evaluate()
+        if bool(rows.any()):
+            fresh = denoise(self.canvas[rows], rows)
             self.calls += 1
-            self.row_calls += (self.changed | (not self.cache)) & self.masked.any(-1)
-            if self.cached_logits is None or not self.cache:
-                self.cached_logits = logits
-            else:  # a batched call recomputes every row; rows whose state did not change are equal anyway
-                self.cached_logits = torch.where(self.changed.reshape(-1, 1, 1), logits, self.cached_logits)
+            self.row_calls += rows.long()
+            if self.cached_logits is None:
+                self.cached_logits = fresh.new_zeros((self.canvas.shape[0], *fresh.shape[1:]))
+            self.cached_logits[rows] = fresh
         logits = self.cached_logits
         t, s = self.times[self.step_index], self.times[self.step_index + 1]
         p_unmask = float((t - s) / t)
@@ -119,10 +128,11 @@ class ConfidenceCanvas:
     """The confidence-based masked-diffusion sampler (greedy max-confidence by default).
 
     ``gen_start`` (int): first generated position (the prompt before it is kept). The generated
-    region is split into blocks of ``block_length`` (None: one block) decoded left to right, each
-    in ``steps / n_blocks`` steps. ``temperature`` 0 predicts the argmax token; above 0 it draws
-    the token with Gumbel noise. ``remasking`` ``low_confidence`` keeps the most confident
-    predictions; ``random`` keeps random ones.
+    region is split into blocks of ``block_length`` (None: one block; the last block may be
+    shorter) decoded left to right, each in ``steps // n_blocks`` steps (at least one).
+    ``temperature`` 0 predicts the argmax token; above 0 it draws the token with Gumbel noise.
+    ``remasking`` ``low_confidence`` keeps the most confident predictions; ``random`` keeps random
+    ones.
     """
 
     def __init__(self, canvas: torch.Tensor, mask_id: int, gen_start: int, steps: int, *, block_length: int | None = None,
@@ -131,14 +141,10 @@ class ConfidenceCanvas:
         self.mask_id = int(mask_id)
         self.gen_start = int(gen_start)
         length = canvas.shape[1] - self.gen_start
-        self.block_length = block_length or length
-        if length % self.block_length:
-            raise ValueError(f"block_length {self.block_length} must divide the generated length {length}")
-        self.n_blocks = length // self.block_length
-        if steps % self.n_blocks:
-            raise ValueError(f"steps {steps} must be a multiple of the number of blocks {self.n_blocks}")
-        self.steps_per_block = steps // self.n_blocks
-        self.steps = steps
+        self.block_length = min(block_length or length, length)
+        self.n_blocks = -(-length // self.block_length)  # the last block may be shorter
+        self.steps_per_block = max(1, steps // self.n_blocks)
+        self.steps = self.steps_per_block * self.n_blocks
         self.temperature = temperature
         self.remasking = remasking
         self.generator = generator

@@ -31,12 +31,11 @@ def optimal_acceptance(p, q, num_drafts: int) -> float:
         row[index * vocab : (index + 1) * vocab] = 1.0
         rows.append(row)
         rhs.append(float(np.prod(q[list(candidates)])))
-    for y in range(vocab):
+    for y in range(vocab - 1):  # the last output marginal follows from the others (both sum to 1)
         row = np.zeros(num_vars)
         row[y::vocab] = 1.0
         rows.append(row)
         rhs.append(p[y])
-    # One marginal constraint is implied by the others (both sum to 1); HiGHS copes with that.
     result = linprog(-reward, A_eq=np.stack(rows), b_eq=np.asarray(rhs), bounds=(0, None), method="highs")
     if not result.success:
         raise RuntimeError(f"linear program failed: {result.message}")

@@ -70,7 +70,20 @@ class SpeculativeDecoder(Decoder):
         super().__init__(config, ctx)
         self.gamma = config.gamma
         self.greedy = config.greedy
-        self.draft = draft if draft is not None else load_draft(config.draft, ctx, config.seed)
+        self._draft = draft
+        if draft is None:
+            if config.draft is None:
+                load_draft(None, ctx, config.seed)  # raises: the config must name a draft
+            if not isinstance(config.draft, str):
+                self._draft = load_draft(config.draft, ctx, config.seed)  # nested config: build now
+
+    @property
+    def draft(self):
+        """The draft model; one named by a path is loaded on first use, so a config can name a
+        draft run that is trained after the target (``genloom train`` builds the decoder)."""
+        if self._draft is None:
+            self._draft = load_draft(self.config.draft, self.ctx, self.config.seed)
+        return self._draft
 
     # -- helpers -------------------------------------------------------------------------------
     def _probs(self, session: Session, logits: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
@@ -111,7 +124,7 @@ class SpeculativeDecoder(Decoder):
         for i in range(self.gamma):
             so_far = torch.stack(drafts, 1) if drafts else ids.new_zeros(ids.shape[0], 0)
             q = self._probs(session, logits, self._history(session, so_far))
-            x = q.argmax(-1) if self.greedy else torch.multinomial(q.float(), 1, generator=session.generator).squeeze(-1)
+            x = q.argmax(-1) if self.greedy else torch.multinomial(q, 1, generator=session.generator).squeeze(-1)
             drafts.append(x)
             probs.append(q)
             if i + 1 < self.gamma:

@@ -38,7 +38,8 @@ class BlockResult(NamedTuple):
 
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One draw per row of ``probs`` (..., V) -> (...)."""
-    flat = probs.reshape(-1, probs.shape[-1]).float()
+    flat = probs.reshape(-1, probs.shape[-1])
+    flat = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
     return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
 
 

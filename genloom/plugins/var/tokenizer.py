@@ -9,11 +9,15 @@ back into an image, so the sum over scales of the phi_k(up(z_k)) maps is the dec
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from genloom.core.model import Tokenizer
 
 
 class Phi(nn.Module):
@@ -44,44 +48,43 @@ def _decoder(latent: int, hidden: int, out_channels: int, stages: int) -> nn.Seq
     return nn.Sequential(*layers)
 
 
-class MultiScaleVQ(nn.Module):
-    """Multi-scale residual VQ autoencoder with one shared codebook.
+class MultiScaleVQ(nn.Module, Tokenizer):
+    """Multi-scale residual VQ autoencoder with one shared codebook (the ``var-vq`` tokenizer).
 
     Token ids come as a list with one (B, s_k * s_k) tensor per scale (row-major). The
     transformer's input for scale k (k >= 2) is :meth:`next_scale_input` of the ``f_hat``
     accumulated over scales < k, which :meth:`embed_scales` gives for all scales at once.
+    Its modules are made once the image shape is known: at construction, or in :meth:`load`
+    (a run directory's tokenizer is rebuilt without the data set).
     """
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        scales: tuple[int, ...] = (1, 2, 3, 4),
-        codebook_size: int = 64,
-        latent_channels: int = 16,
-        hidden_channels: int = 32,
-        phi_ratio: float = 0.5,
-        beta: float = 0.25,
-        upsample_mode: str = "bicubic",
-    ):
+    def __init__(self, config, image_shape: tuple[int, int, int] | None = None):
         super().__init__()
+        self.config = config
+        self.scales = tuple(config.scales)
+        self.latent_side = self.scales[-1]
+        self.latent_channels = config.latent_channels
+        self.vocab_size = config.codebook_size
+        self.beta = config.beta
+        self.upsample_mode = config.upsample_mode
+        self.image_shape = None
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        if image_shape is not None:
+            self.make_modules(tuple(int(x) for x in image_shape))
+
+    def make_modules(self, image_shape: tuple[int, int, int]) -> None:
         channels, height, width = image_shape
-        side = scales[-1]
+        side = self.latent_side
         if height != width or height % side or (height // side) & (height // side - 1):
             raise ValueError(f"image {height}x{width} must be square and a power-of-two multiple of the last scale {side}")
         stages = int(math.log2(height // side))
-        self.image_shape = tuple(image_shape)
-        self.scales = tuple(scales)
-        self.latent_side = side
-        self.latent_channels = latent_channels
-        self.vocab_size = codebook_size
-        self.beta = beta
-        self.upsample_mode = upsample_mode
-        self.encoder = _encoder(channels, hidden_channels, latent_channels, stages)
-        self.decoder = _decoder(latent_channels, hidden_channels, channels, stages)
-        self.codebook = nn.Embedding(codebook_size, latent_channels)
-        nn.init.uniform_(self.codebook.weight, -1.0 / codebook_size, 1.0 / codebook_size)
-        self.phi = nn.ModuleList(Phi(latent_channels, phi_ratio) for _ in scales)
-        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        cfg = self.config
+        self.image_shape = (channels, height, width)
+        self.encoder = _encoder(channels, cfg.hidden_channels, cfg.latent_channels, stages)
+        self.decoder = _decoder(cfg.latent_channels, cfg.hidden_channels, channels, stages)
+        self.codebook = nn.Embedding(cfg.codebook_size, cfg.latent_channels)
+        nn.init.uniform_(self.codebook.weight, -1.0 / cfg.codebook_size, 1.0 / cfg.codebook_size)
+        self.phi = nn.ModuleList(Phi(cfg.latent_channels, cfg.phi_ratio) for _ in self.scales)
 
     # -- sequence layout ---------------------------------------------------------------------
     @property
@@ -141,9 +144,23 @@ class MultiScaleVQ(nn.Module):
 
     # -- public tokenizer API ----------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Images (B, C, H, W) in [-1, 1] -> list of K id tensors (B, s_k * s_k)."""
+    def encode(self, images: torch.Tensor):
+        """Images (B, C, H, W) in [-1, 1] -> list of K id tensors (B, s_k * s_k).
+
+        One image (C, H, W) gives its flat list of ids (scales concatenated coarse to fine), the
+        layout a generated sequence has.
+        """
+        images = torch.as_tensor(images, dtype=torch.float32)
+        if images.dim() == 3:
+            return torch.cat(self.encode(images[None]), 1)[0].tolist()
+        self._require_modules()
         return self.quantize(self.encoder(images))[1]
+
+    def decode(self, ids) -> torch.Tensor:
+        """One flat id sequence (a whole number of scales) -> image (C, H, W) in about [-1, 1]."""
+        flat = torch.as_tensor(list(ids) if not torch.is_tensor(ids) else ids, dtype=torch.long).reshape(1, -1)
+        with torch.no_grad():
+            return self.decode_ids(self.split_scales(flat.to(self.codebook.weight.device)))[0]
 
     def ids_to_fhat(self, ids: list[torch.Tensor]) -> torch.Tensor:
         """f_hat from the first len(ids) scales: the sum of their contributions."""
@@ -160,33 +177,35 @@ class MultiScaleVQ(nn.Module):
         return self.decode_fhat(self.ids_to_fhat(ids))
 
     def split_scales(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        """(B, sum s_k^2) ids -> list of per-scale (B, s_k^2) tensors (the inverse of torch.cat(ids, 1))."""
-        return list(flat.split(self.scale_lengths[: self._num_scales(flat.shape[1])], dim=1))
-
-    def _num_scales(self, length: int) -> int:
-        total = 0
-        for k, n in enumerate(self.scale_lengths):
+        """(B, n) ids -> per-scale (B, s_k^2) tensors of the complete scales among the first n ids."""
+        lengths, total = [], 0
+        for n in self.scale_lengths:
+            if total + n > flat.shape[1]:
+                break
+            lengths.append(n)
             total += n
-            if total == length:
-                return k + 1
-        raise ValueError(f"{length} tokens is not a whole number of scales {self.scale_lengths}")
+        if not lengths:
+            raise ValueError(f"{flat.shape[1]} ids do not complete the first scale ({self.scale_lengths[0]} ids)")
+        return list(flat[:, :total].split(lengths, dim=1))
 
     def next_scale_input(self, f_hat: torch.Tensor, k: int) -> torch.Tensor:
         """The transformer's input features for scale k: f_hat (of scales < k) area-resized to s_k, (B, s_k^2, C)."""
         return self._down(f_hat, self.scales[k]).flatten(2).transpose(1, 2)
 
     def embed_scales(self, ids: list[torch.Tensor]) -> torch.Tensor:
-        """Teacher-forcing inputs for scales 2..K: (B, sum_{k>=2} s_k^2, C) latent features.
+        """Teacher-forcing inputs of scales 2..K: (B, sum_{k>=2} s_k^2, C) latent features.
 
-        Scale k's input is the f_hat accumulated from the ground-truth tokens of scales < k, resized
-        to s_k x s_k (Sec. 3.2); scale 1's input is the class token, which the head embeds.
+        Scale k's input is the f_hat accumulated from the tokens of scales < k, resized to
+        s_k x s_k (Sec. 3.2); scale 1's input is the class token, which the head embeds.
         """
         f_hat, inputs = None, []
         for k in range(1, len(self.scales)):
             contribution = self.scale_contribution(k - 1, ids[k - 1])
             f_hat = contribution if f_hat is None else f_hat + contribution
             inputs.append(self.next_scale_input(f_hat, k))
-        return torch.cat(inputs, 1) if inputs else ids[0].new_zeros((ids[0].shape[0], 0, self.latent_channels), dtype=torch.float)
+        if not inputs:
+            return self.codebook.weight.new_zeros((ids[0].shape[0], 0, self.latent_channels))
+        return torch.cat(inputs, 1)
 
     # -- training ----------------------------------------------------------------------------
     def forward(self, images: torch.Tensor):
@@ -194,29 +213,36 @@ class MultiScaleVQ(nn.Module):
         f_hat, ids, vq_loss = self.quantize(self.encoder(images))
         return self.decoder(f_hat), ids, vq_loss
 
-    def fit(self, train_dataset, ctx=None, *, steps: int = 600, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, log_every: int = 0) -> list[float]:
-        """Train the autoencoder on ``train_dataset`` samples' "image" (reconstruction MSE + VQ loss).
+    def fit(self, data, ctx=None, *, log_every: int = 0) -> list[float]:
+        """Train the autoencoder on training images: reconstruction MSE + VQ loss (config fit_* fields).
 
-        Skipped when the tokenizer is already fitted (e.g. loaded from a checkpoint). Returns the
-        loss curve. Afterwards the tokenizer is in eval mode and frozen.
+        ``data`` is a data source (its "train" split is used) or a data set of ``{"image": ...}``
+        samples. Skipped when already fitted (a tokenizer loaded from a run). Returns the loss
+        curve; afterwards the tokenizer is in eval mode and frozen.
         """
         if bool(self.fitted):
             return []
-        generator = torch.Generator().manual_seed(seed)
-        n = len(train_dataset)
-        optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        dataset = data.load("train", self, ctx) if hasattr(data, "load") else data
+        first = dataset[0]["image"]
+        if self.image_shape is None:
+            self.make_modules(tuple(first.shape))
+        cfg = self.config
+        generator = torch.Generator().manual_seed(cfg.fit_seed)
+        images_all = getattr(dataset, "images", None)
+        optimizer = torch.optim.Adam(self.parameters(), lr=cfg.fit_lr)
         losses = []
         self.train()
-        for step in range(steps):
-            index = torch.randint(n, (batch_size,), generator=generator)
-            images = torch.stack([train_dataset[int(i)]["image"] for i in index])
-            reconstruction, ids, vq_loss = self(images)
+        for step in range(cfg.fit_steps):
+            index = torch.randint(len(dataset), (cfg.fit_batch_size,), generator=generator)
+            images = images_all[index] if images_all is not None else torch.stack([dataset[int(i)]["image"] for i in index])
+            images = images.to(self.codebook.weight.device)
+            reconstruction, _, vq_loss = self(images)
             loss = F.mse_loss(reconstruction, images) + vq_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            for g in optimizer.param_groups:  # cosine decay to 10%
-                g["lr"] = lr * (0.55 + 0.45 * math.cos(math.pi * (step + 1) / steps))
+            for group in optimizer.param_groups:  # cosine decay to 10%
+                group["lr"] = cfg.fit_lr * (0.55 + 0.45 * math.cos(math.pi * (step + 1) / cfg.fit_steps))
             losses.append(loss.item())
             if log_every and step % log_every == 0:
                 print(f"var-vq fit step {step}: loss {losses[-1]:.4f}")
@@ -224,3 +250,55 @@ class MultiScaleVQ(nn.Module):
         self.requires_grad_(False)
         self.fitted.fill_(True)
         return losses
+
+    # -- run directories ---------------------------------------------------------------------
+    def save(self, directory) -> None:
+        """Write the image shape and the fitted weights (``var_vq.json``, ``var_vq.safetensors``)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "var_vq.json").write_text(json.dumps({"image_shape": list(self.image_shape) if self.image_shape else None}))
+        if self.image_shape is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(directory / "var_vq.safetensors"))
+
+    def load(self, directory) -> None:
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta = directory / "var_vq.json"
+        if not meta.exists():
+            return
+        shape = json.loads(meta.read_text())["image_shape"]
+        if shape is not None and self.image_shape is None:
+            self.make_modules(tuple(shape))
+        weights = directory / "var_vq.safetensors"
+        if weights.exists():
+            self.load_state_dict(load_file(str(weights)))
+            self.eval()
+            self.requires_grad_(False)
+
+    def _require_modules(self) -> None:
+        if self.image_shape is None:
+            raise RuntimeError("the var-vq tokenizer does not know its image shape yet: set tokenizer.image_shape, use a data set that "
+                               "publishes channels/height/width, or load a run directory's tokenizer")
+
+    # -- genloom generate ----------------------------------------------------------------------
+    def generate_samples(self, gen, *, n: int = 1, seed: int = 0, out=None, decoder=None) -> Path:
+        """Write a PNG grid of class-conditional samples: ``n`` rows, one column per class."""
+        from genloom.plugins.var.grid import save_grid
+
+        num_classes = int(gen.ctx.get("num_classes", 1))
+        labels = [c for _ in range(max(1, n)) for c in range(num_classes)]
+        result = gen.generate([[c] for c in labels], max_new_tokens=self.seq_len, decoder=decoder, seed=seed)
+        images = torch.stack([self.decode(ids) for ids in result.ids])
+        path = Path(out) if out else Path(gen.run_dir or ".") / "samples.png"
+        save_grid(images, path, nrow=num_classes)
+        return path
+
+
+def build_tokenizer(config, ctx) -> MultiScaleVQ:
+    shape = config.image_shape
+    if shape is None and all(k in ctx for k in ("channels", "height", "width")):
+        shape = (ctx.channels, ctx.height, ctx.width)
+    return MultiScaleVQ(config, shape)

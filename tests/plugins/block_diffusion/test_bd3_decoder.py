@@ -14,7 +14,7 @@ from bd3_helpers import build  # noqa: E402
 from genloom.core.generation import run  # noqa: E402
 from genloom.core.pattern import block_causal, causal  # noqa: E402
 from genloom.plugins.block_diffusion import BlockDiffusionDecoderConfig  # noqa: E402
-from genloom.plugins.block_diffusion.sampling import denoise_block, sample_categorical  # noqa: E402
+from genloom.plugins.block_diffusion.sampling import denoise_block  # noqa: E402
 
 PROMPTS = [[104, 101, 108, 108, 111], [1, 2], list(range(40, 48)), [7]]  # tails 1, 2, 0, 1 for L' = 4
 
@@ -75,7 +75,7 @@ def test_first_proposal_matches_explicit_denoising_of_the_prompt_tail():
     with torch.no_grad():
         expected, _ = denoise_block(
             lambda block: model(torch.cat([torch.tensor([prompt[:4]]), block], 1), pattern=block_causal(4))[:, 4:],
-            block_ids, mask_id=mask_id, steps=4, generator=generator,
+            block_ids, mask_id=mask_id, steps=4, generator=generator, sample=model.head.sample,
         )
     result = generate(built, cache=True, prompts=[prompt], max_new_tokens=2)
     assert result.ids[0] == expected[0, 2:].tolist()
@@ -93,7 +93,7 @@ def test_block_size_one_is_ancestral_autoregressive_sampling():
         for _ in range(8):
             logits = model(torch.tensor([seq + [mask_id]]), pattern=causal())[:, -1].float()
             logits[:, mask_id] = float("-inf")
-            token = sample_categorical(logits, generator)
+            token = model.head.sample(logits[:, None], generator)[:, 0]
             torch.rand((1, 1), generator=generator)  # the reveal draw (probability 1 at the last step)
             seq.append(int(token))
     assert result.ids[0] == seq[len(prompt):]

@@ -93,7 +93,7 @@ def test_block_size_one_exact_expectation_over_masks_equals_ar_cross_entropy(t):
 
 @pytest.mark.slow
 def test_block_size_one_monte_carlo_loss_is_unbiased_for_ar_nll_with_higher_variance():
-    """t ~ U[0, 1]: the sampled NELBO averages to the AR NLL; with t = 1 its variance is exactly 0 (paper Sec. 4.1)."""
+    """t ~ U[0, 1]: the sampled NELBO averages to the AR NLL; with t = 1 its variance is exactly 0 (the paper's L' = 1 variance argument)."""
     torch.manual_seed(0)
     built = build(1)
     model, objective = built.model, built.model.objective
@@ -156,12 +156,18 @@ def test_loss_trains_everything_and_handles_next_token_windows():
     built = build(4, seq_len=8)
     model = built.model
     model.train()
-    ids = random_ids(2, 9, seed=8)  # next-token windows carry seq_len + 1 ids
+    ids = random_ids(2, 9, seed=8)  # next-token windows carry seq_len + 1 ids; the targets ids[:, 1:] are scored
     mask = torch.ones(2, 8, dtype=torch.bool)
     mask[1, 5:] = False  # a padded tail
     out = model.objective.loss(model, {"ids": ids, "mask": mask}, generator=torch.Generator().manual_seed(0))
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
+    assert float(out["_tokens"]) == 13  # the padded targets are not counted
+    # the scored tokens are the targets ids[:, 1:]; ids[:, 0] only exists for next-token objectives
+    shifted = ids.clone()
+    shifted[:, 0] = (shifted[:, 0] + 7) % 256
+    again = model.objective.loss(model, {"ids": shifted, "mask": mask}, generator=torch.Generator().manual_seed(0))
+    assert float(again["loss"]) == float(out["loss"])
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert sum(float(g.abs().sum()) > 0 for g in grads) == len(grads)

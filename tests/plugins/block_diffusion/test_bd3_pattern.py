@@ -61,6 +61,7 @@ def test_pattern_validation(bad):
         BlockDiffusionPattern(**bad)
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_flex_and_reference_kernels_agree_on_the_pattern():
     torch.manual_seed(0)
     L, bs = 8, 2
@@ -77,6 +78,7 @@ def test_flex_and_reference_kernels_agree_on_the_pattern():
     assert (full - expected).abs().max() > 1e-2
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_whole_model_pass_identical_under_flex_and_reference():
     built = build(4)
     model, objective = built.model, built.model.objective

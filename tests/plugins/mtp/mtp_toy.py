@@ -15,6 +15,14 @@ SENTENCES = [
 ]
 
 
+CYCLE = b"abcdefghijklmnopqrstuvwxyz0123456789"  # distinct bytes: the next byte follows from the last
+
+
+def periodic(repeats: int = 60) -> torch.Tensor:
+    """A periodic stream (windows start at random offsets): every future token is predictable."""
+    return torch.tensor(list(CYCLE * repeats), dtype=torch.long)
+
+
 def stream(repeats: int = 40, seed: int = 0) -> torch.Tensor:
     """The sentences in a random order, many times: the next byte depends on the context."""
     g = torch.Generator().manual_seed(seed)
@@ -65,7 +73,7 @@ def train_base(model, data, steps: int, *, lr: float = 3e-3, batch_size: int = 1
         opt.step()
     for p in params:
         p.requires_grad_(False)
-    return float(loss)
+    return float(loss.detach())
 
 
 def lora_and_mtp(model):
@@ -86,4 +94,4 @@ def train_mtp(model, data, steps: int, *, lr: float = 3e-3, batch_size: int = 16
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-    return {k: float(v) for k, v in out.items()}
+    return {k: float(v.detach()) for k, v in out.items()}

@@ -14,7 +14,7 @@ VOCAB = 6
 def model_config(d_model=16, n_layers=1, vocab=VOCAB):
     return {
         "tokenizer": {"name": "ids", "vocab_size": vocab},
-        "head": {"name": "lm", "init_std": 0.5},
+        "head": {"name": "lm", "init_std": 0.5, "tie_weights": False},
         "backbone": {"name": "transformer", "d_model": d_model, "n_layers": n_layers, "n_heads": 2},
         "objective": {"name": "next-token"},
     }
@@ -32,9 +32,9 @@ def target():
     return built
 
 
-def noisy_copy_draft(built, gamma, noise, seed=1, **extra):
+def noisy_copy_draft(built, gamma, noise, seed=1, config=TARGET, **extra):
     """A draft of the target's architecture whose weights are the target's plus noise."""
-    dec = built.ctx.build("decoder", {"name": "speculative", "draft": TARGET, "gamma": gamma, **extra})
+    dec = built.ctx.build("decoder", {"name": "speculative", "draft": config, "gamma": gamma, **extra})
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for (name, p_draft), (_, p_target) in zip(dec.draft.named_parameters(), built.model.named_parameters()):
@@ -60,7 +60,7 @@ def test_greedy_equals_target_greedy_with_fewer_target_passes(target, gamma):
     prompts = [[1, 2, 3, 4, 5], [2], [5, 0, 1]]  # left padding, per-sequence acceptance
     max_new = 24
     reference = run(target.model, prompts, target.ctx.build("decoder", "greedy"), max_new_tokens=max_new)
-    dec = noisy_copy_draft(target, gamma, noise=0.3, greedy=True)
+    dec = noisy_copy_draft(target, gamma, noise=1.0, greedy=True)
     out = run(target.model, prompts, dec, max_new_tokens=max_new)
     assert out.ids == reference.ids
     m = out.metrics
@@ -83,7 +83,7 @@ def test_greedy_with_processors_and_eos_matches_greedy(target):
     reference = run(target.model, prompts, target.ctx.build("decoder", "greedy"), max_new_tokens=16, processors=procs)
     eos = reference.ids[0][5]
     reference = run(target.model, prompts, target.ctx.build("decoder", "greedy"), max_new_tokens=16, processors=procs, eos_id=eos)
-    dec = noisy_copy_draft(target, 4, noise=0.3, greedy=True)
+    dec = noisy_copy_draft(target, 4, noise=1.0, greedy=True)
     out = run(target.model, prompts, dec, max_new_tokens=16, processors=procs, eos_id=eos)
     assert out.ids == reference.ids
 
@@ -106,15 +106,17 @@ def enumerate_continuations(model, prompt, processors, length):
 
 
 @pytest.mark.slow
-def test_sampled_continuations_follow_the_target_distribution(target):
+def test_sampled_continuations_follow_the_target_distribution():
     """End to end: 2-token continuations from speculative decoding vs the exact target
     distribution (enumerated), chi-square; the draft's own distribution is rejected by the same test."""
     stats = pytest.importorskip("scipy.stats")
     torch.manual_seed(0)
+    target = tiny_model(base=DRAFT)  # the smallest model keeps 20k sequences fast
+    target.model.eval()
     procs = [target.ctx.build("processor", {"name": "temperature", "temperature": 0.7})]
     prompt = [1, 4, 2]
-    draws = 30_000
-    dec = noisy_copy_draft(target, 3, noise=1.0)
+    draws = 20_000
+    dec = noisy_copy_draft(target, 2, noise=1.0, config=DRAFT)
     out = run(target.model, [prompt] * draws, dec, max_new_tokens=2, processors=procs, seed=123)
     exact_target = enumerate_continuations(target.model, prompt, procs, 2)
     exact_draft = enumerate_continuations(dec.draft, prompt, procs, 2)
@@ -128,4 +130,45 @@ def test_sampled_continuations_follow_the_target_distribution(target):
     expected_draft = [exact_draft[s] * draws for s in exact_target]
     assert stats.chisquare(observed, [e * draws / sum(expected_draft) for e in expected_draft]).pvalue < 1e-6
     # the draft was useful: more than one token per target pass, some drafts rejected
-    assert 0 < out.metrics.mean_acceptance_length < 3
+    assert 0 < out.metrics.mean_acceptance_length < 2
+
+
+def test_a_draft_equal_to_the_target_is_always_accepted_when_sampling(target):
+    """State bookkeeping (rollback of the target, snapshot/restore of the draft, ragged re-feed):
+    a misaligned cache would make q differ from p and reject drafts."""
+    prompts = [[1, 2, 3, 4], [5], [0, 2]]
+    gamma, max_new = 3, 17
+    dec = noisy_copy_draft(target, gamma, noise=0.0)
+    out = run(target.model, prompts, dec, max_new_tokens=max_new, seed=3)
+    assert all(len(ids) == max_new for ids in out.ids)
+    assert out.metrics.mean_acceptance_length == gamma
+    assert out.metrics.acceptance_rate_by_position == [1.0] * gamma
+
+
+def test_draft_from_a_run_directory_is_loaded_lazily(target, tmp_path):
+    from genloom.core import runio
+    from genloom.core.plugins import get_registry
+
+    torch.manual_seed(7)
+    draft = tiny_model(base=DRAFT)
+    run_dir = tmp_path / "draft-run"
+    runio.save_config(run_dir, draft.model.config, get_registry())
+    runio.save_weights(run_dir, draft.model)
+    missing = target.ctx.build("decoder", {"name": "speculative", "draft": str(tmp_path / "not-yet-trained")})
+    from genloom.core.errors import GenloomError
+
+    with pytest.raises(GenloomError):
+        missing.draft  # noqa: B018  (a path is only read when the draft is first needed)
+    dec = target.ctx.build("decoder", {"name": "speculative", "draft": str(run_dir), "gamma": 2})
+    for a, b in zip(dec.draft.parameters(), draft.model.parameters()):
+        assert torch.equal(a, b)
+    out = run(target.model, [[1, 2]], dec, max_new_tokens=5)
+    assert len(out.ids[0]) == 5
+
+
+def test_plugin_package_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, genloom.plugins.speculative as s; s.genloom_decoders(); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
