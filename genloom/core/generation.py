@@ -44,6 +44,8 @@ class GenerationMetrics:
     position_accepted: list[int] = field(default_factory=list)
     seconds: float = 0.0
     first_token_seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Decoder-specific figures (network evaluations per sequence, early-commit steps...)."""
 
     def count_forward(self, name: str = "target", n: int = 1) -> None:
         self.forward_passes[name] = self.forward_passes.get(name, 0) + n
@@ -92,6 +94,7 @@ class GenerationMetrics:
             "seconds": self.seconds,
             "tokens_per_second": self.tokens_per_second,
             "time_to_first_token": self.first_token_seconds,
+            **({"extra": dict(self.extra)} if self.extra else {}),
         }
 
 
