@@ -148,6 +148,8 @@ class Session:
         self.metrics = GenerationMetrics(batch_size=self.batch_size)
         self.state = None
         self.scratch: dict[str, Any] = {}  # decoders keep their own per-call values here
+        self.last_kept = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)
+        """(B,) tokens the last commit kept per sequence (fewer than proposed when a sequence stopped)."""
         self._t0 = time.perf_counter()
         if max_new_tokens <= 0:
             self.finished[:] = True
@@ -160,16 +162,21 @@ class Session:
 
     def history(self, pad: int = -1) -> torch.Tensor:
         """(B, T) prompt + generated ids, left-padded with ``pad`` (processors read this)."""
-        rows = []
-        for b in range(self.batch_size):
-            prompt = self.prompt_ids[b][self.prompt_valid[b]].tolist()
-            rows.append(prompt + self.generated[b])
-        T = max((len(r) for r in rows), default=0)
-        out = torch.full((self.batch_size, T), pad, dtype=torch.long)
-        for b, r in enumerate(rows):
-            if r:
-                out[b, T - len(r):] = torch.tensor(r)
-        return out.to(self.device)
+        G = max((len(g) for g in self.generated), default=0)
+        gen = torch.full((self.batch_size, G), pad, dtype=torch.long)
+        for b, g in enumerate(self.generated):
+            if g:
+                gen[b, : len(g)] = torch.tensor(g)
+        gen = gen.to(self.device)
+        ids = torch.cat([torch.where(self.prompt_valid, self.prompt_ids, pad), gen], 1)
+        real = torch.cat([self.prompt_valid, gen != pad], 1) if pad < 0 else torch.cat([self.prompt_valid, torch.arange(G, device=self.device)[None] < self.gen_lengths[:, None]], 1)
+        # move padding to the left, keeping the order of real tokens (a stable sort on the mask)
+        order = torch.sort(real.int(), dim=1, stable=True).indices
+        return ids.gather(1, order)
+
+    @property
+    def gen_lengths(self) -> torch.Tensor:
+        return torch.tensor([len(g) for g in self.generated], dtype=torch.long, device=self.device)
 
     def process(self, logits: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
         """Apply the logits processors to (B, V) or (B, k, V) logits."""
@@ -217,6 +224,7 @@ class Session:
                 if self._stops(b, int(t)):
                     self.finished[b] = True
                     break
+        self.last_kept = kept.to(self.device)
         self.metrics.tokens_generated += int(kept.sum())
         self.metrics.steps += 1
         if self.metrics.first_token_seconds is None and int(kept.sum()) > 0:
@@ -356,6 +364,30 @@ def load(path_or_config, overrides: list[str] | None = None, **kw) -> Generator:
     return runio.load_generator(path_or_config, overrides=overrides, **kw)
 
 
-def load_model(path_or_config, overrides: list[str] | None = None):
-    """The :class:`~genloom.core.model.GenerativeModel` of a run directory or config (e.g. a draft model)."""
-    return load(path_or_config, overrides).model
+def load_model(source, overrides: list[str] | None = None, *, seed: int | None = None, expect_vocab_size: int | None = None, registry=None):
+    """The :class:`~genloom.core.model.GenerativeModel` of a run directory, a config file, or a
+    model config given as a dict (e.g. a draft model named inside a decoder's config).
+
+    An untrained model (from a config) gets its initial weights from ``seed`` without touching the
+    global random state; no data set is built. ``expect_vocab_size`` raises a ConfigError naming
+    both sizes when the model's vocabulary differs (a draft must share the target's).
+    """
+    from pathlib import Path as _Path
+
+    from genloom.core import config as config_mod
+    from genloom.core.model import assemble
+
+    if isinstance(source, (str, _Path)) and _Path(source).suffix not in (".yaml", ".yml"):
+        model = load(source, overrides).model
+    else:
+        if isinstance(source, dict):
+            cfg = config_mod.compose(None, overrides, base=source)
+        else:
+            cfg = config_mod.compose(source, overrides)
+        validated = config_mod.validate(cfg, registry)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(validated.run.seed if seed is None else seed)
+            model = assemble(validated, registry, data=False, fit_tokenizer=False).model
+    if expect_vocab_size is not None and model.ctx.vocab_size != expect_vocab_size:
+        raise ConfigError(f"the model has a vocabulary of {model.ctx.vocab_size} tokens but {expect_vocab_size} are expected (a draft model must share the target's tokenizer)")
+    return model.eval()

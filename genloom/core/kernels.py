@@ -15,7 +15,7 @@ import threading
 
 log = logging.getLogger("genloom.kernels")
 
-_pins: dict[str, str] = {}
+_pins: dict[str, str] = {}  # process-wide pins (kernels.pin)
 _impls: dict[tuple[str, str], object] = {}
 _choice_cache: dict[tuple, object] = {}
 _logged: set = set()
@@ -52,6 +52,23 @@ def pin(op: str, backend: str | None) -> None:
 
 
 @contextlib.contextmanager
+def scope(pins: dict[str, str] | None):
+    """Prefer these backends (op -> name, 'auto' for none) in this thread, e.g. around one model's
+    forward: a config's ``kernels:`` pins apply to the model built from it, not to the process.
+    Unlike :func:`use`, a scoped backend that cannot run falls back to automatic selection."""
+    pins = {op: b for op, b in (pins or {}).items() if b and b != "auto"}
+    if not pins:
+        yield
+        return
+    old = getattr(_local, "scoped", None)
+    _local.scoped = {**(old or {}), **pins}
+    try:
+        yield
+    finally:
+        _local.scoped = old
+
+
+@contextlib.contextmanager
 def use(op: str, backend: str):
     """Temporarily force ``backend`` for ``op`` in this thread (tests compare backends this way)."""
     stack = getattr(_local, "forced", None)
@@ -83,7 +100,7 @@ def status(op: str, **query) -> list[tuple[str, int, str | None]]:
 def select(op: str, **query):
     """The backend object that will run ``op`` for ``query`` (device, dtype, pattern, ...)."""
     forced = getattr(_local, "forced", {}).get(op)
-    name = forced or _pins.get(op)
+    name = forced or (getattr(_local, "scoped", None) or {}).get(op) or _pins.get(op)
     if name:
         impl = implementation(op, name)
         reason = impl.supports(**query)
@@ -96,19 +113,37 @@ def select(op: str, **query):
     if cache_key in _choice_cache:
         return _choice_cache[cache_key]
     reasons = []
-    for rec in _registry().kernels_for(op):
+    for prio, rec, impl in _ranked(op, query):
         try:
-            impl = implementation(op, rec.name)
-            reason = impl.supports(**query)
+            reason = impl.supports(**query) if impl is not None else "failed to build"
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
         if reason is None:
             why = f"; skipped {', '.join(reasons)}" if reasons else ""
-            _log_once((op, rec.name, why), f"kernel {op}: using '{rec.name}' (priority {rec.priority}){why}")
+            _log_once((op, rec.name, why), f"kernel {op}: using '{rec.name}' (priority {prio}){why}")
             _choice_cache[cache_key] = impl
             return impl
         reasons.append(f"{rec.name}: {reason}")
     raise RuntimeError(f"no usable backend for kernel op '{op}': {'; '.join(reasons) or 'none registered'}")
+
+
+def _ranked(op: str, query: dict):
+    """Backends by priority for this query: a backend's ``priority(**query)`` method, when it has
+    one, overrides its record's priority (e.g. a reference that beats a parallel form on CPU)."""
+    out = []
+    for rec in _registry().kernels_for(op):
+        try:
+            impl = implementation(op, rec.name)
+        except Exception:
+            impl = None
+        prio = rec.priority
+        if impl is not None and hasattr(impl, "priority"):
+            try:
+                prio = int(impl.priority(**query))
+            except Exception:
+                pass
+        out.append((prio, rec, impl))
+    return sorted(out, key=lambda x: -x[0])
 
 
 def call(op: str, *args, **kwargs):

@@ -120,8 +120,11 @@ class GenerativeModel(nn.Module):
         self.config = config  # the ValidatedConfig it was built from
 
     def hidden(self, ids: torch.Tensor, *, pattern: AttentionPattern | None = None, state=None, valid=None) -> torch.Tensor:
+        from genloom.core import kernels
+
         pattern = pattern or (self.objective.pattern if self.objective is not None else CAUSAL)
-        return self.backbone(self.head.embed(ids), pattern=pattern, state=state, valid=valid)
+        with kernels.scope(getattr(self.ctx, "kernels", None)):  # the config's kernel pins apply to this model only
+            return self.backbone(self.head.embed(ids), pattern=pattern, state=state, valid=valid)
 
     def forward(self, ids: torch.Tensor, *, pattern: AttentionPattern | None = None, state=None, valid=None) -> torch.Tensor:
         """Outputs (logits) for ``ids``; with ``state``, ``ids`` continue the state and advance it."""
@@ -173,12 +176,9 @@ def build_component(spec, ctx: BuildContext):
 
 def assemble(validated, registry=None, *, data: bool = True, tokenizer=None, fit_tokenizer: bool = True) -> Built:
     """Build data, tokenizer, head, backbone, objective and decoder from a validated config."""
-    from genloom.core import kernels as kernel_dispatch
     from genloom.core.plugins import get_registry
 
     registry = registry or get_registry()
-    for op, backend in validated.run.kernels.items():
-        kernel_dispatch.pin(op, backend)
     ctx = BuildContext(registry, kernels=validated.run.kernels)
     comps = validated.components
     for key in ("tokenizer", "head", "backbone"):

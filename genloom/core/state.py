@@ -18,6 +18,10 @@ import torch
 class State:
     """The incremental-state contract. Subclasses implement all methods."""
 
+    #: True when :meth:`rollback` can go back across any number of advances (a KV cache); False
+    #: when only within the most recent advance (recurrent states keep only the last advance's steps).
+    rollback_any: bool = False
+
     @property
     def lengths(self) -> torch.Tensor:
         """(B,) number of real tokens each sequence has consumed."""
@@ -60,6 +64,8 @@ class KVCache(State):
        (B, H_kv, L, Dh), and attends its queries (positions ``positions``) to all of them;
     3. the cache is advanced once ``begin`` was called; ``lengths`` counts valid tokens.
     """
+
+    rollback_any = True
 
     def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, head_dim: int, capacity: int = 256, *, device=None, dtype=torch.float32):
         self.n_layers = n_layers

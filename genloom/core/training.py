@@ -696,6 +696,10 @@ def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite
     built = assemble(validated, registry, tokenizer=tokenizer)
     if built.data is None:
         raise ConfigError("the config has no 'data' node to train on", path="data")
+    if "spawn" in str(tcfg.strategy) and not _picklable(built.model):
+        raise ConfigError(f"strategy '{tcfg.strategy}' pickles the model into new processes, and this assembled model cannot be "
+                          f"pickled (it holds the plugin registry); use trainer.strategy=ddp, which launches one process per "
+                          f"device running the same command", path="trainer.strategy")
     if rank0 and hasattr(built.model.tokenizer, "save"):
         tok_dir.mkdir(parents=True, exist_ok=True)
         built.model.tokenizer.save(tok_dir)
@@ -759,8 +763,9 @@ def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite
 
     if tcfg.checkpoint_every_steps and trainer.global_step % tcfg.checkpoint_every_steps:
         check_finite_parameters(module, trainer.global_step, last)
-        trainer.save_checkpoint(str(last))  # the final state, so --resume with a larger max_steps continues from here
-    if n_val and module.last_val_step != trainer.global_step:
+        trainer.save_checkpoint(str(last), weights_only=False)  # the full final state, so --resume with a larger max_steps continues from here
+    if n_val and (module.last_val_step != trainer.global_step or tcfg.val_batches is not None):
+        trainer.limit_val_batches = 1.0  # the final figures cover the whole held-out split
         trainer.validate(module, datamodule=dm, verbose=False)
     metrics = dict(module.val_metrics)
     weights = None
@@ -805,3 +810,13 @@ def _print_metrics(say, metrics: dict, step: int, seconds: float) -> None:
         if not k.startswith("total_"):
             table.add_row(f"val/{k}", f"{metrics[k]:.4f}")
     say(table)
+
+
+def _picklable(obj) -> bool:
+    import pickle
+
+    try:
+        pickle.dumps(obj)
+    except Exception:
+        return False
+    return True

@@ -199,3 +199,36 @@ def test_processors_compose(built):
     assert torch.allclose(Temperature(2.0)(logits, None), logits / 2)
     pen = RepetitionPenalty(2.0)(logits, torch.tensor([[0, 3, -1]]))
     assert pen.tolist() == [[1.0, 1.0, 0.0, -2.0]]
+
+
+def test_config_kernel_pins_apply_to_their_model_only():
+    b = tiny_model(base={**TINY, "kernels": {"attention": "reference"}})
+    q = torch.randn(1, 1, 3, 4)
+    assert kernels.select("attention", device=q.device, dtype=q.dtype).name != "reference"
+    seen = []
+    original = kernels.select
+
+    def spy(op, **query):
+        impl = original(op, **query)
+        seen.append(impl.name)
+        return impl
+
+    kernels.select = spy
+    try:
+        b.model(torch.tensor([[1, 2, 3]]))
+    finally:
+        kernels.select = original
+    assert seen and set(seen) == {"reference"}
+
+
+def test_backend_priority_can_depend_on_the_query():
+    cpu = torch.device("cpu")
+    assert kernels.select("selective_scan", device=cpu, dtype=torch.float32).name == "reference"
+
+
+def test_history_is_left_padded_in_order(built):
+    from genloom.core.generation import Session
+
+    s = Session(built.model, [[1, 2, 3], [4]], max_new_tokens=4)
+    s.generated = [[9], [7, 8]]
+    assert s.history().tolist() == [[-1, 1, 2, 3, 9], [-1, -1, 4, 7, 8]]

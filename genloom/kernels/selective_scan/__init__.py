@@ -51,6 +51,14 @@ class SelectiveScanBackend:
         return f"selective_scan[{self.name}]"
 
 
+class ReferenceBackend(SelectiveScanBackend):
+    """The step-by-step recurrence. On a CPU it is also the fastest form (the parallel forms
+    materialise (B, L, D, N) tensors), so it outranks ``chunked`` there."""
+
+    def priority(self, device=None, **kw) -> int:
+        return 15 if device is not None and torch.device(device).type == "cpu" else 0
+
+
 class ChunkedBackend(SelectiveScanBackend):
     name = "chunked"
 
@@ -94,7 +102,7 @@ class TritonBackend(SelectiveScanBackend):
 
 def make_reference(config=None, ctx=None) -> SelectiveScanBackend:
     """Factory of the ``reference`` backend (config and ctx are not used)."""
-    return SelectiveScanBackend()
+    return ReferenceBackend()
 
 
 def make_chunked(config=None, ctx=None) -> ChunkedBackend:

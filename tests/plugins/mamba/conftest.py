@@ -9,12 +9,3 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _unpin_selective_scan():
-    """Assembling configs/mamba.yaml pins the selective_scan backend process-wide; undo it."""
-    yield
-    from genloom.core import kernels
-
-    kernels.pin("selective_scan", None)
