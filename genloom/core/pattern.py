@@ -55,7 +55,7 @@ class AttentionPattern:
     def block_index(self, pos: torch.Tensor) -> torch.Tensor:
         if self.block_lengths:
             bounds = torch.tensor(self.block_lengths, device=pos.device).cumsum(0)
-            return torch.bucketize(pos, bounds, right=True)
+            return torch.bucketize(pos.contiguous(), bounds, right=True)
         return torch.div(pos, self.block_size, rounding_mode="floor")
 
     def allowed(self, q_pos: torch.Tensor, kv_pos: torch.Tensor) -> torch.Tensor:

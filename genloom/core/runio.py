@@ -128,6 +128,9 @@ def _load_tokenizer(validated, registry, tok_dir: Path):
     from genloom.core.model import build_component
 
     ctx = BuildContext(registry)
+    data = validated.components.get("data")
+    if data is not None and hasattr(data.config, "bind"):
+        data.config.bind(ctx)  # what the data config publishes without loading any data
     tok = build_component(validated.components["tokenizer"], ctx)
     if tok_dir.exists() and hasattr(tok, "load"):
         tok.load(tok_dir)

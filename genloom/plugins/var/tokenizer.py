@@ -138,7 +138,7 @@ class MultiScaleVQ(nn.Module, Tokenizer):
             ids.append(idx)
             # codebook/phi move toward f; the encoder is committed toward f_hat (beta)
             vq_loss = vq_loss + F.mse_loss(f_hat, f_detached) + self.beta * F.mse_loss(f, f_hat.detach())
-        if self.training:  # straight-through: the value of f_hat, the gradient of f (to the encoder)
+        if self.training and torch.is_grad_enabled():  # straight-through: the value of f_hat, the gradient of f (to the encoder)
             f_hat = f_hat.detach() - f_detached + f
         return f_hat, ids, vq_loss / len(self.scales)
 
@@ -223,9 +223,8 @@ class MultiScaleVQ(nn.Module, Tokenizer):
         if bool(self.fitted):
             return []
         dataset = data.load("train", self, ctx) if hasattr(data, "load") else data
-        first = dataset[0]["image"]
         if self.image_shape is None:
-            self.make_modules(tuple(first.shape))
+            self.make_modules(tuple(dataset[0]["image"].shape))
         cfg = self.config
         generator = torch.Generator().manual_seed(cfg.fit_seed)
         images_all = getattr(dataset, "images", None)
@@ -246,7 +245,6 @@ class MultiScaleVQ(nn.Module, Tokenizer):
             losses.append(loss.item())
             if log_every and step % log_every == 0:
                 print(f"var-vq fit step {step}: loss {losses[-1]:.4f}")
-        self.eval()
         self.requires_grad_(False)
         self.fitted.fill_(True)
         return losses
@@ -275,7 +273,6 @@ class MultiScaleVQ(nn.Module, Tokenizer):
         weights = directory / "var_vq.safetensors"
         if weights.exists():
             self.load_state_dict(load_file(str(weights)))
-            self.eval()
             self.requires_grad_(False)
 
     def _require_modules(self) -> None:
