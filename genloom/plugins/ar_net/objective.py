@@ -68,8 +68,6 @@ class ArNetObjective(Objective):
             self.steps_seen += 1
         return out
 
-    def metrics(self, out, batch) -> dict[str, float]:
-        return {k: float(out[k]) for k in ("mse", "mae", "regularizer", "lambda") if k in out}
 
 
 def build(config: ArNetObjectiveConfig, ctx) -> ArNetObjective:

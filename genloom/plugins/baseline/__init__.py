@@ -273,8 +273,9 @@ def genloom_datasets():
     if images:
         out.append(records.dataset("digits", f"{_P}.images:build_digits", images[0], "scikit-learn's 8x8 handwritten digits with labels."))
         out.append(records.dataset("sample-images", f"{_P}.images:build_sample_images", images[1], "scikit-learn's bundled photographs, as patches."))
-    series = _optional("series_config", "MacrodataConfig", "SunspotsConfig")
+    series = _optional("series_config", "MacrodataConfig", "SunspotsConfig", "StatsmodelsSeriesConfig")
     if series:
+        out.append(records.dataset("statsmodels-series", f"{_P}.series:build_statsmodels_series", series[2], "Any statsmodels data set's columns as a (multivariate) series."))
         out.append(records.dataset("macrodata", f"{_P}.series:build_macrodata", series[0], "statsmodels' US macroeconomic quarterly series (multivariate)."))
         out.append(records.dataset("sunspots", f"{_P}.series:build_sunspots", series[1], "statsmodels' yearly sunspot numbers (univariate)."))
     return out

@@ -113,8 +113,6 @@ class MseObjective(Objective):
         mae = (prediction.detach() - target).abs().mean()
         return {"loss": mse, "mse": mse.detach(), "mae": mae}
 
-    def metrics(self, out, batch) -> dict[str, float]:
-        return {"mse": float(out["mse"]), "mae": float(out["mae"])}
 
 
 def build_mse_objective(config: MseObjectiveConfig, ctx=None) -> MseObjective:
@@ -137,31 +135,49 @@ def seasonal_naive(x: torch.Tensor, horizon: int, season: int = 1) -> torch.Tens
 class LinearBaseline:
     """Least-squares linear forecaster: y = W x + b per variate, one (W, b) shared by all variates.
 
-    ``ridge`` adds ``ridge * ||W||^2`` (0: ordinary least squares, solved with ``torch.linalg.lstsq``).
+    ``ridge`` adds ``ridge * ||W||^2`` (0: ordinary least squares, the minimum-norm solution of
+    ``torch.linalg.lstsq``). ``instance_norm`` fits and applies the map to each window standardised by its own lookback
+    mean/std (the "RLinear" baseline of the forecasting literature); off by default.
     """
 
-    def __init__(self, ridge: float = 0.0):
+    def __init__(self, ridge: float = 0.0, instance_norm: bool = False, eps: float = 1e-5):
         self.ridge = ridge
+        self.instance_norm = instance_norm
+        self.eps = eps
         self.weight: torch.Tensor | None = None  # (H, L)
         self.bias: torch.Tensor | None = None  # (H,)
 
+    def _stats(self, x: torch.Tensor):
+        mean = x.mean(dim=1, keepdim=True)
+        std = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + self.eps)
+        return mean, std
+
     def fit(self, x: torch.Tensor, y: torch.Tensor) -> "LinearBaseline":
-        inputs = x.transpose(1, 2).reshape(-1, x.shape[1]).double()  # (N*V, L)
-        targets = y.transpose(1, 2).reshape(-1, y.shape[1]).double()  # (N*V, H)
+        x, y = x.double(), y.double()
+        if self.instance_norm:
+            mean, std = self._stats(x)
+            x, y = (x - mean) / std, (y - mean) / std
+        inputs = x.transpose(1, 2).reshape(-1, x.shape[1])  # (N*V, L)
+        targets = y.transpose(1, 2).reshape(-1, y.shape[1])  # (N*V, H)
         design = torch.cat([inputs, torch.ones(inputs.shape[0], 1, dtype=inputs.dtype)], dim=1)
         if self.ridge > 0:
             penalty = self.ridge * torch.eye(design.shape[1], dtype=design.dtype)
             penalty[-1, -1] = 0.0  # the intercept is not penalised
             solution = torch.linalg.solve(design.T @ design + penalty, design.T @ targets)
         else:
-            solution = torch.linalg.lstsq(design, targets).solution
+            # SVD-based minimum-norm solution: with instance_norm the lags of a window sum to 0, so the
+            # design is rank-deficient and only the minimum-norm solution is unique and reproducible
+            solution = torch.linalg.lstsq(design.cpu(), targets.cpu(), driver="gelsd").solution.to(design.device)
         self.weight = solution[:-1].T.float()
         self.bias = solution[-1].float()
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.einsum("blv,hl->bhv", x.float(), self.weight) + self.bias[None, :, None]
-        return out
+        x = x.float()
+        if self.instance_norm:
+            mean, std = self._stats(x)
+            return (torch.einsum("blv,hl->bhv", (x - mean) / std, self.weight) + self.bias[None, :, None]) * std + mean
+        return torch.einsum("blv,hl->bhv", x, self.weight) + self.bias[None, :, None]
 
 
 def metrics(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -180,15 +196,22 @@ def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], data, split: str =
     return metrics(torch.cat(outputs), y)
 
 
-def baseline_scores(data, split: str = "test") -> dict[str, dict[str, float]]:
-    """Seasonal-naive and least-squares linear scores on ``split`` (the linear map is fitted on train)."""
+def baseline_scores(data, split: str = "test", instance_norm_linear: bool = False) -> dict[str, dict[str, float]]:
+    """Seasonal-naive and least-squares linear scores on ``split`` (the linear map is fitted on train).
+
+    With ``instance_norm_linear`` the scores of the instance-normalised linear map
+    ("linear+norm") are added.
+    """
     horizon, season = data.info["horizon"], data.info["season"]
     season = min(season, data.info["lookback"])
-    linear = LinearBaseline().fit(*data.load("train").tensors())
-    return {
+    train = data.load("train").tensors()
+    scores = {
         "seasonal-naive": evaluate(lambda x: seasonal_naive(x, horizon, season), data, split),
-        "linear": evaluate(linear, data, split),
+        "linear": evaluate(LinearBaseline().fit(*train), data, split),
     }
+    if instance_norm_linear:
+        scores["linear+norm"] = evaluate(LinearBaseline(instance_norm=True).fit(*train), data, split)
+    return scores
 
 
 def model_predictor(model) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -207,11 +230,13 @@ def model_predictor(model) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def fit_forecaster(model, data, *, steps: int = 500, lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 32,
-                   eval_every: int = 25, patience: int | None = None, seed: int = 0, log: list | None = None) -> dict[str, float]:
-    """Train ``model`` (an assembled forecaster) with AdamW; keep the weights of the best validation MSE.
+                   eval_every: int = 25, patience: int | None = None, seed: int = 0, log: list | None = None,
+                   select_best: bool = True) -> dict[str, float]:
+    """Train ``model`` (an assembled forecaster) with AdamW and a cosine learning-rate decay.
 
-    A plain loop for tests and scripts (``genloom train`` is the Lightning path). Returns the best
-    validation scores and the step they were reached at.
+    With ``select_best`` the weights of the best validation MSE are kept (early stopping), else
+    the final ones. A plain loop for tests and scripts (``genloom train`` is the Lightning path).
+    Returns the best validation scores and the step they were reached at (or the final scores).
     """
     generator = torch.Generator().manual_seed(seed)
     x_train, y_train = data.load("train").tensors()
@@ -242,6 +267,10 @@ def fit_forecaster(model, data, *, steps: int = 500, lr: float = 1e-3, weight_de
                 since_best += 1
                 if patience is not None and since_best >= patience:
                     break
+    if not select_best:
+        model.eval()
+        final = evaluate(model_predictor(model), data, "val") if has_val else {}
+        return {**final, "step": step}
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

@@ -4,9 +4,11 @@ The data sets live in ``series.py``, the forecasting parts (``forecast`` head, `
 seasonal-naive and least-squares baselines) in ``forecast.py``.
 
 - ``macrodata``: statsmodels' US macroeconomic quarterly series 1959Q1-2009Q3 (203 quarters),
-  multivariate. By default the stock and price variables are turned into quarterly growth rates
-  in percent (100 * first difference of the logarithm) and the rates (interest rates,
-  unemployment, inflation) are kept as levels, so every variate is roughly stationary.
+  multivariate. By default every column is used as published (``transform: levels``: trending,
+  non-stationary series, as in the forecasting benchmarks iTransformer and S-Mamba report on);
+  ``transform: growth`` turns the stock and price variables into quarterly growth rates in
+  percent (100 * first difference of the logarithm; 202 quarters) and keeps the rates (interest
+  rates, unemployment, inflation) as they are, so every variate is roughly stationary.
 - ``sunspots``: statsmodels' yearly sunspot numbers 1700-2008 (309 years), univariate.
 - ``statsmodels-series``: any numeric columns of any ``statsmodels.datasets`` module.
 
@@ -89,8 +91,8 @@ class MacrodataConfig(SeriesWindowConfig):
 
     variates: list[str] = field(default_factory=lambda: list(MACRODATA_COLUMNS))
     """Columns to use, in this order (any of: realgdp realcons realinv realgovt realdpi cpi m1 tbilrate unemp pop infl realint)."""
-    transform: Literal["growth", "levels"] = "growth"
-    """'growth': 100 * diff(log) for the level columns (realgdp ... pop), rates kept; 'levels': every column as published."""
+    transform: Literal["levels", "growth"] = "levels"
+    """'levels': every column as published; 'growth': 100 * diff(log) for the level columns (realgdp ... pop), rates kept."""
     season: int = 4
     """Season length used by the seasonal-naive baseline (4 quarters)."""
 

@@ -19,6 +19,9 @@ What this implementation does:
   through the registry (causal pattern each; their own kernels through the dispatcher). The layer
   as a whole serves the ``full`` pattern: every variate token depends on every other one.
 
+The two directions are separate blocks with their own parameters, as in the paper and its code
+(the techniques table writes the formula with one ``Mamba``; the tests check it with two).
+
 What it simplifies: the registry's Mamba backbone is a pre-norm residual block (RMSNorm, then the
 Mamba mixer, plus its input), so each direction already carries a skip connection; built with
 ``final_norm: false``. Toy scale (d_model 32, d_state 8-16, one or two layers) on statsmodels'
