@@ -44,7 +44,12 @@ def main(args) -> int:
     seed = int(opts.get("seed", defaults.seed if defaults else 0))
     decoder = None
     if "decoder" in opts or fields:
-        decoder = {"name": opts.get("decoder") or gen.model.decoder_spec.record.qualified_name, **fields}
+        spec = gen.model.decoder_spec
+        name = opts.get("decoder") or (spec.record.qualified_name if spec else "sampling")
+        same = spec is not None and name in (spec.record.name, spec.record.qualified_name)
+        # overriding fields of the run's own decoder keeps its other fields (a draft model, say)
+        base = {f: getattr(spec.config, f) for f in spec.config.__dataclass_fields__} if same else {}
+        decoder = {**base, "name": name, **fields}
     if hasattr(gen.tokenizer, "generate_samples"):
         # non-text tokenizers (images, series) decide how a sample is generated and written
         path = gen.tokenizer.generate_samples(gen, n=n, seed=seed, out=opts.get("out"), decoder=decoder)

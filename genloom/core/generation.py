@@ -116,10 +116,10 @@ class GenerationResult:
         return [d if isinstance(d, str) else str(d) for d in self.decode()]
 
 
-def pad_left(prompts, pad_id: int = 0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad a list of id sequences: (B, P) ids and (B, P) validity."""
+def pad_left(prompts, pad_id: int = 0, device=None, min_width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad a list of id sequences: (B, P) ids and (B, P) validity (P >= ``min_width``)."""
     seqs = [torch.as_tensor(list(p), dtype=torch.long) for p in prompts]
-    P = max((len(s) for s in seqs), default=0)
+    P = max(max((len(s) for s in seqs), default=0), min_width)
     ids = torch.full((len(seqs), P), pad_id, dtype=torch.long)
     valid = torch.zeros(len(seqs), P, dtype=torch.bool)
     for b, s in enumerate(seqs):
@@ -391,3 +391,20 @@ def load_model(source, overrides: list[str] | None = None, *, seed: int | None =
     if expect_vocab_size is not None and model.ctx.vocab_size != expect_vocab_size:
         raise ConfigError(f"the model has a vocabulary of {model.ctx.vocab_size} tokens but {expect_vocab_size} are expected (a draft model must share the target's tokenizer)")
     return model.eval()
+
+
+def load_draft(draft, ctx, seed: int = 0, path: str = "decoder.draft"):
+    """The frozen draft model of a draft-model decoder (speculative, SpecTr, ...).
+
+    ``draft`` is a run directory, a weights file in one, a config ``.yaml`` or a nested model config
+    dict; its vocabulary must equal the target's (``ctx.vocab_size``).
+    """
+    if draft is None:
+        raise ConfigError("a draft model is required: a run directory, a weights file in one, a config .yaml, or a nested model config {tokenizer, head, backbone, ...}", path=path)
+    try:
+        model = load_model(draft if isinstance(draft, str) else dict(draft), seed=seed, expect_vocab_size=ctx.get("vocab_size"), registry=ctx.registry)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).removeprefix("config error: "), path=path) from exc
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

@@ -55,7 +55,7 @@ class BlockDiffusionObjectiveConfig:
     block_size: int = 4
     """Tokens per block L' (1 = autoregressive, seq_len = plain masked diffusion)."""
     mask_rate_min: float = 0.0
-    """Lower end beta of the per-block masking rate t ~ U[beta, omega] (paper's clipped schedule)."""
+    """Lower end beta of the per-block masking rate t ~ U(beta, omega) (the paper's clipped schedule)."""
     mask_rate_max: float = 1.0
     """Upper end omega of the per-block masking rate; beta = omega = 1 with block_size 1 gives the AR loss exactly."""
     antithetic: bool = True
@@ -108,7 +108,7 @@ def genloom_objectives():
             name="block-diffusion",
             factory="genloom.plugins.block_diffusion.objective:build",
             config=BlockDiffusionObjectiveConfig,
-            summary="BD3-LM: per-block masked diffusion NELBO, vectorised over [x_t, x_0]",
+            summary="BD3-LM: per-block masked diffusion NELBO in one pass over the noisy and clean copies (x_t, x_0)",
             paper=PAPER,
         )
     ]

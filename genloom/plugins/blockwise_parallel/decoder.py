@@ -73,8 +73,7 @@ class BlockwiseParallelDecoder(Decoder):
         head, k = self._head(session)
         before = session.state.lengths.clone()
         h = self._hidden(session, block)  # (B, k, D)
-        heads = head.proposal_logits(h, k)  # (B, k, k, V)
-        base = self._processed(session, heads[:, :, 0], block)
+        base = self._processed(session, head(h), block)  # head 1 at every block position
         greedy = base.argmax(-1)  # g_j: the base choice after y_1..y_j
         if self.accept_top_k <= 1:
             ok = block[:, 1:] == greedy[:, :-1]
@@ -85,8 +84,9 @@ class BlockwiseParallelDecoder(Decoder):
         session.state.rollback(before + accepted)
         last = (accepted - 1)[:, None]
         first = greedy.gather(1, last)[:, 0]
-        at_last = heads.gather(1, last[:, :, None, None].expand(-1, 1, k, heads.shape[-1]))[:, 0]  # (B, k, V)
-        session.scratch["block"] = self._block(session, at_last, first)
+        # merged propose: the heads at the last accepted position (same call, no new model pass)
+        h_last = h.gather(1, last[:, :, None].expand(-1, 1, h.shape[-1]))[:, 0]
+        session.scratch["block"] = self._block(session, head.proposal_logits(h_last, k), first)
         session.metrics.record_acceptance(accepted, k, active=~session.finished)
         return Commit(block, accepted)
 

@@ -66,11 +66,12 @@ class _Advance:
     def __init__(self, conv_input, u, delta, A, B, C, ssm_before):
         self.conv_input, self.u, self.delta, self.A, self.B, self.C, self.ssm_before = conv_input, u, delta, A, B, C, ssm_before
 
-    def select(self, index: torch.Tensor) -> "_Advance":
-        return _Advance(*(t.index_select(0, index) if t.dim() and name != "A" else t for name, t in zip(self.__slots__, self._tensors())))
-
     def _tensors(self):
         return tuple(getattr(self, name) for name in self.__slots__)
+
+    def select(self, index: torch.Tensor) -> "_Advance":
+        """Batch rows ``index`` (``A`` has no batch dimension)."""
+        return _Advance(*(t if name == "A" else t.index_select(0, index) for name, t in zip(self.__slots__, self._tensors())))
 
     def clone(self) -> "_Advance":
         return _Advance(*(t.clone() for t in self._tensors()))

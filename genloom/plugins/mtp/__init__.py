@@ -45,7 +45,7 @@ MTP parts train jointly from scratch (what the runnable config does on a CPU).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from genloom.core import hookimpl, records
 
@@ -131,10 +131,13 @@ class MTPObjectiveConfig:
 
     n_masks: int = 4
     """Mask tokens appended after each prefix (future tokens predicted beyond the next one)."""
+    layout: Literal["blocks", "rows"] = "blocks"
+    """'blocks': one pass, mask blocks after the sequence with their own attention pattern and positions
+    (the paper's; needs a backbone serving any pattern); 'rows': one causal row per prefix (any causal backbone)."""
     cuts_per_sequence: int = 4
-    """Prefix lengths drawn per training sequence (each gives one row)."""
+    """Prefixes per training sequence that get a block of masks."""
     min_prefix: int = 1
-    """Shortest prefix a row may have."""
+    """Shortest prefix a row may have (layout 'rows')."""
     sampler_weight: float = 1.0
     """Weight of the sampler's cross-entropy."""
     mask_ce_weight: float = 1.0

@@ -85,17 +85,23 @@ class MTPSpeculativeDecoder(Decoder):
         head, m, B = self._head(session), self.n_masks, session.batch_size
         before = session.state.lengths.clone()
         chunk = torch.cat([pending[:, None], drafts], 1)  # (B, 1 + m)
-        ids = torch.cat([chunk, self._masks(session, B)], 1)
         ones = torch.ones(B, 1, dtype=torch.bool, device=session.device)
-        valid = torch.cat([ones, has_drafts[:, None].expand(B, m), ones.expand(B, m)], 1)
-        h = self._hidden(session, ids, valid)
-        greedy = self._greedy(session, head(h[:, : 1 + m]), chunk)  # g_0..g_m
-        match = (drafts == greedy[:, :m]) & has_drafts[:, None]
-        accepted = match.long().cumprod(1).sum(1)  # a in 0..m
+        if bool(has_drafts.any()):
+            ids = torch.cat([chunk, self._masks(session, B)], 1)
+            valid = torch.cat([ones, has_drafts[:, None].expand(B, m), ones.expand(B, m)], 1)
+            h = self._hidden(session, ids, valid)
+            greedy = self._greedy(session, head(h[:, : 1 + m]), chunk)  # g_0..g_m
+            match = (drafts == greedy[:, :m]) & has_drafts[:, None]
+            accepted = match.long().cumprod(1).sum(1)  # a in 0..m
+        else:  # no sequence has drafts: [pending, masks] is enough
+            h = self._hidden(session, torch.cat([pending[:, None], self._masks(session, B)], 1))
+            h = torch.cat([h[:, :1], h[:, :1].expand(B, m, h.shape[-1]), h[:, 1:]], 1)  # same layout as above
+            greedy = self._greedy(session, head(h[:, :1]), chunk[:, :1])
+            accepted = torch.zeros(B, dtype=torch.long, device=session.device)
         next_pending = greedy.gather(1, accepted[:, None])[:, 0]
         # the masks followed the right context only if every draft was accepted (or there were none)
         fresh = ~has_drafts | (accepted == m)
-        new_drafts = head.draft(h[:, 1 + m :], next_pending)
+        new_drafts = head.draft(h[:, 1 + m :], next_pending) if bool(fresh.any()) else drafts
         session.state.rollback(before + 1 + accepted)
         session.metrics.record_acceptance(accepted, m, active=has_drafts & ~session.finished)
         session.scratch.update(pending=next_pending, drafts=new_drafts, has_drafts=fresh)

@@ -1,9 +1,9 @@
 """Gated LoRA: low-rank adapters that act only where a gate is on (the paper's mask positions).
 
 ``y = W x + b`` at ordinary positions and ``y = W x + b + (alpha / r) B A x`` at gated positions.
-The ungated rows of the output are the base layer's own output tensor (the adapter's rows are
-written with ``index_put`` on the gated rows only), so ordinary positions equal the base model
-bit-for-bit, whatever the adapter weights.
+The ungated rows of the output are the base layer's own output values (the update is computed for
+the gated rows only and added there with ``index_add``), so ordinary positions equal the base
+model bit-for-bit, whatever the adapter weights.
 
 The gate reaches the layers through a :class:`GateContext` shared by every adapter of one model:
 whoever knows the token ids (the MTP head's ``embed``) :meth:`~GateContext.put`\\ s a (B, L)
@@ -29,6 +29,7 @@ class GateContext:
     def __init__(self):
         self.pending: torch.Tensor | None = None
         self.gate: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = None
 
     def put(self, gate: torch.Tensor | None) -> None:
         """Hand the gate of the next backbone forward (called by the head when it embeds ids)."""
@@ -47,11 +48,20 @@ class GateContext:
     @contextlib.contextmanager
     def active(self, gate: torch.Tensor | None):
         """Make ``gate`` the gate the adapters read inside the block."""
-        old, self.gate = self.gate, gate
+        old = self.gate, self.__dict__.get("_rows")
+        self.gate, self._rows = gate, None
         try:
             yield
         finally:
-            self.gate = old
+            self.gate, self._rows = old
+
+    def rows(self) -> torch.Tensor | None:
+        """Indices of the gated positions in the flattened (B * L) gate (computed once per forward)."""
+        if self.gate is None:
+            return None
+        if self.__dict__.get("_rows") is None:
+            self._rows = self.gate.reshape(-1).nonzero().squeeze(1)
+        return self._rows
 
 
 class GatedLoRALinear(nn.Linear):
@@ -84,11 +94,19 @@ class GatedLoRALinear(nn.Linear):
         gate = self.context.gate
         if gate is None:
             return out
-        rows = _align(gate, x.shape[:-1], self.adapter_name)
-        if not bool(rows.any()):
+        if x.shape[:-1].numel() == gate.numel() and (x.dim() == 2 or tuple(x.shape[:-1]) == tuple(gate.shape)):
+            # fast path: rows of the flattened input line up with the flattened gate
+            rows = self.context.rows()
+            if rows.numel() == 0:
+                return out
+            flat_x, flat_out = x.reshape(-1, x.shape[-1]), out.reshape(-1, out.shape[-1])
+            delta = self.lora_delta(flat_x.index_select(0, rows)).to(out.dtype)
+            # index_add touches only the gated rows: every other element of ``out`` is the base layer's value
+            return flat_out.index_add(0, rows, delta).reshape(out.shape)
+        mask = _align(gate, x.shape[:-1], self.adapter_name)
+        if not bool(mask.any()):
             return out
-        # only the gated rows change; every other element of ``out`` is the base layer's value
-        return out.index_put((rows,), out[rows] + self.lora_delta(x[rows]).to(out.dtype))
+        return out.index_put((mask,), out[mask] + self.lora_delta(x[mask]).to(out.dtype))
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, rank={self.rank}, scaling={self.scaling:g}"

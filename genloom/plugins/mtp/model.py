@@ -8,6 +8,8 @@ They share one :class:`~genloom.plugins.mtp.lora.GateContext` through the build 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -16,6 +18,7 @@ from genloom.core.pattern import CAUSAL
 from genloom.plugins.mtp.lora import GateContext, GatedLoRALinear, add_gated_lora
 
 GATE_KEY = "mtp_gate_context"
+log = logging.getLogger("genloom.plugins.mtp")
 
 
 def gate_context(ctx) -> GateContext:
@@ -147,6 +150,13 @@ def copy_base_weights(module: nn.Module, source: dict, what: str) -> None:
 def _init_from(ctx, path: str | None, part: str, module: nn.Module) -> None:
     """Initialise ``module`` from the ``part`` (backbone/head) of the genloom run at ``path``."""
     if not path:
+        return
+    from pathlib import Path
+
+    if not Path(path).expanduser().exists():
+        # a trained mtp run is restored from its own weights, which replace these anyway
+        log.warning("init_from: '%s' does not exist; the base %s keeps its initial weights "
+                    "(expected only when restoring a trained run whose base run was removed)", path, part)
         return
     key = f"mtp_init_from:{path}"
     source = ctx.get(key)

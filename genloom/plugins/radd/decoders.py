@@ -15,6 +15,7 @@ import torch
 from genloom.core.generation import Commit, Decoder
 from genloom.core.pattern import FULL
 from genloom.plugins.radd.sampling import AncestralCanvas, ConfidenceCanvas
+from genloom.core.canvas import prefix_commit
 
 
 class CanvasDecoder(Decoder):
@@ -71,17 +72,6 @@ class CanvasDecoder(Decoder):
         session.scratch["committed"] += commit.counts.to(session.scratch["committed"].device)
         if session.scratch["sampler"].done and not bool(commit.counts.any()):
             session.finished[:] = True  # nothing left to unmask or commit
-
-
-def prefix_commit(canvas: torch.Tensor, gen_start: int, committed: torch.Tensor, mask_id: int) -> Commit:
-    """Commit the newly completed left prefix of the generated region of each row."""
-    gen = canvas[:, gen_start:]
-    prefix = (gen != mask_id).long().cumprod(-1).sum(-1)
-    counts = (prefix - committed).clamp_min(0)
-    width = int(counts.max()) if counts.numel() else 0
-    idx = (committed.reshape(-1, 1) + torch.arange(width, device=canvas.device).reshape(1, -1)).clamp_max(gen.shape[1] - 1)
-    tokens = gen.gather(1, idx) if width else gen[:, :0]
-    return Commit(tokens, counts)
 
 
 class RADDSampler(CanvasDecoder):

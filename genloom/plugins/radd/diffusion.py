@@ -104,21 +104,11 @@ def concrete_score(clean_probs: torch.Tensor, x_t: torch.Tensor, sigma_bar: torc
     return score
 
 
-def reverse_unmask_probability(mask_prob_t: torch.Tensor, mask_prob_s: torch.Tensor) -> torch.Tensor:
-    """Probability that a token masked at time t is unmasked by time s < t: ``(m_t - m_s) / m_t``."""
-    return (mask_prob_t - mask_prob_s) / mask_prob_t
-
-
 def time_grid(steps: int, eps: float = 1e-5, device=None) -> torch.Tensor:
     """``steps + 1`` times from 1 down to 0 (the last step unmasks everything)."""
     grid = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64, device=device)
     grid[-1] = 0.0
     return grid
-
-
-def ao_arm_weight(length: int, counts: torch.Tensor) -> torch.Tensor:
-    """Weight ``L / k`` of the any-order autoregressive form of the bound (k masked of L)."""
-    return length / counts.clamp_min(1).to(torch.float32)
 
 
 LOG2 = math.log(2.0)

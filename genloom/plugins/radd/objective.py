@@ -56,13 +56,20 @@ def corrupt_batch(x0: torch.Tensor, *, loss_form: str, sampling_eps: float, nois
 
 
 def weighted_dce(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, weight: torch.Tensor, mask_id: int,
-                 tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                 tokens: torch.Tensor | None = None, token_nll=None) -> dict[str, torch.Tensor]:
     """The denoising cross-entropy: ``sum_i masked_i * weight * -log p(x0^i | x_t)`` per token.
 
-    ``tokens`` (B,) is the number of scored tokens per sequence (the bound is reported per token).
+    ``tokens`` (B,) is the number of scored tokens per sequence (the bound is reported per token);
+    ``token_nll(outputs, targets) -> (B, L)`` is the head's per-token NLL (default: categorical
+    cross-entropy). Unmasked positions are selected away, so they get exactly zero gradient.
     Returns the loss, the plain masked-token cross-entropy and the masked fraction.
     """
-    nll = diffusion.masked_cross_entropy(diffusion.clean_logits(logits, mask_id), x0, masked)
+    clean = diffusion.clean_logits(logits, mask_id)
+    if token_nll is None:
+        nll = diffusion.masked_cross_entropy(clean, x0, masked)
+    else:
+        nll = token_nll(clean, x0)
+        nll = torch.where(masked, nll, torch.zeros_like(nll))
     per_sequence = nll.sum(-1) * weight
     tokens = tokens if tokens is not None else torch.full_like(per_sequence, x0.shape[1])
     loss = (per_sequence / tokens.clamp_min(1)).mean()
@@ -105,7 +112,7 @@ class RADDObjective(Objective):
         )
         logits = model(noisy, pattern=self.pattern, valid=valid)  # no time input: RADD's point
         tokens = maskable.sum(-1).float() if maskable is not None else None
-        return weighted_dce(logits, x0, masked, weight, self.mask_id, tokens)
+        return weighted_dce(logits, x0, masked, weight, self.mask_id, tokens, getattr(model.head, "token_nll", None))
 
 
 def build(config, ctx) -> RADDObjective:

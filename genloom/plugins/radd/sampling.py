@@ -21,34 +21,13 @@ from __future__ import annotations
 
 import torch
 
-from genloom.plugins.radd.diffusion import clean_logits
+from genloom.plugins.radd.diffusion import clean_logits, time_grid
+from genloom.core.canvas import top_k_positions, transfer_schedule  # noqa: F401  (shared masked-canvas helpers)
 
 
 def gumbel_like(shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
     u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
     return -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
-
-
-def transfer_schedule(n_masked: torch.Tensor, steps: int) -> torch.Tensor:
-    """How many tokens each of ``steps`` steps unmasks: an even split, remainder first (B, steps)."""
-    base = n_masked.reshape(-1, 1) // steps
-    rem = n_masked.reshape(-1, 1) % steps
-    idx = torch.arange(steps, device=n_masked.device).reshape(1, -1)
-    return base + (idx < rem).long()
-
-
-def top_k_positions(score: torch.Tensor, allowed: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Boolean (B, L): the ``k[b]`` allowed positions of row ``b`` with the highest score.
-
-    Ties go to the leftmost position (stable sort), so two samplers that compute equal scores
-    select exactly the same positions.
-    """
-    neg_inf = torch.tensor(float("-inf"), dtype=score.dtype, device=score.device)
-    score = torch.where(allowed, score, neg_inf)
-    order = torch.sort(score, dim=-1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(-1, order, torch.arange(score.shape[-1], device=score.device).expand_as(order))
-    return (rank < k.reshape(-1, 1)) & allowed
 
 
 class AncestralCanvas:
@@ -66,8 +45,7 @@ class AncestralCanvas:
         self.cache = cache
         self.temperature = temperature
         self.generator = generator
-        self.times = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64)
-        self.times[-1] = 0.0
+        self.times = time_grid(self.steps, eps)
         self.step_index = 0
         self.cached_logits: torch.Tensor | None = None
         self.changed = torch.ones(canvas.shape[0], dtype=torch.bool, device=canvas.device)

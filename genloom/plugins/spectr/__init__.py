@@ -16,11 +16,12 @@ position by position over the drafts that still agree with the tokens chosen so 
 
 What this implementation does.
 
-- ``sampling.py``: ``beta``, ``rho*`` (exact piece of the piecewise ``beta`` from sorted ratios,
-  then bisection), the residual, K-SEQ selection (batched, with a mask of the candidates still
-  taking part) and the sequence-level block verification ``spectr_block``.
+- ``sampling.py``: ``beta``, ``rho*`` (the smooth piece of the piecewise ``beta`` holding the
+  root, from sorted ratios ``p/q``, then the Illinois method on it), the residual, K-SEQ
+  selection (batched, with a mask of the candidates still taking part) and the sequence-level
+  block verification ``spectr_block``.
 - ``optimal_transport.py``: the optimal selection's linear program (scipy, tiny vocabularies),
-  for tests and reports.
+  for tests and reports; ``benchmark.py``: SpecTr vs speculative vs plain decoding on trained runs.
 - decoder ``spectr`` on the core's propose/verify/commit loop: the batch is expanded to ``B * k``
   rows; the draft samples ``k`` independent continuations of every sequence; the target verifies
   all ``B * k`` draft rows in one forward pass; after the commit both states are reordered to

@@ -18,49 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from genloom.core.errors import ConfigError
-from genloom.core.generation import Commit, Decoder, Session
+from genloom.core.generation import Commit, Decoder, Session, load_draft, pad_left
 from genloom.plugins.spectr.sampling import spectr_block
-
-
-def load_draft(draft, ctx, seed: int, path: str = "decoder.draft"):
-    """Build the draft :class:`~genloom.core.model.GenerativeModel` and check its vocabulary."""
-    if draft is None:
-        raise ConfigError(
-            "a draft model is required: a run directory, a weights file in one, a config .yaml, or a nested model config {tokenizer, head, backbone, ...}",
-            path=path,
-        )
-    if isinstance(draft, str):
-        from genloom.core.generation import load_model
-
-        model = load_model(draft)
-    else:
-        from genloom.core import config as config_mod
-        from genloom.core.model import assemble
-
-        validated = config_mod.validate(config_mod.compose(base=dict(draft)), ctx.registry)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = assemble(validated, ctx.registry, data=False, fit_tokenizer=False).model
-    vocab = model.ctx.get("vocab_size")
-    if vocab != ctx.get("vocab_size"):
-        raise ConfigError(f"the draft's vocabulary ({vocab} ids) differs from the target's ({ctx.get('vocab_size')})", path=path)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def ragged_left(rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad rows of ids into (B, W) ids and validity."""
-    width = max(1, max(len(r) for r in rows))
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    valid = torch.zeros(len(rows), width, dtype=torch.bool)
-    for b, r in enumerate(rows):
-        if r:
-            ids[b, width - len(r) :] = torch.tensor(r)
-            valid[b, width - len(r) :] = True
-    return ids.to(device), valid.to(device)
 
 
 class SpecTrDecoder(Decoder):
@@ -164,7 +123,7 @@ class SpecTrDecoder(Decoder):
         # draft: back to the snapshot (all rows of a sequence agree there), then re-feed what was committed
         session.scratch["draft_state"].restore(session.scratch["draft_snapshot"])
         rows = [row[:c] for row, c in zip(commit.tokens.tolist(), commit.counts.tolist())]
-        ids, valid = ragged_left(rows, session.device)
+        ids, valid = pad_left(rows, device=session.device, min_width=1)
         session.scratch["draft_pending"] = (ids.repeat_interleave(k, 0), valid.repeat_interleave(k, 0))
 
 

@@ -12,7 +12,7 @@ probability ``min(1, p(X_i) / (rho q(X_i)))``; if none is returned, ``Y`` is dra
 so that ``P(Y = x) = p(x)`` exactly. ``p_res`` is a distribution iff
 ``1 - (1 - beta(rho))^k <= rho beta(rho)``; the acceptance probability ``1 - (1 - beta(rho))^k``
 decreases with ``rho``, so the best valid choice is the root ``rho*`` of
-``1 - (1 - beta)^k = rho beta`` in ``[1, k]`` (found here by bisection), which is within
+``1 - (1 - beta)^k = rho beta`` in ``[1, k]`` (found exactly on its smooth piece, see kseq_optimal_rho), which is within
 ``1 - (1 - 1/k)^k >= 1 - 1/e`` of the optimal transport plan. With ``k = 1``, ``rho* = 1`` and
 K-SEQ is speculative sampling.
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 #: ``f(rho) = 1 - (1 - beta)^k - rho beta`` counts as <= 0 below this (float64 rounding).
@@ -61,14 +62,14 @@ def _excess(p: torch.Tensor, q: torch.Tensor, num_drafts: torch.Tensor, rho: tor
     return 1 - (1 - beta) ** num_drafts - rho * beta
 
 
-def kseq_optimal_rho(p: torch.Tensor, q: torch.Tensor, num_drafts, iterations: int = 48) -> torch.Tensor:
+def kseq_optimal_rho(p: torch.Tensor, q: torch.Tensor, num_drafts, iterations: int = 10) -> torch.Tensor:
     """The smallest valid ``rho`` in ``[1, k]`` (the paper's ``rho*``), per row.
 
     The excess ``1 - (1 - beta(rho))^k - rho beta(rho)`` is non-increasing in ``rho``, >= 0 at
     ``rho = 1`` and <= 0 at ``rho = k``. ``beta`` is piecewise ``A + B / rho`` with breakpoints at
     the ratios ``p(x) / q(x)``: the breakpoints are evaluated at once from sorted prefix sums
-    (O(V log V) per row), then the root is bisected on the one smooth piece that holds it (O(1)
-    per step). The returned value is always on the valid side of the root.
+    (O(V log V) per row), then the root is found on the one smooth piece that holds it by the
+    Illinois method (regula falsi with a kept bracket, O(1) per step). The returned value is always on the valid side of the root.
     """
     p, q = p.double(), q.double()
     num = _as_batch(num_drafts, p).clamp_min(1)
@@ -88,14 +89,43 @@ def kseq_optimal_rho(p: torch.Tensor, q: torch.Tensor, num_drafts, iterations: i
     above = ratio >= high[..., None]
     a = torch.where(above, q, torch.zeros_like(q)).sum(-1)
     b = torch.where(above, torch.zeros_like(p), p).sum(-1)
-    for _ in range(iterations):
-        mid = (low + high) / 2
-        beta = a + b / mid
-        valid = 1 - (1 - beta) ** num - mid * beta <= _VALID_TOLERANCE
-        high = torch.where(valid, mid, high)
-        low = torch.where(valid, low, mid)
+
+    root = _illinois(*(t.detach().cpu().numpy() for t in (a, b, num, low, high)), iterations)
+    high = torch.as_tensor(root, dtype=torch.float64, device=p.device).reshape(high.shape)
     one_is_valid = _excess(p, q, num, torch.ones_like(num)) <= _VALID_TOLERANCE
     return torch.where(one_is_valid, torch.ones_like(high), high)
+
+
+def _illinois(a, b, num, low, high, iterations: int):
+    """Root of ``1 - (1 - beta)^k - rho beta`` with ``beta = a + b / rho`` on ``[low, high]``.
+
+    The Illinois method (regula falsi keeping a bracket, superlinear); the returned end is always
+    on the valid side. Runs in numpy: the arrays are one value per row, and on small batches the
+    per-operation cost of torch would dominate decoding.
+    """
+
+    def excess(rho):
+        beta = a + b / rho
+        return 1 - (1 - beta) ** num - rho * beta
+
+    low, high = low.copy(), high.copy()
+    f_low, f_high = excess(low), excess(high)
+    side = np.zeros_like(low)  # +1: high moved last step, -1: low moved
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for _ in range(iterations):
+            gap = f_low - f_high
+            secant = (high * f_low - low * f_high) / np.where(gap > 0, gap, 1.0)
+            inside = (gap > 0) & (secant > low) & (secant < high)
+            mid = np.where(inside, secant, (low + high) / 2)
+            f_mid = excess(mid)
+            valid = f_mid <= _VALID_TOLERANCE
+            high, f_high = np.where(valid, mid, high), np.where(valid, f_mid, f_high)
+            low, f_low = np.where(valid, low, mid), np.where(valid, f_low, f_mid)
+            # Illinois: when the same end moves twice in a row, halve the other end's value
+            f_low = np.where(valid & (side > 0), f_low / 2, f_low)
+            f_high = np.where(~valid & (side < 0), f_high / 2, f_high)
+            side = np.where(valid, 1.0, -1.0)
+    return high
 
 
 def kseq_acceptance(p: torch.Tensor, q: torch.Tensor, num_drafts, rho=None) -> torch.Tensor:

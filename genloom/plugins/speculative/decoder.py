@@ -18,49 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from genloom.core.errors import ConfigError
-from genloom.core.generation import Commit, Decoder, Session
+from genloom.core.generation import Commit, Decoder, Session, load_draft, pad_left
 from genloom.plugins.speculative.sampling import greedy_block, speculative_block
-
-
-def load_draft(draft, ctx, seed: int, path: str = "decoder.draft"):
-    """Build the draft :class:`~genloom.core.model.GenerativeModel` and check its vocabulary."""
-    if draft is None:
-        raise ConfigError(
-            "a draft model is required: a run directory, a weights file in one, a config .yaml, or a nested model config {tokenizer, head, backbone, ...}",
-            path=path,
-        )
-    if isinstance(draft, str):
-        from genloom.core.generation import load_model
-
-        model = load_model(draft)
-    else:
-        from genloom.core import config as config_mod
-        from genloom.core.model import assemble
-
-        validated = config_mod.validate(config_mod.compose(base=dict(draft)), ctx.registry)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = assemble(validated, ctx.registry, data=False, fit_tokenizer=False).model
-    vocab = model.ctx.get("vocab_size")
-    if vocab != ctx.get("vocab_size"):
-        raise ConfigError(f"the draft's vocabulary ({vocab} ids) differs from the target's ({ctx.get('vocab_size')})", path=path)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def ragged_left(rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad rows of ids into (B, W) ids and validity."""
-    width = max(1, max(len(r) for r in rows))
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    valid = torch.zeros(len(rows), width, dtype=torch.bool)
-    for b, r in enumerate(rows):
-        if r:
-            ids[b, width - len(r) :] = torch.tensor(r)
-            valid[b, width - len(r) :] = True
-    return ids.to(device), valid.to(device)
 
 
 class SpeculativeDecoder(Decoder):
@@ -157,7 +116,7 @@ class SpeculativeDecoder(Decoder):
         session.scratch["draft_state"].restore(session.scratch["draft_snapshot"])
         tokens = commit.tokens.tolist()
         counts = commit.counts.tolist()
-        session.scratch["draft_pending"] = ragged_left([row[:c] for row, c in zip(tokens, counts)], session.device)
+        session.scratch["draft_pending"] = pad_left([row[:c] for row, c in zip(tokens, counts)], device=session.device, min_width=1)
 
 
 def build(config, ctx):

@@ -25,12 +25,12 @@ INF = float("inf")
 
 def row(name, r, base_seconds=None):
     ratio = f"{r['seconds'] / base_seconds:.2f}" if base_seconds else "1.00"
-    return (f"| {name} | {r['exact']:.3f} | {r['answer']:.3f} | {r['calls']} | {r['tokens_per_call']:.2f} | "
+    return (f"| {name} | {r['token_acc']:.3f} | {r['exact']:.3f} | {r['answer']:.3f} | {r['calls']} | {r['tokens_per_call']:.2f} | "
             f"{r['seconds']:.2f} | {ratio} |")
 
 
-HEADER = ("| decoder | exact match | answer match | network calls | tokens / call | seconds | wall-clock vs baseline |\n"
-          "| --- | --- | --- | --- | --- | --- | --- |")
+HEADER = ("| decoder | token accuracy | exact match | answer match | network calls | tokens / call | seconds | wall-clock vs baseline |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- |")
 
 
 def best_of(built, node, P, T, repeats):
@@ -71,15 +71,15 @@ def section_confidence(built, P, T, G, repeats):
 
 def section_radd(built, P, T, G, repeats):
     print(f"\n### RADD ancestral sampler, cache on vs off, {len(P)} prompts in one batch\n")
-    print("| steps | cache | exact match | network calls | mean evaluations per sequence (NFE) | seconds | wall-clock vs no cache | same samples |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| steps | cache | token accuracy | exact match | network calls | mean evaluations per sequence (NFE) | seconds | wall-clock vs no cache | same samples |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for steps in (G, 64, 256):
         off = best_of(built, {"name": "radd", "steps": steps, "cache": False}, P, T, repeats)
         on = best_of(built, {"name": "radd", "steps": steps, "cache": True}, P, T, repeats)
         same = torch.equal(on["ids"], off["ids"])
         for label, r in (("off", off), ("on", on)):
             nfe = r["decoder"].stats["row_calls"].float().mean().item()
-            print(f"| {steps} | {label} | {r['exact']:.3f} | {r['calls']} | {nfe:.1f} | {r['seconds']:.2f} | "
+            print(f"| {steps} | {label} | {r['token_acc']:.3f} | {r['exact']:.3f} | {r['calls']} | {nfe:.1f} | {r['seconds']:.2f} | "
                   f"{r['seconds'] / off['seconds']:.2f} | {same} |")
     P, T = P[:16], T[:16]
     print(f"\n### RADD ancestral sampler one sequence at a time ({len(P)} prompts, batch 1)\n")
@@ -103,7 +103,7 @@ def section_radd(built, P, T, G, repeats):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--train-steps", type=int, nargs="+", default=[150, 400])
+    ap.add_argument("--train-steps", type=int, nargs="+", default=[250, 400])
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
