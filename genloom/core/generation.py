@@ -408,3 +408,27 @@ def load_draft(draft, ctx, seed: int = 0, path: str = "decoder.draft"):
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+class DraftModelDecoder(Decoder):
+    """Base of decoders that draft with a second model (config fields ``draft`` and ``seed``).
+
+    A draft given as a nested config is built at once; one named by a path is loaded on first use,
+    so a config can name a draft run that is trained after the target (``genloom train`` builds
+    the decoder before training).
+    """
+
+    def __init__(self, config, ctx=None, draft=None):
+        super().__init__(config, ctx)
+        self._draft = draft
+        if draft is None:
+            if config.draft is None:
+                load_draft(None, ctx, config.seed)  # raises: the config must name a draft
+            if not isinstance(config.draft, str):
+                self._draft = load_draft(config.draft, ctx, config.seed)
+
+    @property
+    def draft(self):
+        if self._draft is None:
+            self._draft = load_draft(self.config.draft, self.ctx, self.config.seed)
+        return self._draft

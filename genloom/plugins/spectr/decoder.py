@@ -18,32 +18,19 @@ from __future__ import annotations
 
 import torch
 
-from genloom.core.generation import Commit, Decoder, Session, load_draft, pad_left
+from genloom.core.generation import Commit, DraftModelDecoder, Session, pad_left
 from genloom.plugins.spectr.sampling import spectr_block
 
 
-class SpecTrDecoder(Decoder):
+class SpecTrDecoder(DraftModelDecoder):
     """``k`` i.i.d. draft sequences per sequence, K-SEQ selection, one target pass per round."""
 
     def __init__(self, config, ctx=None, draft=None):
-        super().__init__(config, ctx)
+        super().__init__(config, ctx, draft)
         self.gamma = config.gamma
         self.num_drafts = config.num_drafts
         self.rho = config.rho
-        self._draft = draft
-        if draft is None:
-            if config.draft is None:
-                load_draft(None, ctx, config.seed)  # raises: the config must name a draft
-            if not isinstance(config.draft, str):
-                self._draft = load_draft(config.draft, ctx, config.seed)  # nested config: build now
 
-    @property
-    def draft(self):
-        """The draft model; one named by a path is loaded on first use, so a config can name a
-        draft run that is trained after the target (``genloom train`` builds the decoder)."""
-        if self._draft is None:
-            self._draft = load_draft(self.config.draft, self.ctx, self.config.seed)
-        return self._draft
 
     def _probs(self, session: Session, logits: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
         """Processed (rows, V) logits -> probabilities, with each row's history plus ``extra`` tokens."""

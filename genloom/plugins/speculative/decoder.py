@@ -18,31 +18,17 @@ from __future__ import annotations
 
 import torch
 
-from genloom.core.generation import Commit, Decoder, Session, load_draft, pad_left
+from genloom.core.generation import Commit, DraftModelDecoder, Session, pad_left
 from genloom.plugins.speculative.sampling import greedy_block, speculative_block
 
 
-class SpeculativeDecoder(Decoder):
+class SpeculativeDecoder(DraftModelDecoder):
     """Draft ``gamma`` tokens with a small model, verify them with the target in one pass."""
 
     def __init__(self, config, ctx=None, draft=None):
-        super().__init__(config, ctx)
+        super().__init__(config, ctx, draft)
         self.gamma = config.gamma
         self.greedy = config.greedy
-        self._draft = draft
-        if draft is None:
-            if config.draft is None:
-                load_draft(None, ctx, config.seed)  # raises: the config must name a draft
-            if not isinstance(config.draft, str):
-                self._draft = load_draft(config.draft, ctx, config.seed)  # nested config: build now
-
-    @property
-    def draft(self):
-        """The draft model; one named by a path is loaded on first use, so a config can name a
-        draft run that is trained after the target (``genloom train`` builds the decoder)."""
-        if self._draft is None:
-            self._draft = load_draft(self.config.draft, self.ctx, self.config.seed)
-        return self._draft
 
     # -- helpers -------------------------------------------------------------------------------
     def _probs(self, session: Session, logits: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
