@@ -248,3 +248,24 @@ def test_plugins_json_lists_distribution_version_paper_components():
     r = run_cli("plugins", "--json")
     plugins = {p["name"]: p for p in json.loads(r.stdout)}
     assert plugins["baseline"]["distribution"] == "genloom" and plugins["baseline"]["components"]
+
+
+def test_components_json_covers_all_six_kinds_and_describe_gives_fields():
+    r = run_cli("components", "--json")
+    kinds = {c["kind"] for c in json.loads(r.stdout)}
+    assert {"tokenizer", "backbone", "head", "objective", "decoder", "kernel"} <= kinds
+    r = run_cli("describe", "backbone", "transformer", "--json")
+    info = json.loads(r.stdout)
+    fields = {f["name"]: f for f in info["fields"]}
+    assert fields["n_kv_heads"]["type"] == "int | null" and "grouped-query" in fields["n_kv_heads"]["doc"]
+    r = run_cli("describe", "backbone", "transfomer")
+    assert r.returncode == 2 and "Did you mean 'transformer'" in r.stderr
+
+
+def test_kernels_command_lists_ops_backends_and_usability():
+    r = run_cli("kernels", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {(x["op"], x["backend"]): x for x in json.loads(r.stdout)}
+    assert rows[("attention", "reference")]["usable"]
+    assert rows[("attention", "xformers")]["usable"] is False and "CUDA" in rows[("attention", "xformers")]["reason"]
+    assert sum(x["default"] for x in rows.values() if x["op"] == "attention") == 1
