@@ -9,8 +9,9 @@
   and ``y_{j+1}`` is accepted while ``y_{j+1} == g_j`` (or lies in the base head's top
   ``accept_top_k``, the paper's approximate acceptance). The longest accepted prefix ``y_1..y_n``
   is committed and the cache is rolled back to it (``state.rollback``);
-- merged propose: the same call gave all k heads' outputs at every position of the block, so the
-  heads at the last accepted position ``n`` give the next block, without another call.
+- merged propose: the same call gave the hidden state at every position of the block, so the k
+  heads read at the last accepted position ``n`` give the next block, without another model call
+  (only the heads run there, and only at that position).
 
 With exact acceptance (``accept_top_k = 1``) every committed token is the base head's greedy
 choice given the committed prefix, so the output equals plain greedy decoding token for token,

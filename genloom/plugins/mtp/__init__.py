@@ -15,31 +15,32 @@ What this implementation does.
 
 - backbone ``mtp-gated-lora``: builds any registered backbone (``base`` node) and replaces its
   ``nn.Linear`` layers (all, or those matching ``targets``) by gated LoRA layers. The gate is
-  handed over by the head's ``embed`` (``ids == mask_id``) through a shared gate context; at
-  ungated positions the layer output *is* the base output tensor, so logits at ordinary positions
-  equal the base model's bit-for-bit whatever the LoRA weights (tested exactly).
+  handed over by the head's ``embed`` (``ids == mask_id``) through a shared gate context; the
+  update is computed for the gated rows only and added there, so every ungated output element is
+  the base layer's own value and logits at ordinary positions equal the base model's bit-for-bit
+  whatever the LoRA weights (tested exactly).
 - head ``mtp``: wraps any registered head (``base`` node); adds a learned ``<mask>`` embedding
   (a special token reserved through ``ctx.add_special_token('mask')``) and the sampler, a 2-layer
   MLP on ``[h_mask ; embed(previous token)]`` whose output is added to ``h_mask`` and read out by
   the base head's projection.
-- objective ``mtp``: rows ``[x_<n, <mask> x m]`` for random prefix lengths; losses: sampler
-  cross-entropy (teacher forced), raw cross-entropy of the base projection at the masks, latent
-  consistency (MSE to the detached base hidden state), optional next-token loss when the base is
-  trained jointly.
+- objective ``mtp``: mask blocks after prefixes of the training sequences, in one pass with a
+  mask-block attention pattern and the masks' own rotary positions (``layout: blocks``, the
+  paper's layout) or as one causal row per prefix (``layout: rows``, any causal backbone); losses:
+  sampler cross-entropy (teacher forced), raw cross-entropy of the base projection at the masks,
+  latent consistency (MSE to the detached base hidden state), optional next-token loss when the
+  base is trained jointly.
 - decoder ``mtp``: greedy linear self-speculative decoding on the core's propose/verify/commit
   loop, rolling the KV cache back (``state.rollback``) over rejected drafts and the masks. Its
   output equals plain greedy decoding token for token.
 
 What it simplifies. Training uses the data's own continuations (the paper fine-tunes on the
-model's generations) and one block of masks per row (the paper interleaves mask blocks after
-many positions with a custom attention mask and position ids; the core backbones take no
-position ids, so each row carries one block right after its prefix). Decoding is the paper's
-*linear* speculative decoding (greedy); the quadratic variant needs mask blocks interleaved after
-every draft with their own positions, which the core backbones cannot be told. The base model is
-frozen by default (``train_base: false``); a base trained elsewhere is loaded with
-``init_from`` (a run directory) into the wrapped components, whose ``base`` submodules keep the
-base model's parameter names. With ``train_base: true`` and ``next_token_weight > 0`` base and
-MTP parts train jointly from scratch (what the runnable config does on a CPU).
+model's generations). Decoding is the paper's *linear* speculative decoding (greedy); the
+quadratic variant interleaves a mask block after every draft, and the core's KV cache cannot yet
+drop a non-prefix set of slots of one advance. The base model is frozen by default
+(``train_base: false``); a base trained elsewhere is loaded with ``init_from`` (a run directory)
+into the wrapped components, whose ``base`` submodules keep the base model's parameter names. With
+``train_base: true`` and ``next_token_weight > 0`` base and MTP parts train jointly from scratch
+(what the runnable config does on a CPU).
 """
 
 from __future__ import annotations

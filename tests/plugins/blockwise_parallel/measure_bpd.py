@@ -30,6 +30,25 @@ def timed(model, prompts, decoder, new, repeats):
     return out, best
 
 
+def pass_cost(widths, args):
+    """Milliseconds per model call of greedy and blockwise decoding (untrained models: only the cost counts)."""
+    sizes = [int(s) for s in args.block_sizes.split(",")]
+    print("| d_model | greedy ms / call | " + " | ".join(f"k={k} ms / call (ratio)" for k in sizes) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in sizes) + " |")
+    for d in widths:
+        torch.manual_seed(0)
+        built = bpd_toy.build(bpd_toy.model_config(d_model=d, n_layers=4, block_size=max(sizes)))
+        model, prompts = built.model.eval(), [list(b"the quick ")] * args.batch
+        out, t = timed(model, prompts, built.ctx.build("decoder", "greedy"), args.new, args.repeats)
+        base = t / out.metrics.forward_passes["target"] * 1e3
+        cells = []
+        for k in sizes:
+            res, t = timed(model, prompts, built.ctx.build("decoder", {"name": "blockwise-parallel", "block_size": k}), args.new, args.repeats)
+            ms = t / res.metrics.forward_passes["target"] * 1e3
+            cells.append(f"{ms:.2f} ({ms / base:.2f}x)")
+        print(f"| {d} | {base:.2f} | " + " | ".join(cells) + " |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", choices=["periodic", "sentences"], default="sentences")
@@ -43,8 +62,11 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--pass-cost", default="", help="widths (e.g. 64,128,256,512): time one model call of each decoder on untrained 4-layer models instead")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.pass_cost:
+        return pass_cost([int(w) for w in args.pass_cost.split(",")], args)
     torch.manual_seed(0)
     sizes = [int(s) for s in args.block_sizes.split(",")]
     built = bpd_toy.build(bpd_toy.model_config(d_model=args.d_model, n_layers=args.layers, block_size=max(sizes)))

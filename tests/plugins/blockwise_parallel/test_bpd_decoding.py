@@ -24,6 +24,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def trained():
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     built = bpd_toy.build(bpd_toy.model_config(block_size=4))
@@ -32,6 +33,7 @@ def trained():
     greedy_before = run(built.model, PROMPTS, built.ctx.build("decoder", "greedy"), max_new_tokens=MAX_NEW).ids
     bpd_toy.train(built.model, data, 40, lambda m, b: m.loss(b), batch_size=8, seq_len=24, seed=1)
     built.model.eval()
+    torch.set_num_threads(threads)
     return built, greedy_before
 
 
@@ -110,3 +112,15 @@ def test_block_size_option_and_conformance(trained):
     with pytest.raises(ValueError, match="exceeds"):
         run(built.model, PROMPTS, built.ctx.build("decoder", {"name": "blockwise-parallel", "block_size": 9}), max_new_tokens=4)
     check_decoder(built, {"name": "blockwise-parallel"})
+
+
+def test_runnable_config_assembles_trains_and_decodes():
+    from pathlib import Path
+
+    from genloom.testing import check_objective, tiny_model
+
+    config = Path(__file__).resolve().parents[3] / "configs" / "blockwise-parallel.yaml"
+    built = tiny_model(config, ["backbone.d_model=32", "backbone.n_layers=1", "backbone.n_heads=2"])
+    out = check_objective(built, {"ids": torch.randint(0, 256, (2, 16))})
+    assert set(out) >= {"ce_head1", "ce_head4", "acc_head4"}
+    assert run(built.model, PROMPTS, built.decoder, max_new_tokens=8).ids == greedy(built, PROMPTS, 8).ids

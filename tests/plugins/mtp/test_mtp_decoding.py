@@ -8,6 +8,7 @@ import torch
 
 import mtp_toy
 from genloom.core.generation import run
+from genloom.plugins.mtp.lora import GateContext
 from genloom.testing import check_backbone, check_decoder, check_head, check_objective
 
 MAX_NEW = 40
@@ -23,14 +24,16 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def trained():
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    built = mtp_toy.build(mtp_toy.model_config(d_model=32, n_masks=3, cuts_per_sequence=2))
+    built = mtp_toy.build(mtp_toy.model_config(d_model=32, n_masks=3, cuts_per_sequence=4))
     data = mtp_toy.periodic()
-    mtp_toy.train_base(built.model, data, 60, lr=1e-2, seq_len=24, batch_size=8)
+    mtp_toy.train_base(built.model, data, 40, lr=1e-2, seq_len=24, batch_size=8)
     greedy_before = run(built.model, PROMPTS, built.ctx.build("decoder", "greedy"), max_new_tokens=MAX_NEW).ids
-    mtp_toy.train_mtp(built.model, data, 90, lr=1e-2, seq_len=24, batch_size=8)
+    mtp_toy.train_mtp(built.model, data, 60, lr=1e-2, seq_len=24, batch_size=8)
     built.model.eval()
+    torch.set_num_threads(threads)
     return built, greedy_before
 
 
@@ -96,17 +99,16 @@ def test_conformance_kit():
     check_head({"name": "mtp", "train_base": True})
     built = mtp_toy.build(mtp_toy.model_config(d_model=16, n_layers=1, n_masks=2))
     check_objective(built, {"ids": torch.randint(0, 256, (2, 12))})
+    rows = mtp_toy.build(mtp_toy.model_config(d_model=16, n_layers=1, n_masks=2, layout="rows"))
+    check_objective(rows, {"ids": torch.randint(0, 256, (2, 12))})
+    built.model.backbone.base.patterns = frozenset({"causal"})  # as a recurrent backbone would say
+    with pytest.raises(ValueError, match="layout=rows"):
+        built.model.loss({"ids": torch.randint(0, 256, (2, 12))})
     check_decoder(built, {"name": "mtp", "n_masks": 2})
 
 
-class _AlwaysOn:
+class _AlwaysOn(GateContext):
     """A gate context whose gate is on at every position (for the backbone conformance check)."""
-
-    def __init__(self):
-        from genloom.plugins.mtp.lora import GateContext
-
-        self._inner = GateContext()
-        self.gate = None
 
     def put(self, gate):
         pass
@@ -114,16 +116,15 @@ class _AlwaysOn:
     def take(self, shape):
         return torch.ones(*shape, dtype=torch.bool)
 
-    def active(self, gate):
-        self._inner.gate = self.gate
-        import contextlib
 
-        @contextlib.contextmanager
-        def block():
-            old, self.gate = self.gate, gate
-            try:
-                yield
-            finally:
-                self.gate = old
+def test_runnable_config_assembles_trains_and_decodes():
+    from pathlib import Path
 
-        return block()
+    from genloom.testing import tiny_model
+
+    config = Path(__file__).resolve().parents[3] / "configs" / "mtp.yaml"
+    built = tiny_model(config, ["backbone.base.d_model=32", "backbone.base.n_layers=1", "backbone.base.n_heads=2"])
+    out = check_objective(built, {"ids": torch.randint(0, 256, (2, 16))})
+    assert "next_token" in out  # the config trains base and MTP parts jointly
+    greedy = run(built.model, PROMPTS, built.ctx.build("decoder", "greedy"), max_new_tokens=8)
+    assert run(built.model, PROMPTS, built.decoder, max_new_tokens=8).ids == greedy.ids

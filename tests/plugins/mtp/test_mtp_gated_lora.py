@@ -8,7 +8,7 @@ from torch import nn
 
 import mtp_toy
 from genloom.plugins.mtp.lora import GateContext, GatedLoRALinear, add_gated_lora, lora_parameters
-from genloom.plugins.mtp.objective import build_rows
+from genloom.plugins.mtp.objective import MaskBlocksPattern, build_rows, spaced_cuts
 
 
 @pytest.fixture(autouse=True)
@@ -119,3 +119,42 @@ def test_training_changes_only_adapters_mask_embedding_and_sampler():
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in frozen.items())
     assert any(not torch.equal(p, torch.zeros_like(p)) for p in lora_parameters(model.backbone) if p.shape[1] == 8)  # lora_b moved
+
+
+def test_mask_blocks_pattern_and_positions():
+    pattern = MaskBlocksPattern(length=5, cuts=(2, 3), n_masks=2)
+    idx = torch.arange(9)
+    allowed = pattern.allowed(idx[:, None], idx[None, :]).int().tolist()
+    assert allowed == [
+        # ordinary 0..4 (causal among themselves, never a mask) | block 1 (cut 2) | block 2 (cut 3)
+        [1, 0, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 1, 0, 0, 0],  # first mask of block 1 sees x_0, x_1 and itself
+        [1, 1, 0, 0, 0, 1, 1, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 1, 0],
+        [1, 1, 1, 0, 0, 0, 0, 1, 1],
+    ]
+    assert pattern.positions(idx).tolist() == [0, 1, 2, 3, 4, 2, 3, 3, 4]
+    cuts = spaced_cuts(24, 3, 4, torch.Generator().manual_seed(0))
+    assert len(cuts) == 4 and cuts[0] >= 1 and cuts[-1] <= 24 - 3 - 1 and len(set(cuts[i + 1] - cuts[i] for i in range(3))) == 1
+
+
+def test_block_layout_equals_one_causal_row_per_prefix():
+    """The one-pass mask-block layout computes exactly what a causal row [x_<n, masks] computes."""
+    torch.manual_seed(0)
+    built = mtp_toy.build(mtp_toy.model_config(d_model=32, n_masks=3))
+    model = built.model.eval()
+    randomise_adapters(model.backbone, scale=0.2)
+    mask_id = built.ctx.mask_id
+    ids = torch.randint(0, 256, (2, 12))
+    cuts = (2, 5, 8)
+    pattern = MaskBlocksPattern(length=12, cuts=cuts, n_masks=3)
+    with torch.no_grad():
+        h = model.hidden(torch.cat([ids, torch.full((2, 9), mask_id)], 1), pattern=pattern)
+        torch.testing.assert_close(h[:, :12], model.hidden(ids), rtol=1e-5, atol=1e-5)  # ordinary part = base
+        for j, n in enumerate(cuts):
+            row = model.hidden(torch.cat([ids[:, :n], torch.full((2, 3), mask_id)], 1))
+            torch.testing.assert_close(h[:, 12 + 3 * j : 15 + 3 * j], row[:, n:], rtol=1e-5, atol=1e-5)
