@@ -165,6 +165,7 @@ def test_checkpoints_are_loaded_without_executing_pickled_code(tmp_path):
         load_checkpoint(evil)
 
 
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # the run directory was copied elsewhere
 def test_resume_continues_from_the_checkpoint_state(finished_run, tmp_path):
     """Resuming a finished run with a larger max_steps trains on from step 4 with the saved data position."""
     from genloom.core.training import load_checkpoint, train

@@ -273,3 +273,43 @@ def test_cli_module_imports_neither_torch_nor_lightning():
     code = "import sys, genloom.core.train_cli as t; t.parser(); print('torch' in sys.modules, 'lightning' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+@pytest.mark.slow
+def test_wandb_logs_offline_inside_the_run_directory(tmp_path, monkeypatch):
+    from genloom.core.training import train
+
+    torch.manual_seed(0)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    res = train(tiny(logger="wandb", trainer={"max_steps": 3, "val_every_steps": 3}), run_dir=tmp_path / "w", generate=False)
+    import os
+
+    assert os.environ["WANDB_MODE"] == "offline"
+    runs = list((tmp_path / "w" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and (tmp_path / "w" / "wandb_id.txt").read_text().strip() in runs[0].name
+    assert res.global_step == 3
+
+
+def test_bf16_mixed_precision_trains_close_to_fp32(tmp_path):
+    from genloom.core.training import train
+
+    torch.manual_seed(0)
+    short = {"max_steps": 6, "val_every_steps": 6}
+    fp32 = train(tiny(trainer=short), run_dir=tmp_path / "fp32", generate=False)
+    bf16 = train(tiny(trainer=dict(short, precision="bf16-mixed")), run_dir=tmp_path / "bf16", generate=False)
+    assert math.isfinite(bf16.metrics["bits_per_byte"])
+    assert bf16.metrics["bits_per_byte"] == pytest.approx(fp32.metrics["bits_per_byte"], abs=0.05)
+    assert bf16.metrics["bits_per_byte"] != fp32.metrics["bits_per_byte"]  # autocast really ran
+
+
+@pytest.mark.slow
+def test_compiled_backbone_keeps_parameter_names_and_exports_loadable_weights(tmp_path):
+    import genloom
+    from genloom.core.training import load_checkpoint, train
+
+    torch.manual_seed(0)
+    res = train(tiny(trainer={"max_steps": 3, "val_every_steps": 3, "compile": True}), run_dir=tmp_path / "c", generate=False)
+    keys = load_checkpoint(tmp_path / "c" / "checkpoints" / "last.ckpt")["state_dict"].keys()
+    assert not any("_orig_mod" in k for k in keys)
+    genloom.load(res.run_dir)  # strict load of the exported safetensors into a fresh model

@@ -63,14 +63,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    args = parser.parse_args(argv)
-    if args.disable_plugin:
-        current = [x for x in os.environ.get("GENLOOM_DISABLE_PLUGINS", "").split(",") if x]
-        os.environ["GENLOOM_DISABLE_PLUGINS"] = ",".join(current + args.disable_plugin)
-    if args.verbose:
-        import logging
+    train_at = _command_index(argv, "train")
+    if train_at is not None:
+        # `genloom [global options] train ...`: train_cli parses its own options (--help, --resume first...)
+        args = parser.parse_args(argv[:train_at])
+        _apply_global(args)
+        from genloom.core import train_cli
 
-        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+        return int(train_cli.main(argv[train_at + 1:]) or 0)
+    args = parser.parse_args(argv)
+    _apply_global(args)
     if args.command is None:
         parser.print_help()
         return 0
@@ -82,6 +84,31 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("genloom: interrupted", file=sys.stderr)
         return 130
+
+
+def _command_index(argv: list[str], command: str) -> int | None:
+    """Index of ``command`` when it is the sub-command (the first argument that is no global option)."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--disable-plugin":
+            i += 2
+            continue
+        if a.startswith("-"):
+            i += 1
+            continue
+        return i if a == command else None
+    return None
+
+
+def _apply_global(args) -> None:
+    if args.disable_plugin:
+        current = [x for x in os.environ.get("GENLOOM_DISABLE_PLUGINS", "").split(",") if x]
+        os.environ["GENLOOM_DISABLE_PLUGINS"] = ",".join(current + args.disable_plugin)
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
 
 def _dispatch(args):

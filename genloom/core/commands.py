@@ -119,7 +119,8 @@ def cmd_config(args):
     return 0
 
 
-def print_tree(data, title="config", console=None):
+def config_tree(data, title="config"):
+    """A rich Tree of a nested config (dicts and lists)."""
     from rich.tree import Tree
 
     def add(node, value):
@@ -138,7 +139,11 @@ def print_tree(data, title="config", console=None):
 
     tree = Tree(title)
     add(tree, data)
-    (console or _console()).print(tree)
+    return tree
+
+
+def print_tree(data, title="config", console=None):
+    (console or _console()).print(config_tree(data, title))
 
 
 def cmd_kernels(args):

@@ -29,6 +29,16 @@ class BuildContext:
         object.__setattr__(self, "kernels", dict(kernels or {}))
         object.__setattr__(self, "current", None)  # config path being bound/built
 
+    def __getstate__(self):
+        # the registry (a plugin manager holding modules) is not pickled; it is looked up again on use
+        state = {k: v for k, v in self.__dict__.items() if k != "registry"}
+        return state
+
+    def __setstate__(self, state):
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+        object.__setattr__(self, "registry", None)
+
     def __getattr__(self, key: str):
         values = object.__getattribute__(self, "_values")
         if key in values:
@@ -89,7 +99,10 @@ class BuildContext:
     def build(self, kind: str, node, path: str | None = None):
         """Build another registered component (by name or ``{name: ..., <fields>}``) in this context."""
         from genloom.core.config import validate_node
+        from genloom.core.plugins import get_registry
 
+        if self.registry is None:
+            object.__setattr__(self, "registry", get_registry())
         spec = validate_node(self.registry, kind, node, path or f"{self.current or kind}.<{kind}>")
         if hasattr(spec.config, "bind"):
             spec.config.bind(self)

@@ -36,7 +36,6 @@ import logging
 import math
 import os
 import random
-import sys
 import time
 import warnings
 import zipfile
@@ -46,7 +45,7 @@ from typing import Any, Callable
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
@@ -193,17 +192,19 @@ class GenloomModule(L.LightningModule):
         out = self.model.loss(batch)
         loss = out["loss"]
         step = self.global_step + 1  # the optimizer step this batch contributes to (1-based)
-        if not bool(torch.isfinite(loss.detach()).all()):
+        world = self.trainer.world_size if self._trainer is not None else 1
+        # mean over ranks: one all-reduce serves the log and makes every rank stop together on a NaN
+        shown = self.trainer.strategy.reduce(loss.detach(), reduce_op="mean") if world > 1 else loss.detach()
+        if not bool(torch.isfinite(shown).all()):
             raise TrainingDiverged(
-                f"the loss became {float(loss.detach().float())} at optimizer step {step} (training batch {self.batches_seen + 1}); "
+                f"the loss became {float(shown.float())} at optimizer step {step} (training batch {self.batches_seen + 1}); "
                 f"the run stopped and the last checkpoint written before it is kept. Lower optimizer.lr, raise optimizer.warmup_steps, "
                 f"set trainer.gradient_clip_val, or use trainer.precision=32."
             )
         self.batches_seen += 1
-        world = self.trainer.world_size if self._trainer is not None else 1
-        sync = world > 1
         bs = _batch_size(batch)
-        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=bs, sync_dist=sync)
+        self.log("train/loss", shown, prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
         for key, value in out.items():
             if key == "loss" or key.startswith("_"):
                 continue
@@ -277,6 +278,7 @@ class GenloomModule(L.LightningModule):
         if self._train_rng is not None:
             set_rng_state(self._train_rng)
             self._train_rng = None
+        self._tick = None  # validation time is not training throughput
 
     def _reduce_validation(self) -> dict[str, float]:
         sums = {k: v for k, v in self._val_sums.items()}
@@ -508,6 +510,18 @@ class GuardedCheckpoint(ModelCheckpoint):
         super()._save_checkpoint(trainer, filepath)
 
 
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar over the run's batches (a genloom run is one pass of max_steps batches)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"{'train':{len(self.validation_description)}}"
+
+    def get_metrics(self, trainer, pl_module):
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
 # ---------------------------------------------------------------------------------------------
 # train(): what `genloom train` runs
 # ---------------------------------------------------------------------------------------------
@@ -554,25 +568,9 @@ def resolve(config, overrides=(), *, run_dir=None, registry=None):
 
 
 def config_tree(data: dict, title: str = "config"):
-    from rich.tree import Tree
+    from genloom.core.commands import config_tree as _tree
 
-    def add(node, value):
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if isinstance(v, (dict, list)) and v:
-                    add(node.add(f"[bold]{k}[/bold]"), v)
-                else:
-                    node.add(f"[bold]{k}[/bold]: {v!r}")
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                if isinstance(v, (dict, list)):
-                    add(node.add(f"[{i}]"), v)
-                else:
-                    node.add(f"[{i}] {v!r}")
-
-    tree = Tree(f"[bold]{title}[/bold]")
-    add(tree, data)
-    return tree
+    return _tree(data, f"[bold]{title}[/bold]")
 
 
 def _make_logger(validated, run_dir: Path):
@@ -584,7 +582,6 @@ def _make_logger(validated, run_dir: Path):
 
         return CSVLogger(save_dir=str(run_dir), name="logs")
     os.environ.setdefault("WANDB_MODE", "offline")  # never reach the network (or ask for a login) unless asked
-    os.environ.setdefault("WANDB_DIR", str(run_dir))
     os.environ.setdefault("WANDB_SILENT", "true")
     if os.environ["WANDB_MODE"] in ("online", "run") and not os.environ.get("WANDB_API_KEY") and not _netrc_has_wandb():
         raise ConfigError("WANDB_MODE is online but no wandb credentials were found (WANDB_API_KEY or ~/.netrc); "
@@ -719,9 +716,7 @@ def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite
     callbacks.append(GuardedCheckpoint(dirpath=str(ckpt_dir), filename="step-{step}", save_top_k=0, save_last=True,
                                        every_n_train_steps=tcfg.checkpoint_every_steps, enable_version_counter=False))
     if tcfg.progress and rank0:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(StepProgressBar(leave=True))
     logger = _make_logger(validated, run_dir)
     trainer = L.Trainer(
         max_steps=tcfg.max_steps,
@@ -770,10 +765,10 @@ def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite
     metrics = dict(module.val_metrics)
     weights = None
     sample = None
+    sharded = "fsdp" in str(tcfg.strategy).lower()
+    full_state = trainer.strategy.lightning_module_state_dict() if sharded else None  # a collective: every rank calls it
     if trainer.is_global_zero:
-        model = built.model
-        if "fsdp" in str(tcfg.strategy).lower():
-            model = _gathered_copy(trainer, validated, registry, built)
+        model = _unsharded_copy(full_state, validated, registry, built) if sharded else built.model
         model.cpu()
         weights = runio.save_weights(run_dir, model)
         seconds = time.perf_counter() - t_start
@@ -790,11 +785,10 @@ def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite
                        sample=sample, weights=weights)
 
 
-def _gathered_copy(trainer, validated, registry, built):
-    """A plain (unsharded) copy of the model with the full state dict gathered from the shards (FSDP)."""
+def _unsharded_copy(state, validated, registry, built):
+    """A plain copy of the model holding the full state dict gathered from the shards (FSDP)."""
     from genloom.core.model import assemble
 
-    state = trainer.strategy.lightning_module_state_dict()
     copy = assemble(validated, registry, data=False, tokenizer=built.model.tokenizer).model
     copy.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     return copy

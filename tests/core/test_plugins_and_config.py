@@ -269,3 +269,10 @@ def test_kernels_command_lists_ops_backends_and_usability():
     assert rows[("attention", "reference")]["usable"]
     assert rows[("attention", "xformers")]["usable"] is False and "CUDA" in rows[("attention", "xformers")]["reason"]
     assert sum(x["default"] for x in rows.values() if x["op"] == "attention") == 1
+
+
+def test_train_subcommand_parses_its_own_options():
+    r = run_cli("train", "--help")
+    assert r.returncode == 0 and "--resume" in r.stdout
+    r = run_cli("--disable-plugin", "var", "train", "--resume", "no/such/run")
+    assert r.returncode == 2 and "Traceback" not in r.stderr

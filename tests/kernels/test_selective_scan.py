@@ -200,7 +200,7 @@ def test_triton_interpreter_in_subprocess():
     (its tl.sum & co. are decorated at import), so the CPU check runs in a fresh interpreter process."""
     if triton_kernel.interpreter_active():
         pytest.skip("already under the interpreter: the test above ran in this process")
-    env = dict(os.environ, TRITON_INTERPRET="1")
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     root = Path(__file__).resolve().parents[2]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     result = subprocess.run(

@@ -263,7 +263,7 @@ def _build_bidirectional(config, ctx):
 
 
 def _tiny_config(**top):
-    from genloom.core.config import compose, validate
+    from genloom.core.config import compose
 
     base = dict(
         seed=0, logger="none",
