@@ -57,6 +57,33 @@ def prefix_commit(canvas: torch.Tensor, gen_start: int, committed: torch.Tensor,
     return Commit(gen.gather(1, idx) if width else gen[:, :0], counts)
 
 
+def init_canvas(session, mask_id: int) -> None:
+    """Put the canvas into ``session.scratch``: ``canvas`` (prompt + ``max_new_tokens`` masks),
+    ``canvas_valid``, ``gen_start`` (where generation starts) and ``committed`` (per row)."""
+    prompt, valid = session.prompt_ids, session.prompt_valid
+    B, P = prompt.shape
+    masks = torch.full((B, session.max_new_tokens), mask_id, dtype=prompt.dtype, device=prompt.device)
+    session.scratch.update(
+        canvas=torch.cat([prompt, masks], 1),
+        canvas_valid=torch.cat([valid, torch.ones_like(masks, dtype=torch.bool)], 1),
+        gen_start=P,
+        committed=torch.zeros(B, dtype=torch.long, device=prompt.device),
+    )
+
+
+def canvas_logits(session, canvas: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """One counted full-attention network call on ``canvas``; the processors apply to the generated
+    part. ``rows`` (B,) bool: ``canvas`` holds only these rows of the batch (a sub-batch call)."""
+    s = session.scratch
+    valid = s["canvas_valid"] if rows is None else s["canvas_valid"][rows]
+    logits = session.forward(canvas, valid=valid, pattern=FULL)
+    if session.processors:
+        P = s["gen_start"]
+        history = session.history() if rows is None else session.history()[rows]
+        logits = torch.cat([logits[:, :P], session.process(logits[:, P:], history)], 1)
+    return logits
+
+
 class ConfidenceCanvasDecoder(Decoder):
     """The confidence-based masked-diffusion loop with an overridable position score.
 
@@ -71,29 +98,16 @@ class ConfidenceCanvasDecoder(Decoder):
 
     # -- set-up ---------------------------------------------------------------------------------
     def start(self, session) -> None:
-        prompt, valid = session.prompt_ids, session.prompt_valid
-        B, P = prompt.shape
+        init_canvas(session, self.mask_id)
         G = session.max_new_tokens
-        masks = torch.full((B, G), self.mask_id, dtype=prompt.dtype, device=prompt.device)
         block = min(self.config.block_length or G, G)
         n_blocks = -(-G // block)
         steps_per_block = max(1, (self.config.steps or G) // n_blocks)
-        session.scratch.update(
-            canvas=torch.cat([prompt, masks], 1),
-            canvas_valid=torch.cat([valid, torch.ones_like(masks, dtype=torch.bool)], 1),
-            gen_start=P, committed=torch.zeros(B, dtype=torch.long, device=prompt.device),
-            block_length=block, steps_per_block=steps_per_block, total_steps=steps_per_block * n_blocks,
-            step_index=0, schedule=None,
-        )
+        session.scratch.update(block_length=block, steps_per_block=steps_per_block, total_steps=steps_per_block * n_blocks, step_index=0, schedule=None)
 
     # -- helpers --------------------------------------------------------------------------------
     def network(self, session) -> torch.Tensor:
-        s = session.scratch
-        logits = session.forward(s["canvas"], valid=s["canvas_valid"], pattern=FULL)
-        if session.processors:
-            P = s["gen_start"]
-            logits = torch.cat([logits[:, :P], session.process(logits[:, P:])], 1)
-        return logits
+        return canvas_logits(session, session.scratch["canvas"])
 
     def region(self, session) -> torch.Tensor:
         """(1, L) positions of the current block."""

@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 
 from genloom.core.generation import Commit, Decoder
-from genloom.core.pattern import FULL
 from genloom.plugins.radd.sampling import AncestralCanvas, ConfidenceCanvas
-from genloom.core.canvas import prefix_commit
+from genloom.core.canvas import canvas_logits, init_canvas, prefix_commit
 
 
 class CanvasDecoder(Decoder):
@@ -27,14 +26,9 @@ class CanvasDecoder(Decoder):
 
     # -- canvas -----------------------------------------------------------------------------
     def start(self, session) -> None:
-        prompt, valid = session.prompt_ids, session.prompt_valid
-        B, P = prompt.shape
-        G = session.max_new_tokens
-        masks = torch.full((B, G), self.mask_id, dtype=prompt.dtype, device=prompt.device)
-        session.scratch["canvas_valid"] = torch.cat([valid, torch.ones_like(masks, dtype=torch.bool)], 1)
-        session.scratch["gen_start"] = P
-        session.scratch["committed"] = torch.zeros(B, dtype=torch.long, device=prompt.device)
-        session.scratch["sampler"] = self.make_sampler(session, torch.cat([prompt, masks], 1), P)
+        init_canvas(session, self.mask_id)
+        s = session.scratch
+        s["sampler"] = self.make_sampler(session, s.pop("canvas"), s["gen_start"])
 
     def make_sampler(self, session, canvas: torch.Tensor, gen_start: int):
         raise NotImplementedError
@@ -44,14 +38,7 @@ class CanvasDecoder(Decoder):
 
         ``rows`` (B,) bool: ``canvas`` holds only these rows of the batch (a sub-batch call).
         """
-        valid = session.scratch["canvas_valid"]
-        valid = valid if rows is None else valid[rows]
-        logits = session.forward(canvas, valid=valid, pattern=FULL)
-        if session.processors:
-            P = session.scratch["gen_start"]
-            history = session.history() if rows is None else session.history()[rows]
-            logits = torch.cat([logits[:, :P], session.process(logits[:, P:], history)], 1)
-        return logits
+        return canvas_logits(session, canvas, rows)
 
     # -- the loop -----------------------------------------------------------------------------
     def propose(self, session) -> torch.Tensor:
