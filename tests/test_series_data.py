@@ -30,14 +30,6 @@ from genloom.plugins.baseline.series_config import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _raw_macrodata():
     import statsmodels.api as sm
 

@@ -20,14 +20,6 @@ from genloom.kernels.selective_scan import (
 )
 from genloom.kernels.selective_scan import triton_kernel
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 

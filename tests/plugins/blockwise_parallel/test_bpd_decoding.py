@@ -14,14 +14,6 @@ MAX_NEW = 40
 PROMPTS = [list(b"xyz0"), list(b"ghijklm")]  # ragged: the batch is left-padded
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def trained():
     threads = torch.get_num_threads()

@@ -10,14 +10,6 @@ import bpd_toy
 from genloom.testing import check_head, check_objective
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_head_one_is_the_base_head_and_new_heads_start_as_copies_of_it():
     torch.manual_seed(0)
     built = bpd_toy.build(bpd_toy.model_config(block_size=3))

@@ -14,14 +14,6 @@ from genloom.testing import check_backbone, check_decoder, check_head, check_obj
 MAX_NEW = 40
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def trained():
     threads = torch.get_num_threads()

@@ -11,14 +11,6 @@ from genloom.plugins.mtp.lora import GateContext, GatedLoRALinear, add_gated_lor
 from genloom.plugins.mtp.objective import MaskBlocksPattern, build_rows, spaced_cuts
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def randomise_adapters(module, scale: float = 0.5, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -12,14 +12,6 @@ from genloom.plugins.pc_sampler.decoder import calibrated_confidence, pc_score, 
 from genloom.testing import check_decoder, tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 TINY = {
     "tokenizer": {"name": "bytes"},
     "head": {"name": "lm"},

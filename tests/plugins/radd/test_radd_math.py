@@ -18,15 +18,6 @@ from genloom.plugins.radd.objective import corrupt_batch, weighted_dce  # noqa: 
 from genloom.plugins.radd.sampling import AncestralCanvas, ConfidenceCanvas  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def toy():
     return ExactToy(length=3, vocab=3, seed=0)

@@ -10,14 +10,6 @@ from genloom.core.pattern import FULL
 from genloom.testing import check_decoder, check_objective, tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 TINY = {
     "tokenizer": {"name": "bytes"},
     "head": {"name": "lm"},
