@@ -40,9 +40,9 @@ target's distribution is the softmax of its processed logits (a categorical head
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from genloom.core import hookimpl, records
+from genloom.core.config import DraftModelConfig
 
 _P = "genloom.plugins.spectr"
 
@@ -54,32 +54,21 @@ PAPER = records.Paper(
 
 
 @dataclass
-class SpecTrConfig:
-    """SpecTr decoding: k i.i.d. draft sequences, K-SEQ draft selection."""
+class SpecTrConfig(DraftModelConfig):
+    """SpecTr decoding: k i.i.d. draft sequences of length gamma, K-SEQ draft selection."""
 
-    draft: str | dict[str, Any] | None = None
-    """The draft model: a run directory, a weights file inside one or a config .yaml (str), or a
-    nested model config {tokenizer, head, backbone, ...} (an untrained draft, seeded by ``seed``).
-    Its vocabulary must be the target's."""
-    gamma: int = 4
-    """Draft length: tokens per draft sequence per round."""
     num_drafts: int = 4
     """k, the number of i.i.d. draft sequences per round (1 is speculative sampling)."""
     rho: float | None = None
     """K-SEQ's rho in [1, k]; null: rho* per position (largest acceptance). A value is raised to
     rho* where it would not keep the output exact."""
-    seed: int = 0
-    """Seed for the initial weights of a draft built from a nested config."""
 
     def __post_init__(self):
-        if self.gamma < 1:
-            raise ValueError(f"gamma must be at least 1, got {self.gamma}")
+        super().__post_init__()
         if self.num_drafts < 1:
             raise ValueError(f"num_drafts must be at least 1, got {self.num_drafts}")
         if self.rho is not None and not 1.0 <= self.rho <= self.num_drafts:
             raise ValueError(f"rho must lie in [1, num_drafts] = [1, {self.num_drafts}], got {self.rho}")
-        if self.draft is not None and not isinstance(self.draft, (str, dict)):
-            raise ValueError(f"draft must be a path (str) or a nested model config (mapping), got {type(self.draft).__name__}")
 
 
 @hookimpl

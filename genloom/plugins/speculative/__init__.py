@@ -34,9 +34,9 @@ Sequences that have finished keep being computed with the batch until all finish
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from genloom.core import hookimpl, records
+from genloom.core.config import DraftModelConfig
 
 _P = "genloom.plugins.speculative"
 
@@ -54,25 +54,11 @@ CHEN_2023 = records.Paper(
 
 
 @dataclass
-class SpeculativeConfig:
-    """Speculative decoding with a draft model."""
+class SpeculativeConfig(DraftModelConfig):
+    """Speculative decoding with a draft model (fields draft, gamma, seed from DraftModelConfig)."""
 
-    draft: str | dict[str, Any] | None = None
-    """The draft model: a run directory, a weights file inside one or a config .yaml (str), or a
-    nested model config {tokenizer, head, backbone, ...} (an untrained draft, seeded by ``seed``).
-    Its vocabulary must be the target's."""
-    gamma: int = 4
-    """Draft tokens proposed per round (the target verifies gamma + 1 positions per pass)."""
     greedy: bool = False
     """Draft and verify with argmax: the output equals the target's greedy decoding."""
-    seed: int = 0
-    """Seed for the initial weights of a draft built from a nested config."""
-
-    def __post_init__(self):
-        if self.gamma < 1:
-            raise ValueError(f"gamma must be at least 1, got {self.gamma}")
-        if self.draft is not None and not isinstance(self.draft, (str, dict)):
-            raise ValueError(f"draft must be a path (str) or a nested model config (mapping), got {type(self.draft).__name__}")
 
 
 @hookimpl
