@@ -18,6 +18,9 @@ checks the record, the config dataclass and the factory) and asserts the contrac
 - objective: loss is a finite scalar with gradients;
 - decoder: output stays in the vocabulary; a seeded run reproduces exactly;
 - kernel: the backend agrees with the op's ``reference`` backend.
+
+``exact_continuations`` enumerates a tiny model's exact continuation distribution, the reference
+for testing that a decoder preserves the target distribution (speculative sampling, SpecTr).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from genloom.testing.checks import (  # noqa: F401
     check_model_config,
     check_objective,
     check_tokenizer,
+    exact_continuations,
     tiny_model,
 )
 

@@ -202,3 +202,24 @@ def check_model_config(config_path=None, overrides=None, base=None, batch=None):
         batch = built.data.collate([ds[i] for i in range(min(2, len(ds)))])
     check_objective(built, batch)
     return built
+
+
+def exact_continuations(model, prompt, length: int, processors=(), vocab: int | None = None) -> dict[tuple, float]:
+    """Exact probability of every ``length``-token continuation of ``prompt`` under ``model`` (after
+    ``processors``), by enumeration: the reference a distribution-preserving decoder is tested against.
+    Only for tiny vocabularies (``vocab ** length`` forward passes)."""
+    import itertools
+
+    vocab = vocab or model.ctx.vocab_size
+    probs = {}
+    for seq in itertools.product(range(vocab), repeat=length):
+        total, ids = 1.0, list(prompt)
+        for token in seq:
+            with torch.no_grad():
+                logits = model(torch.tensor([ids]))[:, -1].double()
+            for proc in processors:
+                logits = proc(logits, torch.tensor([ids]))
+            total *= float(torch.softmax(logits, -1)[0, token])
+            ids.append(token)
+        probs[seq] = total
+    return probs

@@ -1,12 +1,11 @@
 """The ``spectr`` decoder on the core loop: state bookkeeping, acceptance, exact distribution."""
 
-import itertools
 
 import pytest
 import torch
 
 from genloom.core.generation import run
-from genloom.testing import check_decoder, tiny_model
+from genloom.testing import check_decoder, exact_continuations, tiny_model
 
 VOCAB = 6
 
@@ -76,21 +75,6 @@ def test_more_drafts_give_longer_acceptance_on_the_core_loop(target):
     assert lengths[1] + 0.3 < lengths[4]  # measured 0.98 -> 1.70
 
 
-def enumerate_continuations(model, prompt, processors, length):
-    probs = {}
-    for seq in itertools.product(range(VOCAB), repeat=length):
-        total, ids = 1.0, list(prompt)
-        for token in seq:
-            with torch.no_grad():
-                logits = model(torch.tensor([ids]))[:, -1].double()
-            for proc in processors:
-                logits = proc(logits, torch.tensor([ids]))
-            total *= float(torch.softmax(logits, -1)[0, token])
-            ids.append(token)
-        probs[seq] = total
-    return probs
-
-
 @pytest.mark.slow
 def test_sampled_continuations_follow_the_target_distribution(target):
     """End to end with k = 3 drafts: 2-token continuations vs the enumerated target distribution."""
@@ -100,8 +84,8 @@ def test_sampled_continuations_follow_the_target_distribution(target):
     draws = 12_000
     dec = noisy_copy(target, {"name": "spectr", "gamma": 2, "num_drafts": 3}, noise=1.0)
     out = run(target.model, [prompt] * draws, dec, max_new_tokens=2, processors=procs, seed=321)
-    exact_target = enumerate_continuations(target.model, prompt, procs, 2)
-    exact_draft = enumerate_continuations(dec.draft, prompt, procs, 2)
+    exact_target = exact_continuations(target.model, prompt, 2, procs, VOCAB)
+    exact_draft = exact_continuations(dec.draft, prompt, 2, procs, VOCAB)
     counts = {seq: 0 for seq in exact_target}
     for ids in out.ids:
         counts[tuple(ids)] += 1

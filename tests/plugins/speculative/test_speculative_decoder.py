@@ -1,12 +1,11 @@
 """The ``speculative`` decoder on the core loop: greedy equality, exact distribution, metrics."""
 
-import itertools
 
 import pytest
 import torch
 
 from genloom.core.generation import run
-from genloom.testing import check_decoder, tiny_model
+from genloom.testing import check_decoder, exact_continuations, tiny_model
 
 VOCAB = 6
 
@@ -88,23 +87,6 @@ def test_greedy_with_processors_and_eos_matches_greedy(target):
     assert out.ids == reference.ids
 
 
-def enumerate_continuations(model, prompt, processors, length):
-    """Exact probability of every continuation of ``length`` tokens (processed target distribution)."""
-    probs = {}
-    for seq in itertools.product(range(VOCAB), repeat=length):
-        total = 1.0
-        ids = list(prompt)
-        for token in seq:
-            with torch.no_grad():
-                logits = model(torch.tensor([ids]))[:, -1].double()
-            for proc in processors:
-                logits = proc(logits, torch.tensor([ids]))
-            total *= float(torch.softmax(logits, -1)[0, token])
-            ids.append(token)
-        probs[seq] = total
-    return probs
-
-
 @pytest.mark.slow
 def test_sampled_continuations_follow_the_target_distribution():
     """End to end: 2-token continuations from speculative decoding vs the exact target
@@ -118,8 +100,8 @@ def test_sampled_continuations_follow_the_target_distribution():
     draws = 20_000
     dec = noisy_copy_draft(target, 2, noise=1.0, config=DRAFT)
     out = run(target.model, [prompt] * draws, dec, max_new_tokens=2, processors=procs, seed=123)
-    exact_target = enumerate_continuations(target.model, prompt, procs, 2)
-    exact_draft = enumerate_continuations(dec.draft, prompt, procs, 2)
+    exact_target = exact_continuations(target.model, prompt, 2, procs, VOCAB)
+    exact_draft = exact_continuations(dec.draft, prompt, 2, procs, VOCAB)
     counts = {seq: 0 for seq in exact_target}
     for ids in out.ids:
         counts[tuple(ids)] += 1
