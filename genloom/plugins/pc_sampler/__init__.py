@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.config import CanvasDecoderConfig
 
 PAPER = records.Paper(
     title="PC-Sampler: Position-Aware Calibration of Decoding Bias in Masked Diffusion Models",
@@ -46,15 +47,9 @@ PAPER = records.Paper(
 
 
 @dataclass
-class PCSamplerConfig:
+class PCSamplerConfig(CanvasDecoderConfig):
     """Position-aware, frequency-calibrated unmasking for masked diffusion models."""
 
-    steps: int | None = None
-    """Unmasking steps (None: one token per step, i.e. max_new_tokens steps)."""
-    block_length: int | None = None
-    """Decode in blocks of this many tokens, left to right (None: one block, as in the paper)."""
-    temperature: float = 0.0
-    """0: predict the argmax token; > 0: draw it with Gumbel noise at this temperature."""
     position_decay: float = 0.25
     """lambda of the position weight exp(-lambda * i); 0 turns the position awareness off."""
     calibration: bool = True
@@ -70,21 +65,13 @@ class PCSamplerConfig:
     """Pseudo-count added to every token of the vocabulary (no token gets probability 0)."""
 
     def __post_init__(self):
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if self.block_length is not None and self.block_length < 1:
-            raise ValueError(f"block_length must be at least 1, got {self.block_length}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        super().__post_init__()
         if self.position_decay < 0:
             raise ValueError(f"position_decay must be >= 0, got {self.position_decay}")
         if self.clip_alpha <= 0:
             raise ValueError(f"clip_alpha must be > 0, got {self.clip_alpha}")
         if self.prior_smoothing <= 0:
             raise ValueError(f"prior_smoothing must be > 0 (a zero-probability token has infinite self-information), got {self.prior_smoothing}")
-
-    def bind(self, ctx):
-        ctx.add_special_token("mask")
 
 
 @hookimpl

@@ -35,20 +35,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from genloom.core import hookimpl, records
+from genloom.core.config import CanvasDecoderConfig
 
 PAPER = records.Paper(title="Diffusion Language Models Know the Answer Before Decoding", year=2025, arxiv="2508.19982")
 
 
 @dataclass
-class ProphetConfig:
+class ProphetConfig(CanvasDecoderConfig):
     """Confidence-based masked-diffusion sampling with Prophet's early commit."""
 
-    steps: int | None = None
-    """Unmasking steps of the underlying sampler (None: one token per step)."""
-    block_length: int | None = None
-    """Decode in blocks of this many tokens, left to right (None: one block)."""
-    temperature: float = 0.0
-    """0: argmax predictions; > 0: Gumbel-noised predictions at this temperature."""
     thresholds: tuple[float, ...] = (0.9, 0.7, 0.5)
     """Gap thresholds for decoding progress below each of progress_boundaries, then after the last
     (one more threshold than boundaries). '.inf' never commits early."""
@@ -62,12 +57,7 @@ class ProphetConfig:
     """The answer is the last answer_length positions of the canvas (None: all generated positions)."""
 
     def __post_init__(self):
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if self.block_length is not None and self.block_length < 1:
-            raise ValueError(f"block_length must be at least 1, got {self.block_length}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        super().__post_init__()
         if len(self.thresholds) != len(self.progress_boundaries) + 1:
             raise ValueError(f"thresholds needs one more entry than progress_boundaries "
                              f"(got {len(self.thresholds)} thresholds, {len(self.progress_boundaries)} boundaries)")
@@ -78,9 +68,6 @@ class ProphetConfig:
             raise ValueError(f"progress_boundaries must be increasing and inside (0, 1), got {self.progress_boundaries}")
         if self.answer_length is not None and self.answer_length < 1:
             raise ValueError(f"answer_length must be at least 1, got {self.answer_length}")
-
-    def bind(self, ctx):
-        ctx.add_special_token("mask")
 
 
 @hookimpl

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from genloom.core import hookimpl, records
+from genloom.core.config import CanvasDecoderConfig
 
 PAPER = records.Paper(
     title="Your Absorbing Discrete Diffusion Secretly Models the Conditional Distributions of Clean Data",
@@ -101,28 +102,11 @@ class RADDSamplerConfig:
 
 
 @dataclass
-class MaskedDiffusionConfig:
+class MaskedDiffusionConfig(CanvasDecoderConfig):
     """Confidence-based masked-diffusion sampler over a canvas of max_new_tokens masked tokens."""
 
-    steps: int | None = None
-    """Unmasking steps (None: one token per step, i.e. max_new_tokens steps)."""
-    block_length: int | None = None
-    """Decode the canvas in blocks of this many tokens, left to right (None: one block)."""
-    temperature: float = 0.0
-    """0: predict the argmax token; > 0: draw it with Gumbel noise at this temperature."""
     remasking: Literal["low_confidence", "random"] = "low_confidence"
     """Which predictions to keep each step: the most confident ones, or random ones."""
-
-    def __post_init__(self):
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if self.block_length is not None and self.block_length < 1:
-            raise ValueError(f"block_length must be at least 1, got {self.block_length}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-
-    def bind(self, ctx):
-        ctx.add_special_token("mask")
 
 
 @hookimpl
