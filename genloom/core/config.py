@@ -104,49 +104,6 @@ class RunConfig:
     """Pin a backend per op, e.g. {attention: sdpa}; unnamed ops pick the best usable backend."""
 
 
-@dataclasses.dataclass
-class DraftModelConfig:
-    """Base config of decoders that draft with a second model (see ``generation.DraftModelDecoder``)."""
-
-    draft: str | dict[str, Any] | None = None
-    """The draft model: a run directory, a weights file inside one or a config .yaml (str), or a
-    nested model config {tokenizer, head, backbone, ...} (an untrained draft, seeded by ``seed``).
-    Its vocabulary must be the target's."""
-    gamma: int = 4
-    """Draft tokens proposed per round (the target verifies gamma + 1 positions per pass)."""
-    seed: int = 0
-    """Seed for the initial weights of a draft built from a nested config."""
-
-    def __post_init__(self):
-        if self.gamma < 1:
-            raise ValueError(f"gamma must be at least 1, got {self.gamma}")
-        if self.draft is not None and not isinstance(self.draft, (str, dict)):
-            raise ValueError(f"draft must be a path (str) or a nested model config (mapping), got {type(self.draft).__name__}")
-
-
-@dataclasses.dataclass
-class CanvasDecoderConfig:
-    """Base config of masked-canvas decoders (see ``genloom.core.canvas``); reserves the mask token."""
-
-    steps: int | None = None
-    """Unmasking steps (None: one token per step, i.e. max_new_tokens steps)."""
-    block_length: int | None = None
-    """Decode the canvas in blocks of this many tokens, left to right (None: one block)."""
-    temperature: float = 0.0
-    """0: predict the argmax token; > 0: draw it with Gumbel noise at this temperature."""
-
-    def __post_init__(self):
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if self.block_length is not None and self.block_length < 1:
-            raise ValueError(f"block_length must be at least 1, got {self.block_length}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-
-    def bind(self, ctx):
-        ctx.add_special_token("mask")
-
-
 SECTION_SCHEMAS = {"trainer": TrainerConfig, "optimizer": OptimizerConfig, "generate": GenerateConfig}
 
 

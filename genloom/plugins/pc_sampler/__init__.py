@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
-from genloom.core.config import CanvasDecoderConfig
+from genloom.toolkit.canvas_config import CanvasDecoderConfig
 
 PAPER = records.Paper(
     title="PC-Sampler: Position-Aware Calibration of Decoding Bias in Masked Diffusion Models",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genloom.core.canvas import ConfidenceCanvasDecoder
+from genloom.toolkit.canvas import ConfidenceCanvasDecoder
 
 
 def position_weight(positions: torch.Tensor, allowed: torch.Tensor, decay: float) -> torch.Tensor:

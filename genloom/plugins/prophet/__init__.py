@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from genloom.core import hookimpl, records
-from genloom.core.config import CanvasDecoderConfig
+from genloom.toolkit.canvas_config import CanvasDecoderConfig
 
 PAPER = records.Paper(title="Diffusion Language Models Know the Answer Before Decoding", year=2025, arxiv="2508.19982")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from genloom.core.pattern import FULL
-from genloom.core.canvas import ConfidenceCanvasDecoder, predict, top_k_positions
+from genloom.toolkit.canvas import ConfidenceCanvasDecoder, predict, top_k_positions
 
 
 def top2_gap(logits: torch.Tensor, mask_id: int, space: str = "probability", probs: torch.Tensor | None = None) -> torch.Tensor:

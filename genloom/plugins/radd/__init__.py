@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from genloom.core import hookimpl, records
-from genloom.core.config import CanvasDecoderConfig
+from genloom.toolkit.canvas_config import CanvasDecoderConfig
 
 PAPER = records.Paper(
     title="Your Absorbing Discrete Diffusion Secretly Models the Conditional Distributions of Clean Data",

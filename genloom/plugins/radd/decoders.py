@@ -14,7 +14,7 @@ import torch
 
 from genloom.core.generation import Commit, Decoder
 from genloom.plugins.radd.sampling import AncestralCanvas, ConfidenceCanvas
-from genloom.core.canvas import canvas_logits, init_canvas, prefix_commit
+from genloom.toolkit.canvas import canvas_logits, init_canvas, prefix_commit
 
 
 class CanvasDecoder(Decoder):

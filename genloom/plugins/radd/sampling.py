@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from genloom.plugins.radd.diffusion import clean_logits, time_grid
-from genloom.core.canvas import top_k_positions, transfer_schedule  # noqa: F401  (shared masked-canvas helpers)
+from genloom.toolkit.canvas import top_k_positions, transfer_schedule  # noqa: F401  (shared masked-canvas helpers)
 
 
 def gumbel_like(shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:

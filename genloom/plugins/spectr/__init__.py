@@ -42,7 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
-from genloom.core.config import DraftModelConfig
+from genloom.toolkit.draft_config import DraftModelConfig
 
 _P = "genloom.plugins.spectr"
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from genloom.core.generation import Commit, DraftModelDecoder, Session, pad_left
+from genloom.core.generation import Commit, Session, pad_left
+from genloom.toolkit.draft import DraftModelDecoder
 from genloom.plugins.spectr.sampling import spectr_block
 
 

@@ -1,0 +1,18 @@
+"""Building blocks shared by the plugins of one family of techniques.
+
+The core (:mod:`genloom.core`) holds the contracts and the runtime every technique uses; code
+that only one family shares lives here, one module per topic, so plugins write nothing twice
+while the core stays short. The toolkit may import the core; the core never imports the toolkit
+(a test enforces it); neither imports a plugin.
+
+A topic whose runtime needs torch keeps the config dataclasses that plugins name in their
+records in a torch-free ``<topic>_config`` module, so ``genloom plugins`` and
+``genloom components`` stay light.
+
+Topics:
+
+- :mod:`genloom.toolkit.canvas` / :mod:`~genloom.toolkit.canvas_config` -- masked-canvas
+  decoding for masked-diffusion decoders (confidence unmasking, prefix commits).
+- :mod:`genloom.toolkit.draft` / :mod:`~genloom.toolkit.draft_config` -- draft-model loading for
+  decoders that draft with a second model (speculative sampling, SpecTr).
+"""
