@@ -8,7 +8,7 @@ from pathlib import Path
 
 from genloom.core.errors import ConfigError
 
-OPTIONS = {"decoder", "max_new_tokens", "prompt", "num_samples", "seed", "out", "temperature"}
+OPTIONS = {"decoder", "max_new_tokens", "prompt", "num_samples", "seed", "out", "temperature", "cache", "compile"}
 
 
 def parse(overrides: list[str]) -> tuple[dict, dict]:
@@ -56,7 +56,8 @@ def main(args) -> int:
         print(f"wrote {path}")
         return 0
     ids = gen.encode(prompt) if prompt else [gen.ctx.get("eos_id") or 0]
-    result = gen.generate([list(ids)] * n, max_new_tokens=max_new, decoder=decoder, seed=seed)
+    static = {k: _scalar(opts[k]) for k in ("cache", "compile") if k in opts}  # default: the config's generate section
+    result = gen.generate([list(ids)] * n, max_new_tokens=max_new, decoder=decoder, seed=seed, **static)
     for text in result.decode():
         sys.stdout.write(prompt + (text if isinstance(text, str) else str(text)) + "\n")
     if opts.get("out"):

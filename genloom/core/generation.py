@@ -281,9 +281,17 @@ class Decoder:
         session.scratch["next_logits"] = logits[:, -1]
 
 
-def run(model, prompts, decoder: Decoder, *, max_new_tokens: int = 64, processors=(), seed: int | None = 0, eos_id=None, stop_strings=(), tokenizer=None) -> GenerationResult:
-    """Generate continuations of ``prompts`` (lists of ids) with ``decoder`` on the shared loop."""
+def run(model, prompts, decoder: Decoder, *, max_new_tokens: int = 64, processors=(), seed: int | None = 0, eos_id=None, stop_strings=(), tokenizer=None, cache: str = "dynamic", compile: bool = False) -> GenerationResult:
+    """Generate continuations of ``prompts`` (lists of ids) with ``decoder`` on the shared loop.
+
+    ``cache="static"`` decodes through a preallocated cache of fixed shape and ``compile=True``
+    runs each one-token step through ``torch.compile`` (:mod:`genloom.core.static_decode`).
+    """
     device = next(model.parameters()).device
+    if cache != "dynamic" or compile:
+        from genloom.core import static_decode
+
+        model = static_decode.prepare(model, cache=cache, compile=compile)
     generator = torch.Generator(device=device)
     if seed is not None:
         generator.manual_seed(seed)
@@ -338,14 +346,20 @@ class Generator:
         node.update(options)
         return self.ctx.build("decoder", node, path="decoder")
 
-    def generate(self, prompt_ids, max_new_tokens: int = 64, decoder=None, *, processors=None, seed: int | None = 0, stop_strings=(), **options) -> GenerationResult:
-        """Continue ``prompt_ids`` (one list of ids, or a list of them); returns ids per sequence and metrics."""
+    def generate(self, prompt_ids, max_new_tokens: int = 64, decoder=None, *, processors=None, seed: int | None = 0, stop_strings=(), cache: str | None = None, compile: bool | None = None, **options) -> GenerationResult:
+        """Continue ``prompt_ids`` (one list of ids, or a list of them); returns ids per sequence and metrics.
+
+        ``cache`` ("dynamic" or "static") and ``compile`` default to the config's ``generate`` section.
+        """
         prompts = prompt_ids
         if prompts and isinstance(prompts[0], int):
             prompts = [prompts]
         procs = self.built.processors if processors is None else [p if callable(p) else self.ctx.build("processor", p) for p in processors]
         dec = self.decoder(decoder, **options)
-        return run(self.model, prompts, dec, max_new_tokens=max_new_tokens, processors=procs, seed=seed, eos_id=self.ctx.get("eos_id"), stop_strings=stop_strings, tokenizer=self.tokenizer)
+        defaults = self.model.config.sections.get("generate") if getattr(self.model, "config", None) is not None else None
+        cache = cache if cache is not None else getattr(defaults, "cache", "dynamic")
+        compile = compile if compile is not None else getattr(defaults, "compile", False)
+        return run(self.model, prompts, dec, max_new_tokens=max_new_tokens, processors=procs, seed=seed, eos_id=self.ctx.get("eos_id"), stop_strings=stop_strings, tokenizer=self.tokenizer, cache=cache, compile=compile)
 
     def encode(self, data):
         return self.tokenizer.encode(data)
