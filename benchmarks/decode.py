@@ -190,6 +190,12 @@ def main(argv=None):
             "new_tokens": args.new, "prompt": args.prompt, "repeats": args.repeats}
     print(json.dumps(info), flush=True)
     rows = []
+    out = {"info": info, "rows": rows}
+    if torch.device(args.device).type == "cuda" or args.json:
+        bandwidth = copy_bandwidth(args.device, 1024 if torch.device(args.device).type == "cuda" else 64)
+        weight_bytes = weight_bytes_per_step(gen.model)
+        out["bandwidth_bound"] = {"copy_bandwidth_GBps": bandwidth / 1e9, "weight_bytes_per_step": weight_bytes, "batch1_bound_tok_s": bandwidth / weight_bytes}
+        print(json.dumps(out["bandwidth_bound"]), flush=True)
     for B in args.batch:
         prompts = torch.randint(0, args.vocab, (B, args.prompt), generator=torch.Generator().manual_seed(B))
         results, reference = {}, None
@@ -222,18 +228,13 @@ def main(argv=None):
                 r["ratio_over_genloom_dynamic"] = r["tok_s"] / base
         rows.append(row)
         print(json.dumps({"batch": B, **{n: {k: v for k, v in r.items() if k != "error"} for n, r in results.items()}}), flush=True)
-    out = {"info": info, "rows": rows}
-    bandwidth = copy_bandwidth(args.device, 1024 if torch.device(args.device).type == "cuda" else 64)
-    weight_bytes = weight_bytes_per_step(gen.model)
-    bound = bandwidth / weight_bytes
-    out["bandwidth_bound"] = {"copy_bandwidth_GBps": bandwidth / 1e9, "weight_bytes_per_step": weight_bytes, "batch1_bound_tok_s": bound}
-    batch1 = next((r for r in rows if r["batch"] == 1), None)
-    if batch1 is not None:
-        out["bandwidth_bound"]["batch1_fraction"] = {n: r["tok_s"] / bound for n, r in batch1["variants"].items() if "tok_s" in r}
-    print(json.dumps(out["bandwidth_bound"]), flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2, default=str))
+        if B == 1 and "bandwidth_bound" in out:
+            bound = out["bandwidth_bound"]["batch1_bound_tok_s"]
+            out["bandwidth_bound"]["batch1_fraction"] = {n: r["tok_s"] / bound for n, r in results.items() if "tok_s" in r}
+            print(json.dumps(out["bandwidth_bound"]), flush=True)
+        if args.json:  # after every batch size, so a run cut short still leaves its rows
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(out, indent=2, default=str))
     failed = [n for r in rows for n, v in r["variants"].items() if "error" in v]
     return 1 if failed else 0
 
