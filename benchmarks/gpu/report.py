@@ -2,6 +2,7 @@
 
     python benchmarks/gpu/report.py env OUT/env.json
     python benchmarks/gpu/report.py mfu RUN_DIR OUT/train.json
+    python benchmarks/gpu/report.py junit OUT/tests.xml OUT/tests.json
     python benchmarks/gpu/report.py summary OUT          # OUT/stages.jsonl + OUT/*.json -> OUT/summary.json
 
 Model FLOPs per trained token follow the PaLM paper's appendix B: 6 N for the matrix products of
@@ -107,6 +108,28 @@ def mfu(run_dir: str, path: str) -> None:
     print(json.dumps(out))
 
 
+def junit(xml_path: str, path: str) -> None:
+    """pytest's JUnit XML -> counts and one record per test (outcome, seconds, message)."""
+    import xml.etree.ElementTree as ET
+
+    if not Path(xml_path).exists():
+        Path(path).write_text(json.dumps({"error": f"{xml_path} was not written (pytest was stopped?)"}))
+        return
+    tests, counts = [], {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
+    for case in ET.parse(xml_path).getroot().iter("testcase"):
+        outcome, message = "passed", None
+        for tag in ("failure", "error", "skipped"):
+            node = case.find(tag)
+            if node is not None:
+                outcome = "failed" if tag == "failure" else tag
+                message = (node.get("message") or node.text or "")[:1500]
+                break
+        counts[outcome] += 1
+        tests.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome, "seconds": float(case.get("time") or 0), "message": message})
+    Path(path).write_text(json.dumps({"counts": counts, "tests": tests}, indent=2))
+    print(json.dumps(counts))
+
+
 def summary(out_dir: str) -> None:
     out = Path(out_dir)
     stages = []
@@ -130,7 +153,7 @@ def summary(out_dir: str) -> None:
 
 if __name__ == "__main__":
     command, *rest = sys.argv[1:] or ["help"]
-    commands = {"env": env, "mfu": mfu, "summary": summary}
+    commands = {"env": env, "mfu": mfu, "junit": junit, "summary": summary}
     if command not in commands:
         raise SystemExit(__doc__)
     commands[command](*rest)
