@@ -144,3 +144,24 @@ def test_fsdp_on_one_gpu_trains_and_writes_a_full_checkpoint(tmp_path):
     assert len(losses) == 10 and all(torch.isfinite(torch.tensor(losses)))
     weights = load_file(str(tmp_path / "fsdp" / "model.safetensors"))
     assert weights["backbone.layers.0.self_attn.q_proj.weight"].shape == (128, 128)  # gathered, not a shard
+
+
+@pytest.mark.skipif(ON_CPU, reason="the CUDA generator state exists only on CUDA")
+def test_checkpoint_rng_state_round_trips_the_cuda_generator():
+    from genloom.core.training import get_rng_state, set_rng_state
+
+    torch.cuda.init()
+    state = get_rng_state()
+    assert "cuda" in state
+    expect = torch.rand(4, device="cuda")
+    set_rng_state(state)
+    torch.testing.assert_close(torch.rand(4, device="cuda"), expect)
+
+
+def test_kernels_command_lists_the_device_backends():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "genloom", "kernels"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "attention" in out.stdout and "selective_scan" in out.stdout

@@ -105,7 +105,9 @@ class StaticDecoding:
     def init_state(self, batch_size: int, capacity: int = 256) -> StaticKVCache:
         capacity = -(-max(capacity, 1) // CAPACITY_QUANTUM) * CAPACITY_QUANTUM
         cache = self._cache
-        if cache is not None and cache.batch_size == batch_size and cache.capacity == capacity and cache.k[0].dtype == self._dtype() and cache.device == self._device():
+        reusable = (cache is not None and cache.batch_size == batch_size and cache.capacity == capacity and cache.k[0].dtype == self._dtype()
+                    and cache.device == self._device() and cache.valid.is_inference() == torch.is_inference_mode_enabled())
+        if reusable:
             cache.reset()
             return cache
         template = self.model.init_state(batch_size, 1)

@@ -163,6 +163,8 @@ def test_compiled_generation_equals_dynamic_without_recompiling(built):
     with torch._dynamo.config.patch(error_on_recompile=True):
         for node, kw in cases:  # other prompts, same shapes: the compiled graphs are reused
             assert run(sd, other, dec(built, node), max_new_tokens=10, **kw).ids == run(m, other, dec(built, node), max_new_tokens=10, **kw).ids
+    # the caches above were made under inference mode; a cache asked for outside it is a fresh one
+    assert not sd.init_state(3, 40).valid.is_inference()
 
 
 @pytest.mark.slow
