@@ -255,6 +255,12 @@ class Decoder:
     ``verify`` accepts it, ``advance`` feeds it to the model.
     """
 
+    exact: str | None = None
+    """What the decoder's output provably equals, for pages and tests to state (a class attribute,
+    or a property when it depends on the config): ``"sampling"`` -- its output law is the target
+    model's (processed) sampling law, as for speculative sampling; ``"greedy"`` -- token for token
+    the target's greedy decoding; None -- no such claim (a different rule, or approximate)."""
+
     def __init__(self, config=None, ctx=None):
         self.config = config
         self.ctx = ctx
