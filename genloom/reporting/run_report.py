@@ -5,7 +5,7 @@ What the page shows, and where each part comes from:
 - headline figures and the evaluation tables: ``metrics.json`` (the final validation over the
   whole split) and the last value of every logged curve;
 - training and validation curves (loss, bits per byte, the objective's own metrics, learning
-  rate, tokens/s): the run's CSV or offline wandb logs (:mod:`genloom.report.logs`);
+  rate, tokens/s): the run's CSV or offline wandb logs (:mod:`genloom.reporting.logs`);
 - samples: image files the run directory holds (``samples.png``...), and, for text models, a
   sample regenerated from the exported weights with the config's ``generate`` section (prompt,
   length, seed), decoder and processors: the same call, with the same seed, that printed the
@@ -20,9 +20,9 @@ import json
 import time
 from pathlib import Path
 
-from genloom.report import page
-from genloom.report.logs import RunLogs, read_logs
-from genloom.report.page import ReportError, esc
+from genloom.reporting import page
+from genloom.reporting.logs import RunLogs, read_logs
+from genloom.reporting.page import ReportError, esc
 
 #: Curves plotted together: (title, y label, [(metric, legend)]).
 PANELS = [

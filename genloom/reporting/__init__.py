@@ -5,18 +5,18 @@ script, no network) that a person can open from disk or attach to a message.
 
 - :func:`report` (``genloom report RUN``): the run's resolved config, training and validation
   curves read from its own CSV or offline wandb logs, the plugins and versions that built it, its
-  samples and its evaluation tables (:mod:`genloom.report.run_report`).
+  samples and its evaluation tables (:mod:`genloom.reporting.run_report`).
 - :func:`compare` (``genloom compare RUN --decoders a,b,c``): every decoder, built through the
   registry, on the same prompts and seeds; outputs side by side, forward passes, tokens per
   target pass, acceptance rate per draft position, wall clock, and which decoders are exact
-  (:mod:`genloom.report.compare`).
+  (:mod:`genloom.reporting.comparison`).
 
 Importing this package is cheap; matplotlib and torch are imported when a page is built.
 """
 
 from __future__ import annotations
 
-from genloom.report.page import ReportError
+from genloom.reporting.page import ReportError
 
 __all__ = ["ReportError", "compare", "report"]
 
@@ -28,7 +28,7 @@ def report(run, out=None, *, overwrite: bool = False, samples: bool = True):
     :class:`ReportError` when the run does not exist, has no logs, or ``out`` cannot be written
     (an existing ``out`` is replaced only with ``overwrite=True``).
     """
-    from genloom.report.run_report import report as _report
+    from genloom.reporting.run_report import report as _report
 
     return _report(run, out, overwrite=overwrite, samples=samples)
 
@@ -42,6 +42,6 @@ def compare(run, decoders, prompts=None, out=None, *, overwrite: bool = False, m
     ``prompts`` default to the config's ``generate.prompt``; ``max_new_tokens`` to its
     ``generate.max_new_tokens``. ``out`` defaults to ``RUN/compare.html``.
     """
-    from genloom.report.compare import compare as _compare
+    from genloom.reporting.comparison import compare as _compare
 
     return _compare(run, decoders, prompts, out, overwrite=overwrite, max_new_tokens=max_new_tokens, seed=seed, options=options)

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from genloom.core.errors import GenloomError
-from genloom.report import page
-from genloom.report.page import Raw, ReportError, esc
-from genloom.report.run_report import check_run
+from genloom.reporting import page
+from genloom.reporting.page import Raw, ReportError, esc
+from genloom.reporting.run_report import check_run
 
 EXACT_NOTES = {
     "sampling": "exact: output law = the target's sampling law",
