@@ -184,7 +184,7 @@ def _warm_up(gen, decoder, ids, seed, label) -> None:
 # -- the page ---------------------------------------------------------------------------------
 def build(run_dir: Path, gen, runs: list[DecoderRun], prompts: list[str], max_new: int, seed: int) -> str:
     config = gen.model.config.to_container() if gen.model.config is not None and hasattr(gen.model.config, "to_container") else {}
-    procs = ", ".join(f"{p.get('name')}" + "".join(f" {k}={v}" for k, v in p.items() if k != "name") for p in config.get("processors") or [] if isinstance(p, dict)) or "none"
+    procs = ", ".join(f"{p.get('name')}(" + ", ".join(f"{k}={v}" for k, v in p.items() if k != "name") + ")" for p in config.get("processors") or [] if isinstance(p, dict)) or "none"
     sections = [
         ("summary", "Metrics", _summary(runs, procs, prompts, max_new, seed)),
         ("outputs", "Outputs side by side", _outputs(runs, prompts)),
@@ -211,14 +211,16 @@ def _exact_cell(run: DecoderRun, reference: DecoderRun | None) -> Raw:
 
 def _summary(runs, procs, prompts, max_new, seed) -> str:
     models = sorted({m for r in runs for m in r.forward_passes}, key=lambda m: (m != "target", m))
-    header = ["decoder", "plugin"] + [f"{m} passes" for m in models] + ["tokens", "tokens / target pass", "mean accepted", "wall clock s", "tokens / s", "exactness"]
+    drafting = any(r.acceptance_lengths for r in runs)
+    header = (["decoder", "plugin"] + [f"{m} passes" for m in models] + ["tokens", "tokens / target pass"] + (["mean accepted"] if drafting else [])
+              + ["wall clock s", "tokens / s", "exactness"])
     reference = _greedy_reference(runs)
     rows = []
     for r in runs:
         rows.append([r.label, f"{r.plugin} ({r.version})"] + [r.forward_passes.get(m, 0) for m in models]
-                    + [r.tokens, r.tokens_per_target_pass, r.mean_acceptance_length, round(r.seconds, 3), r.tokens / r.seconds if r.seconds else None,
-                       _exact_cell(r, reference)])
-    numeric = set(range(2, 2 + len(models) + 5))
+                    + [r.tokens, r.tokens_per_target_pass] + ([r.mean_acceptance_length] if drafting else [])
+                    + [round(r.seconds, 3), r.tokens / r.seconds if r.seconds else None, _exact_cell(r, reference)])
+    numeric = set(range(2, len(header) - 1))
     note = (f'<p class="note">Summed over {len(prompts)} prompt(s), one sequence each, seed {seed}, up to {max_new} new tokens, '
             f'the run\'s processors ({esc(procs)}). A forward pass is one call of a model (the prompt\'s prefill counts as one); '
             f'"mean accepted" is the mean number of draft tokens accepted per verification, for decoders that draft. {esc(EXACT_EXPLAINED)}</p>')

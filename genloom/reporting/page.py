@@ -58,9 +58,13 @@ pre { background:#f1f3f6; border-radius:6px; padding:10px 12px; white-space:pre-
 .exact { color:var(--ok); font-size:13px; }
 details.tree { margin-left:14px; }
 details.tree > summary { cursor:pointer; font-weight:600; }
-.tree .leaf { margin-left:14px; font:13px ui-monospace,"DejaVu Sans Mono",monospace; }
-.tree .leaf b { font-weight:600; }
+.leaf { margin-left:14px; font:13px ui-monospace,"DejaVu Sans Mono",monospace; }
+.leaf b { font-weight:600; }
 .grid { display:grid; gap:12px; }
+.config { columns: 3 300px; column-gap: 24px; }
+.config > details { break-inside: avoid; margin-left:0; }
+.chips { display:flex; flex-wrap:wrap; gap:6px; font-size:13px; }
+.chips span { border:1px solid var(--line); border-radius:12px; padding:1px 10px; }
 .grid > div { min-width:0; }
 """
 
@@ -82,6 +86,8 @@ def fmt(value, digits: int = 4) -> str:
             return "-"
         if value.is_integer() and abs(value) < 1e15:
             return f"{int(value):,}"
+        if 1e4 <= abs(value) < 1e15:
+            return f"{value:,.0f}"
         return f"{value:.{digits}g}"
     return str(value)
 
@@ -114,8 +120,9 @@ class Raw(str):
     """HTML that :func:`table` inserts as is."""
 
 
-def tree(data, title: str = "config", open_levels: int = 1) -> str:
-    """A nested dict/list as collapsible ``<details>`` (the first ``open_levels`` levels open)."""
+def tree(data, title: str = "config", open_levels: int = 99) -> str:
+    """A nested dict/list as collapsible ``<details>`` (the first ``open_levels`` levels open);
+    top-level scalars first, then one block per section, laid out in columns."""
     def node(value, depth):
         parts = []
         items = value.items() if isinstance(value, dict) else enumerate(value)
@@ -128,7 +135,11 @@ def tree(data, title: str = "config", open_levels: int = 1) -> str:
                 parts.append(f'<div class="leaf"><b>{esc(label)}</b>: {esc(_scalar(v))}</div>')
         return "".join(parts)
 
-    return f'<details class="tree" open><summary>{esc(title)}</summary>{node(data, 1)}</details>'
+    if not isinstance(data, dict):
+        return f'<div class="config">{node(data, 1)}</div>'
+    scalars = {k: v for k, v in data.items() if not (isinstance(v, (dict, list)) and v)}
+    nested = {k: v for k, v in data.items() if k not in scalars}
+    return f'<p class="note">{esc(title)}</p>{node(scalars, 1)}<div class="config">{node(nested, 1)}</div>'
 
 
 def _scalar(v) -> str:

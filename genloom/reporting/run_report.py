@@ -92,7 +92,7 @@ def build(run_dir: Path, logs: RunLogs, *, samples: bool = True) -> str:
         ("curves", "Training curves", _curves(logs)),
         ("evaluation", "Evaluation", _evaluation(logs)),
         ("samples", "Samples", _samples(run_dir, config) if samples else '<p class="note">Samples were not generated (--no-samples).</p>'),
-        ("config", "Config", page.tree(config, title="config.yaml (resolved)", open_levels=1)),
+        ("config", "Config", page.tree(config, title="The resolved config (config.yaml), as training used it.")),
         ("plugins", "Plugins", _plugins(manifest)),
         ("files", "Files", _files(run_dir, logs)),
     ]
@@ -236,8 +236,8 @@ def _plugins(manifest: dict) -> str:
     out = "<h3>Components</h3>" + page.table(["config key", "kind", "component", "plugin", "distribution", "version"], rows)
     plugins = manifest.get("plugins") or {}
     if plugins:
-        rows = [[name, p.get("distribution"), p.get("version")] for name, p in sorted(plugins.items())]
-        out += "<h3>Plugins installed when it was trained</h3>" + page.table(["plugin", "distribution", "version"], rows)
+        chips = "".join(f"<span>{esc(name)} · {esc(p.get('distribution'))} {esc(p.get('version'))}</span>" for name, p in sorted(plugins.items()))
+        out += f'<h3>Plugins installed when it was trained</h3><div class="chips">{chips}</div>'
     return out
 
 
