@@ -86,7 +86,7 @@ def fmt(value, digits: int = 4) -> str:
             return "-"
         if value.is_integer() and abs(value) < 1e15:
             return f"{int(value):,}"
-        if 1e4 <= abs(value) < 1e15:
+        if 1e3 <= abs(value) < 1e15:
             return f"{value:,.0f}"
         return f"{value:.{digits}g}"
     return str(value)

@@ -20,6 +20,7 @@ import json
 import time
 from pathlib import Path
 
+from genloom.core.errors import GenloomError
 from genloom.reporting import page
 from genloom.reporting.logs import RunLogs, read_logs
 from genloom.reporting.page import ReportError, esc
@@ -117,7 +118,8 @@ def _summary(run_dir: Path, config: dict, logs: RunLogs) -> str:
     if s.get("fit_seconds") is not None:
         card(_duration(s["fit_seconds"]), "training time")
     for key, label in (("bits_per_byte", "val bits per byte"), ("loss", "val loss (nats/token)"), ("mse", "val MSE"), ("mae", "val MAE")):
-        if key in val:
+        if key == "loss" and "mse" in val:
+            continue  # a forecaster's loss is its MSE
             card(page.fmt(float(val[key])), label)
     if "tok/s" in logs.curves:
         card(page.fmt(float(logs.curves["tok/s"][-1][1]), 3), "training tokens/s (last)")
@@ -144,7 +146,9 @@ def _panels(logs: RunLogs) -> list[tuple[str, str, list[tuple[str, str]]]]:
         if not base or split not in ("train", "val") or base in DERIVED or base.startswith("total_"):
             continue
         others.setdefault(base, []).append((name, "train" if split == "train" else "validation"))
-    panels += [(base.replace("_", " "), base, series) for base, series in others.items()]
+    # a metric that repeats the loss (a forecaster's mse) is not plotted twice
+    same = lambda series: all(logs.curves[m] == logs.curves.get(m.rpartition("/")[0] + "/loss") for m, _ in series)
+    panels += [(base.replace("_", " "), base, series) for base, series in others.items() if not same(series)]
     return panels
 
 
@@ -195,21 +199,28 @@ def _samples(run_dir: Path, config: dict) -> str:
     parts = []
     for path in sorted(p for p in list(run_dir.glob("*")) + list(run_dir.glob("samples/*")) if p.suffix.lower() in IMAGE_TYPES and p.is_file()):
         parts.append(page.image(path.read_bytes(), IMAGE_TYPES[path.suffix.lower()], caption=str(path.relative_to(run_dir))))
-    text = _text_sample(run_dir, config)
-    if text:
-        parts.append(text)
-    if not parts:
+    if (run_dir / "model.safetensors").exists():
+        import genloom
+
+        gen = genloom.load(run_dir)
+        for make in (_text_sample, _forecast):
+            try:
+                part = make(gen, run_dir, config)
+            except GenloomError:
+                raise
+            except Exception as exc:  # a sample is an extra: the page says why it is missing instead of failing
+                part = f'<p class="note">No {"text sample" if make is _text_sample else "forecast plot"}: {esc(type(exc).__name__)}: {esc(exc)}</p>'
+            parts.append(part)
+    else:
+        parts.append('<p class="note">No exported weights (model.safetensors), so no sample was generated.</p>')
+    if not any(parts):
         return '<p class="note">The run directory holds no sample images, and the model is not a text model whose sample could be regenerated.</p>'
     return "".join(parts)
 
 
-def _text_sample(run_dir: Path, config: dict) -> str:
-    if not (run_dir / "model.safetensors").exists():
-        return '<p class="note">No exported weights (model.safetensors), so no sample was generated.</p>'
-    import genloom
-
-    gen = genloom.load(run_dir)
-    if gen.ctx.get("modality", "text") != "text" or not hasattr(gen.tokenizer, "decode") or hasattr(gen.tokenizer, "generate_samples"):
+def _text_sample(gen, run_dir: Path, config: dict) -> str:
+    tok = gen.tokenizer
+    if gen.ctx.get("modality", "text") != "text" or not hasattr(tok, "decode") or hasattr(tok, "generate_samples") or getattr(tok, "series", False):
         return ""
     gcfg = gen.model.config.sections.get("generate") if gen.model.config is not None else None
     prompt = getattr(gcfg, "prompt", "") or ""
@@ -226,6 +237,68 @@ def _text_sample(run_dir: Path, config: dict) -> str:
     blocks = "".join(f'<pre><span class="prompt">{esc(prompt)}</span>{esc(t)}</pre>' for t in texts)
     return (f"<h3>Text</h3><p class=\"note\">Decoder {esc(decoder)}, processors {esc(procs)}, {max_new} new tokens, seed {seed} "
             f"(the config's generate section; the prompt is grey).</p>{blocks}")
+
+
+#: Coverage of the forecast interval (split-conformal, from the validation residuals).
+COVERAGE = 0.9
+
+
+def _forecast(gen, run_dir: Path, config: dict) -> str:
+    """Forecast plots with intervals for a forecaster (an objective with ``predict(model, x)`` on series windows).
+
+    The interval at each horizon step and variate is the point forecast +- the 90 % quantile of the
+    absolute validation errors there (split conformal); the page reports how many test targets it
+    covers, and the test MSE/MAE on the data set's normalised scale.
+    """
+    objective = getattr(gen.model, "objective", None)
+    if not hasattr(objective, "predict") or not getattr(gen.tokenizer, "series", False):
+        return ""
+    import numpy as np
+    import torch
+
+    from genloom.core import runio
+    from genloom.core.model import build_component
+
+    validated = runio.validate_run_config(run_dir)
+    source = build_component(validated.components["data"], gen.ctx)
+    if not hasattr(source, "load"):
+        return ""
+    with torch.inference_mode():
+        def windows(split):
+            ds = source.load(split)
+            x, y = ds.tensors()
+            return x, y, objective.predict(gen.model, x).float()
+
+        vx, vy, vp = windows("val")
+        tx, ty, tp = windows("test")
+    width = torch.quantile((vp - vy).abs(), COVERAGE, dim=0)  # (horizon, V)
+    inside = ((tp - ty).abs() <= width).float().mean().item()
+    mse, mae = float(((tp - ty) ** 2).mean()), float((tp - ty).abs().mean())
+    names = list(getattr(source, "info", {}).get("variates", [])) or [f"variate {i}" for i in range(ty.shape[-1])]
+    plt = page.pyplot()
+    shown = list(range(min(4, ty.shape[-1])))
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown), 2.9), squeeze=False)
+    w = ty.shape[0] - 1  # the last test window
+    L, H = tx.shape[1], ty.shape[1]
+    for ax, v in zip(axes[0], shown):
+        past = np.arange(-L, 0)
+        future = np.arange(0, H)
+        ax.plot(past, tx[w, :, v].numpy(), color="#5b6475", linewidth=1.4, label="lookback")
+        ax.plot(future, ty[w, :, v].numpy(), color="#1d2433", marker="o", markersize=3, linewidth=1.4, label="truth")
+        ax.plot(future, tp[w, :, v].numpy(), color="#2f6fdf", marker="o", markersize=3, linewidth=1.6, label="forecast")
+        ax.fill_between(future, (tp[w, :, v] - width[:, v]).numpy(), (tp[w, :, v] + width[:, v]).numpy(), color="#2f6fdf", alpha=0.2,
+                        label=f"{int(COVERAGE * 100)} % interval")
+        ax.set_title(str(names[v]))
+        ax.set_xlabel("step (0 = first forecast)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    img = page.image(page.figure_svg(fig), "image/svg+xml", alt="forecast with interval", width=int(360 * len(shown)))
+    rows = [["test MSE (normalised)", mse], ["test MAE (normalised)", mae], [f"test coverage of the {int(COVERAGE * 100)} % interval", inside],
+            ["test windows", int(ty.shape[0])]]
+    return (f"<h3>Forecasts</h3>{img}<p class=\"note\">The last test window, first {len(shown)} variates, on the data set's normalised "
+            f"scale. The interval is the forecast +- the {int(COVERAGE * 100)} % quantile of the absolute validation errors at each step and "
+            f"variate (split conformal, {int(vy.shape[0])} validation windows).</p>" + page.table(["test", "value"], rows, numeric={1}, cls="eval"))
 
 
 def _plugins(manifest: dict) -> str:

@@ -317,3 +317,20 @@ def test_cli_help_imports_neither_torch_nor_matplotlib():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_a_forecaster_report_plots_forecasts_with_intervals(tmp_path):
+    import genloom
+
+    cfg = {"seed": 0, "logger": "csv", "data": {"name": "macrodata", "lookback": 16, "horizon": 4, "batch_size": 32},
+           "tokenizer": {"name": "variate", "instance_norm": True}, "head": {"name": "forecast"},
+           "backbone": {"name": "itransformer", "d_model": 16, "n_layers": 1, "n_heads": 2}, "objective": {"name": "mse"},
+           "optimizer": {"lr": 1e-3, "warmup_steps": 2},
+           "trainer": {"max_steps": 6, "val_every_steps": 3, "checkpoint_every_steps": 6, "log_every_steps": 1, "progress": False, "threads": 1}}
+    from genloom.core.training import train
+
+    train(cfg, run_dir=tmp_path / "series", generate=False)
+    html = genloom.report(tmp_path / "series", tmp_path / "r.html").read_text()
+    assert 'alt="forecast with interval"' in html and "test coverage of the 90 % interval" in html
+    assert 'alt="mae curve"' in html and 'alt="mse curve"' not in html  # the mse repeats the loss: one panel
+    assert _self_contained(html) == []
