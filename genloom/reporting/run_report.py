@@ -197,19 +197,22 @@ def _evaluation(logs: RunLogs) -> str:
 
 def _samples(run_dir: Path, config: dict) -> str:
     parts = []
-    for path in sorted(p for p in list(run_dir.glob("*")) + list(run_dir.glob("samples/*")) if p.suffix.lower() in IMAGE_TYPES and p.is_file()):
+    files = sorted(p for p in list(run_dir.glob("*")) + list(run_dir.glob("samples/*")) if p.suffix.lower() in IMAGE_TYPES and p.is_file())
+    for path in files:
         parts.append(page.image(path.read_bytes(), IMAGE_TYPES[path.suffix.lower()], caption=str(path.relative_to(run_dir))))
     if (run_dir / "model.safetensors").exists():
         import genloom
 
         gen = genloom.load(run_dir)
-        for make in (_text_sample, _forecast):
+        makers = (_text_sample, _forecast) + (() if files else (_image_samples,))
+        for make in makers:
             try:
                 part = make(gen, run_dir, config)
             except GenloomError:
                 raise
             except Exception as exc:  # a sample is an extra: the page says why it is missing instead of failing
-                part = f'<p class="note">No {"text sample" if make is _text_sample else "forecast plot"}: {esc(type(exc).__name__)}: {esc(exc)}</p>'
+                what = {_text_sample: "text sample", _forecast: "forecast plot", _image_samples: "image samples"}[make]
+                part = f'<p class="note">No {what}: {esc(type(exc).__name__)}: {esc(exc)}</p>'
             parts.append(part)
     else:
         parts.append('<p class="note">No exported weights (model.safetensors), so no sample was generated.</p>')
@@ -237,6 +240,23 @@ def _text_sample(gen, run_dir: Path, config: dict) -> str:
     blocks = "".join(f'<pre><span class="prompt">{esc(prompt)}</span>{esc(t)}</pre>' for t in texts)
     return (f"<h3>Text</h3><p class=\"note\">Decoder {esc(decoder)}, processors {esc(procs)}, {max_new} new tokens, seed {seed} "
             f"(the config's generate section; the prompt is grey).</p>{blocks}")
+
+
+def _image_samples(gen, run_dir: Path, config: dict) -> str:
+    """For a tokenizer that writes its own samples (an image grid), the file it writes for ``genloom generate``."""
+    if not hasattr(gen.tokenizer, "generate_samples"):
+        return ""
+    import tempfile
+
+    gcfg = gen.model.config.sections.get("generate") if gen.model.config is not None else None
+    n, seed = max(1, int(getattr(gcfg, "num_samples", 1))), int(getattr(gcfg, "seed", 0))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(gen.tokenizer.generate_samples(gen, n=n, seed=seed, out=Path(tmp) / "samples.png"))
+        mime = IMAGE_TYPES.get(path.suffix.lower())
+        if mime is None:
+            return ""
+        data = path.read_bytes()
+    return (f'<h3>Generated samples</h3>{page.image(data, mime, caption=f"what genloom generate writes for this run (generate.num_samples={n}, seed {seed})")}')
 
 
 #: Coverage of the forecast interval (split-conformal, from the validation residuals).
