@@ -217,11 +217,18 @@ def test_a_false_exactness_claim_is_caught(run_dir, tmp_path, third_party_regist
     assert "claims-greedy" in html and "differs from greedy here" in html  # a third-party decoder, through the registry
 
 
-def test_pages_render_in_headless_chromium(pages, tmp_path):
-    from genloom.reporting.browser import find_chromium, inspect_page
+@pytest.fixture
+def chromium():
+    from genloom.reporting.browser import find_chromium
 
-    if find_chromium() is None:
+    path = find_chromium()
+    if path is None:
         pytest.skip("no Chromium installed (Debian: apt-get install chromium; or set GENLOOM_CHROMIUM): the browser check needs one")
+    return path
+
+
+def test_pages_render_in_headless_chromium(chromium, pages, tmp_path):
+    from genloom.reporting.browser import inspect_page
     count = """({tables: document.querySelectorAll('table').length, curves: document.querySelectorAll('#curves img').length,
                  eval: document.querySelectorAll('#evaluation table').length, metrics: document.querySelectorAll('table.metrics tbody tr').length,
                  outputs: document.querySelectorAll('#outputs pre').length, plots: document.querySelectorAll('#acceptance img').length,
@@ -240,12 +247,9 @@ def test_pages_render_in_headless_chromium(pages, tmp_path):
     assert compare.value["metrics"] == 5 and compare.value["outputs"] == 10 and compare.value["plots"] == 2
 
 
-def test_the_browser_check_catches_a_broken_page(tmp_path):
+def test_the_browser_check_catches_a_broken_page(chromium, tmp_path):
     from genloom.reporting import page
-    from genloom.reporting.browser import find_chromium, inspect_page
-
-    if find_chromium() is None:
-        pytest.skip("no Chromium installed (Debian: apt-get install chromium; or set GENLOOM_CHROMIUM): the browser check needs one")
+    from genloom.reporting.browser import inspect_page
     broken = page.document("broken", "", [("s", "S", '<img src="https://example.invalid/plot.png" alt="remote"><img src="data:image/png;base64,AAAA" alt="bad">')])
     path = tmp_path / "broken.html"
     path.write_text(broken)
