@@ -533,7 +533,8 @@ class Generator:
         max_new_tokens = self.default_max_new_tokens() if max_new_tokens is None else max_new_tokens
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise GenerationError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-        n_return = shorthand.pop("num_return_sequences", None) or 1
+        n_return = shorthand.pop("num_return_sequences", None)
+        n_return = 1 if n_return is None else n_return
         if isinstance(n_return, bool) or not isinstance(n_return, int) or n_return < 1:
             raise GenerationError(f"num_return_sequences must be an integer >= 1, got {n_return!r}")
         eos = shorthand.pop("eos_token_id", None)
