@@ -530,7 +530,8 @@ class Generator:
         """
         prompts = prompt_lists(prompt_ids, attention_mask)
         shorthand = {k: options.pop(k) for k in list(options) if k in SHORTHAND}
-        max_new_tokens = self.default_max_new_tokens() if max_new_tokens is None else max_new_tokens
+        explicit = max_new_tokens is not None
+        max_new_tokens = max_new_tokens if explicit else self.default_max_new_tokens()
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise GenerationError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
         n_return = shorthand.pop("num_return_sequences", None)
@@ -541,6 +542,8 @@ class Generator:
         eos_ids = self.eos_ids if eos is None else eos_tuple(eos)
         limit = self.max_positions
         longest = max((len(p) for p in prompts), default=0)
+        if limit is not None and not explicit:
+            max_new_tokens = max(0, min(max_new_tokens, limit - longest))  # a default never exceeds the limit
         if limit is not None and longest + max_new_tokens > limit:
             raise GenerationError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the {limit} positions this model can attend to (max_positions)")
         dec, procs, n_return = self._resolve(decoder, processors, options, shorthand, n_return)
