@@ -1,7 +1,8 @@
 """Hugging Face interop: convert a Llama-architecture checkpoint into a genloom run directory.
 
 ``genloom import hf SRC_DIR --out DIR`` reads what ``transformers``' ``save_pretrained`` wrote
-(``config.json`` + safetensors shards; grouped-query attention; tied or untied embeddings) and
+(``config.json`` + safetensors shards; grouped-query attention; tied or untied embeddings; the
+EOS set and decoding defaults of ``generation_config.json``, see :func:`generation_defaults`) and
 writes a run directory that :func:`genloom.load` and ``genloom generate`` accept. The baseline
 transformer uses Llama's parameter names, so the conversion is a renaming. ``transformers`` itself
 is not needed.
