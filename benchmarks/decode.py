@@ -21,19 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-
-def spread(values: list[float]) -> dict:
-    """Median, interquartile range and min-max of a list of measurements."""
-    vals = sorted(values)
-    q = statistics.quantiles(vals, n=4, method="inclusive") if len(vals) > 1 else [vals[0]] * 3
-    return {"median": statistics.median(vals), "q1": q[0], "q3": q[2], "min": vals[0], "max": vals[-1], "n": len(vals)}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import interleaved, pin_threads, spread  # noqa: E402
 
 
 def main():
@@ -52,7 +47,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads for both systems")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    pin_threads(args.threads)
 
     import transformers
 
@@ -76,34 +71,14 @@ def main():
         ids = prompts.to(args.device)
 
         def run_hf():
-            _sync(args.device)
-            t0 = time.perf_counter()
             with torch.no_grad():
                 out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False, pad_token_id=0, eos_token_id=None)
-            _sync(args.device)
-            return out[:, args.prompt:].tolist(), time.perf_counter() - t0
+            return out[:, args.prompt:].tolist()
 
         def run_ours():
-            _sync(args.device)
-            t0 = time.perf_counter()
-            res = gen.generate(ids, max_new_tokens=args.new, decoder="greedy", eos_token_id=[])
-            _sync(args.device)
-            return res.ids, time.perf_counter() - t0
+            return gen.generate(ids, max_new_tokens=args.new, decoder="greedy", eos_token_id=[]).ids
 
-        systems = {"transformers": run_hf, "genloom": run_ours}
-        reference = None
-        identical = True
-        secs = {name: [] for name in systems}
-        for name, fn in systems.items():  # warm-up
-            out, _ = fn()
-            reference = out if reference is None else reference
-            identical &= out == reference
-        for r in range(args.repeats):
-            order = list(systems) if r % 2 == 0 else list(systems)[::-1]
-            for name in order:
-                out, s = systems[name]()
-                identical &= out == reference
-                secs[name].append(s)
+        secs, identical = interleaved({"transformers": run_hf, "genloom": run_ours}, args.repeats, sync=lambda: _sync(args.device))
         tok = B * args.new
         ratios = [h / g for h, g in zip(secs["transformers"], secs["genloom"])]
         row = {

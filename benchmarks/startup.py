@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import spread  # noqa: E402
 
 
 def main():
@@ -29,9 +32,8 @@ def main():
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)
         times.append(time.perf_counter() - t0)
-    vals = sorted(times)
-    q = statistics.quantiles(vals, n=4, method="inclusive") if len(vals) > 1 else [vals[0]] * 3
-    row = {"command": " ".join(["genloom", *args.command]), "median_s": statistics.median(vals), "q1_s": q[0], "q3_s": q[2], "min_s": vals[0], "max_s": vals[-1], "n": len(vals)}
+    st = spread(times)
+    row = {"command": " ".join(["genloom", *args.command]), "median_s": st["median"], "q1_s": st["q1"], "q3_s": st["q3"], "min_s": st["min"], "max_s": st["max"], "n": st["n"]}
     print(f"{row['command']}: median {row['median_s']:.3f} s (IQR {row['q1_s']:.3f}-{row['q3_s']:.3f}, min-max {row['min_s']:.3f}-{row['max_s']:.3f}, {row['n']} runs)")
     print(json.dumps(row))
 
