@@ -569,7 +569,13 @@ class Generator:
                 if n_return > 1 or "num_return_sequences" not in node:
                     node["num_return_sequences"] = n_return
                 n_return = node["num_return_sequences"]
-            dec = self.ctx.build("decoder", node, path="decoder")
+            try:
+                dec = self.ctx.build("decoder", node, path="decoder")
+            except ConfigError as exc:
+                unknown = [k for k in fields if f"unknown field '{k}'" in str(exc)]
+                if unknown:
+                    raise GenerationError(f"unknown keyword '{unknown[0]}': not a field of decoder '{node.get('name')}' nor a shorthand keyword ({', '.join(SHORTHAND)}). {exc}") from None
+                raise
         else:
             dec = decoder if decoder is not None else self.built.decoder
             if shorthand:

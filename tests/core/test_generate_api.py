@@ -100,3 +100,8 @@ def test_eos_token_id_shorthand_and_errors(gen):
         gen.generate([1], max_new_tokens=-1)
     with pytest.raises(GenerationError, match="num_return_sequences"):
         gen.generate([1], num_return_sequences=0)
+
+
+def test_an_unknown_keyword_lists_the_shorthand(gen):
+    with pytest.raises(GenerationError, match="pad_token_id.*do_sample"):
+        gen.generate([1, 2], max_new_tokens=2, pad_token_id=0)
