@@ -83,7 +83,8 @@ def test_the_old_stopping_rule_is_caught(pair, monkeypatch):
 
 
 def test_beam_never_mode_returns_the_exact_best_under_the_score(pair):
-    """early_stopping='never' with length_penalty > 0: brute force over every sequence agrees."""
+    """early_stopping="never", length_penalty 1 and beams enough for every prefix: the returned
+    hypothesis is the best of all sequences under the score (brute force), with its score."""
     _, gen = pair
     prompt, Lmax = [3, 7, 1], 3
     eos = gen.generate(prompt, max_new_tokens=Lmax, decoder="greedy").ids[0][1]
