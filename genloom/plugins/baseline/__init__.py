@@ -357,6 +357,10 @@ def genloom_decoders():
     ]
 
 
+_TYPICAL = records.Paper("Locally Typical Sampling", 2023, arxiv="2202.00666")
+_TRUNCATION = records.Paper("Truncation Sampling as Language Model Desmoothing", 2022, arxiv="2210.15191")
+
+
 @hookimpl
 def genloom_logits_processors():
     return [
@@ -366,9 +370,9 @@ def genloom_logits_processors():
         records.processor("min-p", f"{_P}.processors:build_min_p", MinPConfig, "Keep tokens with probability >= p x the top probability."),
         records.processor("repetition-penalty", f"{_P}.processors:build_repetition_penalty", RepetitionPenaltyConfig, "Penalise tokens already present in the sequence."),
         records.processor("no-repeat-ngram", f"{_P}.processors:build_no_repeat_ngram", NoRepeatNGramConfig, "Forbid tokens that would repeat an n-gram of the sequence."),
-        records.processor("typical", f"{_P}.processors:build_typical", TypicalConfig, "Locally typical sampling: keep tokens whose surprisal is close to the entropy."),
-        records.processor("epsilon", f"{_P}.processors:build_epsilon", EpsilonConfig, "Epsilon sampling: drop tokens with probability below epsilon."),
-        records.processor("eta", f"{_P}.processors:build_eta", EtaConfig, "Eta sampling: an entropy-dependent probability cut-off."),
+        records.processor("typical", f"{_P}.processors:build_typical", TypicalConfig, "Locally typical sampling: keep tokens whose surprisal is close to the entropy.", paper=_TYPICAL),
+        records.processor("epsilon", f"{_P}.processors:build_epsilon", EpsilonConfig, "Epsilon sampling: drop tokens with probability below epsilon.", paper=_TRUNCATION),
+        records.processor("eta", f"{_P}.processors:build_eta", EtaConfig, "Eta sampling: an entropy-dependent probability cut-off.", paper=_TRUNCATION),
     ]
 
 
