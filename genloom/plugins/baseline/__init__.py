@@ -187,7 +187,7 @@ class MinPConfig:
 
 @dataclass
 class TypicalConfig:
-    """Locally typical sampling (Meister et al., 2023)."""
+    """Locally typical sampling ("Locally Typical Sampling", 2023)."""
 
     p: float = 0.9
     """Mass of the kept set, chosen by closeness of each token's surprisal to the entropy (1.0 keeps everything)."""
@@ -202,7 +202,7 @@ class TypicalConfig:
 
 @dataclass
 class EpsilonConfig:
-    """Epsilon sampling (Hewitt et al., 2022)."""
+    """Epsilon sampling ("Truncation Sampling as Language Model Desmoothing", 2022)."""
 
     epsilon: float = 3e-4
     """Drop tokens whose probability is below epsilon."""
@@ -217,7 +217,7 @@ class EpsilonConfig:
 
 @dataclass
 class EtaConfig:
-    """Eta sampling (Hewitt et al., 2022)."""
+    """Eta sampling ("Truncation Sampling as Language Model Desmoothing", 2022)."""
 
     epsilon: float = 3e-4
     """Drop tokens whose probability is below min(epsilon, sqrt(epsilon) * exp(-entropy))."""

@@ -73,7 +73,7 @@ class MinP:
 
 
 class Typical:
-    """Locally typical sampling (Meister et al., 2023): keep the tokens whose surprisal is closest
+    """Locally typical sampling ("Locally Typical Sampling", 2023): keep the tokens whose surprisal is closest
     to the distribution's entropy, in that order, until their mass reaches ``p``."""
 
     def __init__(self, p: float, min_tokens_to_keep: int = 1):
@@ -98,7 +98,7 @@ class Typical:
 
 
 class Epsilon:
-    """Epsilon sampling (Hewitt et al., 2022): drop tokens with probability below ``epsilon``."""
+    """Epsilon sampling ("Truncation Sampling as Language Model Desmoothing", 2022): drop tokens with probability below ``epsilon``."""
 
     def __init__(self, epsilon: float, min_tokens_to_keep: int = 1):
         self.epsilon = epsilon
@@ -110,7 +110,7 @@ class Epsilon:
 
 
 class Eta:
-    """Eta sampling (Hewitt et al., 2022): drop tokens with probability below
+    """Eta sampling ("Truncation Sampling as Language Model Desmoothing", 2022): drop tokens with probability below
     ``min(epsilon, sqrt(epsilon) * exp(-entropy))``."""
 
     def __init__(self, epsilon: float, min_tokens_to_keep: int = 1):
