@@ -181,7 +181,10 @@ def main(args) -> int:
     for text in result.decode():
         sys.stdout.write(prompt + (text if isinstance(text, str) else str(text)) + "\n")
     if opts.out:
-        Path(opts.out).write_text(json.dumps({"ids": result.ids, "metrics": result.metrics.to_dict()}))
+        try:
+            Path(opts.out).write_text(json.dumps({"ids": result.ids, "metrics": result.metrics.to_dict()}))
+        except OSError as exc:
+            raise GenerationError(f"option 'out': could not write '{opts.out}' ({exc.strerror or exc})") from None
     if args.json:
         print(json.dumps(result.metrics.to_dict()))
     else:

@@ -46,6 +46,7 @@ def gen(capsys, *argv):
     ("temperature=0.5", "do_sample"),  # the run decodes greedily: temperature would change nothing
     ("length_penalty=2", "beam"),
     ("justaword", "key=value"),
+    ("out=/nonexistent-dir/x/out.json", "out"),
 ])
 def test_bad_options_exit_2_naming_the_option(capsys, run_dir, option, named):
     rc, _, err = gen(capsys, run_dir, option)
