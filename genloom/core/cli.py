@@ -88,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("genloom: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `genloom plugins | head`: the reader left; stay quiet like other Unix tools
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _command_index(argv: list[str], command: str) -> int | None:
