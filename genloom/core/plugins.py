@@ -9,6 +9,7 @@ rest keep working; ``GENLOOM_STRICT_PLUGINS=1`` makes the failure fatal.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata as metadata
 import logging
@@ -59,8 +60,15 @@ class Registry:
                 if kind.name in self.kinds:
                     other = self.kinds[kind.name].plugin
                     raise PluginError(f"plugin '{impl.plugin_name}' declares component kind '{kind.name}', already declared by '{other}'")
-                self.kinds[kind.name] = ComponentKind(kind.name, kind.summary, kind.config_key, kind.many, impl.plugin_name)
-        for hook_name, kind in KIND_HOOKS.items():
+                self.kinds[kind.name] = dataclasses.replace(kind, plugin=impl.plugin_name)
+        hooks = dict(KIND_HOOKS)
+        for kind in self.kinds.values():
+            if kind.hook:
+                if not hasattr(self.pm.hook, kind.hook):
+                    raise PluginError(f"plugin '{kind.plugin}' declares component kind '{kind.name}' with hook '{kind.hook}', but no hookspec "
+                                      f"of that name was added (add it with pluginmanager.add_hookspecs in genloom_addhooks)")
+                hooks[kind.hook] = kind.name
+        for hook_name, kind in hooks.items():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 info = self.plugins.get(impl.plugin_name)
                 dist = info.distribution if info else impl.plugin_name
