@@ -125,7 +125,9 @@ class Registry:
         any plugin that failed to load (its error chained).
         """
         if kind not in self.kinds:
-            raise ConfigError(f"unknown component kind '{kind}' (known: {', '.join(self.kinds)})", path=path)
+            guess = closest(kind, self.kinds)
+            hint = f" Did you mean '{guess}'?" if guess else ""
+            raise ConfigError(f"unknown component kind '{kind}'.{hint} Known: {', '.join(self.kinds)}.", path=path)
         plugin = None
         bare = name
         if ":" in name:
