@@ -57,6 +57,7 @@ def _check_module_basics(make, inputs_fn):
     return m1, m3
 
 
+@_keeps_rng
 def check_tokenizer(node, samples, *, lossless: bool = True, registry=None):
     """Build the tokenizer ``node``; every sample's ids lie in ``[0, vocab_size)``; with ``lossless``,
     ``decode(encode(x)) == x`` (bytes samples compare as UTF-8 text when ``decode`` returns str)."""
@@ -229,6 +230,7 @@ def tiny_model(config_path=None, overrides=None, base: dict | None = None, regis
         return assemble(validated, _registry(registry), data=data)
 
 
+@_keeps_rng
 def check_objective(built, batch: dict):
     """``built.model.loss(batch)`` (``built`` from :func:`tiny_model`) returns ``{"loss": finite scalar, ...}``
     and gradients reach the model. Returns the loss dict."""

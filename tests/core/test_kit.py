@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from genloom.core.plugins import registry_with
-from genloom.testing import build, check_backbone, check_head, tiny_model
+from genloom.testing import build, check_backbone, check_head, check_objective, tiny_model
 
 HERE = Path(__file__).resolve().parent / "extension"
 
@@ -45,6 +45,9 @@ def test_the_kit_gives_the_global_random_state_back(registry):
     check_backbone({"name": "ema", "d_model": 8}, registry=registry)
     build("backbone", {"name": "ema"}, registry=registry, seed=5)
     check_head({"name": "lm"}, vocab_size=11, d_model=8)
+    built = tiny_model(base={"tokenizer": {"name": "bytes"}, "head": {"name": "lm"}, "objective": {"name": "next-token"},
+                             "backbone": {"name": "transformer", "d_model": 8, "n_layers": 1, "n_heads": 2, "dropout": 0.1}}, seed=0)
+    check_objective(built, {"ids": torch.arange(20).view(2, 10), "mask": torch.ones(2, 9, dtype=torch.bool)})  # dropout draws
     assert torch.equal(torch.get_rng_state(), before)
 
 
