@@ -22,7 +22,10 @@ class ConfigError(GenloomError):
         inner = re.match(r"config error(?: at '([^']*)')?(?: in (.+?))?: ", str(message))
         if inner:
             message = str(message)[inner.end():]
-            path = path or inner.group(1)
+            if path and inner.group(1) and inner.group(1) != path:
+                message = f"at '{inner.group(1)}': {message}"  # a location inside the outer node (a nested model config)
+            else:
+                path = path or inner.group(1)
             source = source or inner.group(2)
         self.message = message
         """The message without the location prefix."""
