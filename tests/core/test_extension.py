@@ -124,3 +124,25 @@ def test_built_in_wrappers_validate_their_base_node_at_config_time():
     cfg = {"tokenizer": {"name": "bytes"}, "head": {"name": "mtp"}, "backbone": {"name": "mtp-gated-lora", "base": {"name": "transformer", "d_modle": 16}}}
     with pytest.raises(ConfigError, match=r"at 'backbone\.base\.d_modle'.*Did you mean 'd_model'"):
         config_mod.validate(config_mod.compose(base=cfg))
+
+
+def test_a_many_kind_publishes_the_list_of_its_built_nodes(plugins):
+    from genloom.core import hookimpl, records
+    from genloom.testing import tiny_model
+
+    _, provider = plugins
+
+    class Critics:
+        @hookimpl
+        def genloom_component_kinds(self):
+            return [records.ComponentKind("critic", "Judges samples", config_key="critics", many=True)]
+
+        @hookimpl
+        def genloom_components(self):
+            return [records.Component(kind="critic", name="count", factory="genloom_reward_provider:TokenCount", config=provider.TokenCountConfig)]
+
+    reg = registry_with(Critics())
+    base = {k: v for k, v in MODEL.items() if k not in ("reward", "decoder")}
+    built = tiny_model(base={**base, "critics": [{"name": "count", "token": 1}, "count"]}, registry=reg)
+    assert [c.token for c in built.ctx.critics] == [1, 97] and built.declared["critics"] is built.ctx.critics
+    assert provider.BOUND == [257, 257]
