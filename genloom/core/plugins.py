@@ -61,6 +61,7 @@ class Registry:
                     other = self.kinds[kind.name].plugin
                     raise PluginError(f"plugin '{impl.plugin_name}' declares component kind '{kind.name}', already declared by '{other}'")
                 self.kinds[kind.name] = dataclasses.replace(kind, plugin=impl.plugin_name)
+        self._check_config_keys()
         hooks = dict(KIND_HOOKS)
         for kind in self.kinds.values():
             if kind.hook:
@@ -91,6 +92,19 @@ class Registry:
                         info.components.append(rec)
                 if info is not None and hook_name not in info.hooks:
                     info.hooks.append(hook_name)
+
+    def _check_config_keys(self) -> None:
+        """A declared kind's top-level key may not reuse a built-in key or another declared kind's."""
+        from genloom.core.config import COMPONENT_KEYS, LIST_KEYS, SECTION_SCHEMAS, RunConfig
+
+        taken = {k: "genloom" for k in [*COMPONENT_KEYS, *LIST_KEYS, *SECTION_SCHEMAS, *(f.name for f in dataclasses.fields(RunConfig))]}
+        for kind in self.kinds.values():
+            if kind.plugin == "genloom" or not kind.config_key:
+                continue
+            if kind.config_key in taken:
+                raise PluginError(f"plugin '{kind.plugin}' gives component kind '{kind.name}' the top-level config key '{kind.config_key}', "
+                                  f"already used by '{taken[kind.config_key]}'")
+            taken[kind.config_key] = kind.plugin
 
     def _fail(self, plugin: str, exc: BaseException) -> None:
         info = self.plugins.get(plugin)

@@ -146,3 +146,15 @@ def test_a_many_kind_publishes_the_list_of_its_built_nodes(plugins):
     built = tiny_model(base={**base, "critics": [{"name": "count", "token": 1}, "count"]}, registry=reg)
     assert [c.token for c in built.ctx.critics] == [1, 97] and built.declared["critics"] is built.ctx.critics
     assert provider.BOUND == [257, 257]
+
+
+def test_a_declared_config_key_may_not_reuse_a_built_in_key():
+    from genloom.core import hookimpl, records
+
+    class Plugin:
+        @hookimpl
+        def genloom_component_kinds(self):
+            return [records.ComponentKind("judge", config_key="decoder")]
+
+    with pytest.raises(PluginError, match="top-level config key 'decoder', already used by 'genloom'"):
+        registry_with(Plugin(), entry_points=False)
