@@ -87,7 +87,8 @@ class GenerateConfig:
     prompt: str = ""
     max_new_tokens: int = 200
     num_samples: int = 1
-    seed: int = 0
+    seed: int | None = None
+    """Seed of the sampler; None draws a fresh one each time (the seed used is printed and in the metrics)."""
 
 
 @dataclasses.dataclass

@@ -44,6 +44,11 @@ class PluginError(GenloomError):
     """A plugin could not be loaded or broke a contract."""
 
 
+class GenerationError(GenloomError, ValueError):
+    """A generation request is wrong (an empty prompt, an option a decoder cannot honour, a length
+    beyond the model's positions); the message names the argument or option."""
+
+
 class CheckpointError(GenloomError):
     """A checkpoint or run directory is missing, truncated or corrupted; the message names the file."""
 
