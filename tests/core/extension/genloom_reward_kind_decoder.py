@@ -19,7 +19,7 @@ class BestOfN(Decoder):
         n = self.config.n
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=session.generator))
         inner = run(session.model, [p for p in prompts for _ in range(n)], Decoder(), max_new_tokens=session.max_new_tokens,
-                    processors=session.processors, seed=seed, eos_id=session.eos_id)
+                    processors=session.processors, seed=seed, eos_id=session.eos_ids)
         scores = torch.tensor(self.reward(inner.ids), dtype=torch.float64).view(session.batch_size, n)
         chosen = scores.argmax(1)
         session.metrics.count_forward("target", inner.metrics.forward_passes.get("target", 0))
