@@ -229,7 +229,8 @@ def _text_sample(gen, run_dir: Path, config: dict) -> str:
     prompt = getattr(gcfg, "prompt", "") or ""
     max_new = int(getattr(gcfg, "max_new_tokens", 100))
     n = max(1, int(getattr(gcfg, "num_samples", 1)))
-    seed = int(getattr(gcfg, "seed", 0))
+    configured = getattr(gcfg, "seed", None)
+    seed = 0 if configured is None else int(configured)  # a config without a seed draws a fresh one; the page stays reproducible
     ids = list(gen.encode(prompt)) if prompt else [int(gen.ctx.get("eos_id") or 0)]
     result = gen.generate([ids] * n, max_new_tokens=max_new, seed=seed)
     texts = result.decode()
@@ -238,7 +239,8 @@ def _text_sample(gen, run_dir: Path, config: dict) -> str:
     decoder = (config.get("decoder") or {}).get("name", "sampling") if isinstance(config.get("decoder"), dict) else "sampling"
     procs = ", ".join(str(p.get("name")) for p in config.get("processors") or [] if isinstance(p, dict)) or "none"
     blocks = "".join(f'<pre><span class="prompt">{esc(prompt)}</span>{esc(t)}</pre>' for t in texts)
-    return (f"<h3>Text</h3><p class=\"note\">Decoder {esc(decoder)}, processors {esc(procs)}, {max_new} new tokens, seed {seed} "
+    seed_note = f"seed {seed}" if configured is not None else "seed 0 (the config's generate.seed is unset: training drew a fresh one)"
+    return (f"<h3>Text</h3><p class=\"note\">Decoder {esc(decoder)}, processors {esc(procs)}, {max_new} new tokens, {seed_note} "
             f"(the config's generate section; the prompt is grey).</p>{blocks}")
 
 
@@ -249,7 +251,7 @@ def _image_samples(gen, run_dir: Path, config: dict) -> str:
     import tempfile
 
     gcfg = gen.model.config.sections.get("generate") if gen.model.config is not None else None
-    n, seed = max(1, int(getattr(gcfg, "num_samples", 1))), int(getattr(gcfg, "seed", 0))
+    n, seed = max(1, int(getattr(gcfg, "num_samples", 1))), int(getattr(gcfg, "seed", None) or 0)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(gen.tokenizer.generate_samples(gen, n=n, seed=seed, out=Path(tmp) / "samples.png"))
         mime = IMAGE_TYPES.get(path.suffix.lower())
