@@ -13,6 +13,7 @@ fetch anyway.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import select
@@ -141,6 +142,8 @@ def inspect_page(path, *, expression: str | None = None, width: int = 1280, heig
         high_r, high_w = fcntl.fcntl(to_r, fcntl.F_DUPFD, 10), fcntl.fcntl(from_w, fcntl.F_DUPFD, 10)
         os.dup2(high_r, 3)  # dup2 leaves the copies inheritable; Python's own descriptors are not (PEP 446)
         os.dup2(high_w, 4)
+        os.close(high_r)
+        os.close(high_w)
 
     proc = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -169,8 +172,6 @@ def inspect_page(path, *, expression: str | None = None, width: int = 1280, heig
         full = int(size["height"])
         clip = {"x": 0, "y": 0, "width": width, "height": min(full, height) if height else full, "scale": 1}
         shot = pipe.send("Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True}, session=session, timeout=timeout)
-        import base64
-
         check.screenshot = base64.b64decode(shot["data"])
         for event in pipe.events:
             method, params = event.get("method"), event.get("params", {})
