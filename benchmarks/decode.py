@@ -10,12 +10,17 @@ each batch size for each variant:
 - ``hf-eager``: ``transformers``' ``generate`` with its dynamic cache;
 - ``hf-static-compiled``: ``generate(cache_implementation="static")`` with its compiled forward.
 
-Every variant's tokens are compared with ``genloom-dynamic``'s. Ratios > 1 mean genloom is faster.
-On CUDA it also measures the device's copy bandwidth and reports batch-1 tokens/s as a fraction of
-the bandwidth bound (bytes of weights read per step / measured bandwidth).
+The measurement is made to be fair and repeatable (:mod:`timing`): every variant runs with the
+same number of intra-op threads (``--threads``); after one untimed warm-up call each (compilation,
+CUDA graph capture), each repeat runs every variant back to back, alternating the order; wall-clock
+time around each whole ``generate`` call is timed (prefill included), and the median tokens/s is
+reported with its spread. Every variant's tokens are compared with ``genloom-dynamic``'s. Ratios > 1
+mean the variant is faster. On CUDA (and whenever ``--json`` is given) it also measures the
+device's copy bandwidth and reports batch-1 tokens/s as a fraction of the bandwidth bound (bytes of
+weights read per step / measured bandwidth). Run it on a quiet machine.
 
     python benchmarks/decode.py [--preset 1b] [--new 256] [--batch 1 8 32] [--device cuda] [--dtype bfloat16]
-                                [--variants genloom-dynamic hf-eager ...] [--json out.json]
+                                [--variants genloom-dynamic hf-eager ...] [--repeats 7] [--threads 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import interleaved, pin_threads, spread  # noqa: E402
 
 VARIANTS = ("genloom-dynamic", "genloom-static-compiled", "hf-eager", "hf-static-compiled")
 
@@ -54,8 +62,9 @@ def parse(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    ap.add_argument("--repeats", type=int, default=2, help="timed runs per variant after the warm-up (the fastest counts)")
-    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--repeats", type=int, default=7, help="timed calls per variant and batch size (after one warm-up each)")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for every variant")
+    ap.add_argument("--json", type=Path, help="write the results here (after every batch size)")
     args = ap.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
@@ -124,26 +133,17 @@ def weight_bytes_per_step(model) -> int:
 
 
 def runner(name, args, hf, gen, prompts):
-    """A function that decodes ``prompts`` with variant ``name`` -> (ids, seconds, ttft seconds or None)."""
+    """A function that decodes ``prompts`` greedily with variant ``name`` and returns the new ids."""
     new = args.new
-
     if name.startswith("genloom"):
         static = name == "genloom-static-compiled"
-
-        def run_genloom():
-            sync(args.device)
-            t0 = time.perf_counter()  # timed from outside, as transformers' generate is
-            res = gen.generate(prompts.tolist(), max_new_tokens=new, decoder="greedy", cache="static" if static else "dynamic", compile=static)
-            sync(args.device)
-            return res.ids, time.perf_counter() - t0, res.metrics.first_token_seconds
-
-        return run_genloom
+        # eos_token_id=[]: no end-of-sequence stop, as transformers is run with eos_token_id=None
+        return lambda: gen.generate(prompts.tolist(), max_new_tokens=new, decoder="greedy", eos_token_id=[], cache="static" if static else "dynamic", compile=static).ids
 
     import transformers
 
     ids = prompts.to(args.device)
-    mask = torch.ones_like(ids)
-    kw = dict(attention_mask=mask, do_sample=False, pad_token_id=0, eos_token_id=None)
+    kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0, eos_token_id=None, max_new_tokens=new, min_new_tokens=new)
     if name == "hf-static-compiled":
         compile_config = transformers.CompileConfig(fullgraph=True, mode="reduce-overhead" if torch.device(args.device).type == "cuda" else "default")
         compile_config._compile_all_devices = True  # transformers compiles on accelerators only unless told
@@ -152,19 +152,9 @@ def runner(name, args, hf, gen, prompts):
         kw.update(disable_compile=True)
 
     def run_hf():
-        ttft = None
-        if name == "hf-eager":
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                hf.generate(ids, max_new_tokens=1, **kw)
-            sync(args.device)
-            ttft = time.perf_counter() - t0
-        sync(args.device)
-        t0 = time.perf_counter()
         with torch.no_grad():
-            out = hf.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw)
-        sync(args.device)
-        return out[:, ids.shape[1]:].tolist(), time.perf_counter() - t0, ttft
+            out = hf.generate(ids, **kw)
+        return out[:, ids.shape[1]:].tolist()
 
     return run_hf
 
@@ -180,6 +170,7 @@ def agreement(ids, reference) -> dict:
 
 def main(argv=None):
     args = parse(argv)
+    pin_threads(args.threads)
     import transformers
 
     hf, gen = build(args)
@@ -187,7 +178,7 @@ def main(argv=None):
     info = {"device": args.device, "device_name": torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" else f"cpu, {torch.get_num_threads()} threads",
             "dtype": args.dtype, "torch": torch.__version__, "transformers": transformers.__version__, "parameters": n_params,
             "model": {k: getattr(args, k) for k in ("preset", "hidden", "layers", "heads", "kv_heads", "intermediate", "vocab")},
-            "new_tokens": args.new, "prompt": args.prompt, "repeats": args.repeats}
+            "new_tokens": args.new, "prompt": args.prompt, "repeats": args.repeats, "threads": torch.get_num_threads()}
     print(json.dumps(info), flush=True)
     rows = []
     out = {"info": info, "rows": rows}
@@ -198,39 +189,51 @@ def main(argv=None):
         print(json.dumps(out["bandwidth_bound"]), flush=True)
     for B in args.batch:
         prompts = torch.randint(0, args.vocab, (B, args.prompt), generator=torch.Generator().manual_seed(B))
-        results, reference = {}, None
+        outputs, warmups, results = {}, {}, {}
+
+        skip_next = set()
+
+        def observed(name, fn):
+            def call():
+                if name in skip_next:  # interleaved()'s own warm-up: already done below
+                    skip_next.discard(name)
+                    return None
+                t0 = time.perf_counter()
+                outputs[name] = fn()
+                warmups.setdefault(name, time.perf_counter() - t0)  # the first call: compilation, capture
+                return None  # agreement is checked per variant below, not by interleaved()
+            return call
+
+        systems = {}
         for name in args.variants:
-            fn = runner(name, args, hf, gen, prompts)
-            t0 = time.perf_counter()
+            fn = observed(name, runner(name, args, hf, gen, prompts))
             try:
-                first = fn()  # warm-up: compilation, CUDA graph capture, allocator
-            except Exception as exc:  # a failing variant is reported, the others still run
+                fn()  # a variant that fails is reported, the others still run
+            except Exception as exc:
                 results[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
                 print(f"batch {B:2d}: {name} failed: {results[name]['error'][:300]}", flush=True)
                 continue
-            warmup = time.perf_counter() - t0
-            ids, secs, ttft = min((fn() for _ in range(args.repeats)), key=lambda r: r[1]) if args.repeats else first
-            if name == "genloom-dynamic":
-                reference = ids
-            results[name] = {"tok_s": B * args.new / secs, "seconds": secs, "warmup_seconds": warmup, "ttft_ms": None if ttft is None else 1000 * ttft, "ids": ids}
-            print(f"batch {B:2d}: {name:24s} {results[name]['tok_s']:10.1f} tok/s  (warm-up {warmup:.1f}s)", flush=True)
-        for name, r in results.items():
-            ids = r.pop("ids", None)
-            if reference is not None and ids is not None:
-                r.update(agreement(ids, reference))
-        row = {"batch": B, "variants": results}
-        base = results.get("genloom-dynamic", {}).get("tok_s")
-        hf_eager = results.get("hf-eager", {}).get("tok_s")
-        for name, r in results.items():
-            if "tok_s" in r and hf_eager:
-                r["ratio_over_hf_eager"] = r["tok_s"] / hf_eager
-            if "tok_s" in r and base:
-                r["ratio_over_genloom_dynamic"] = r["tok_s"] / base
-        rows.append(row)
-        print(json.dumps({"batch": B, **{n: {k: v for k, v in r.items() if k != "error"} for n, r in results.items()}}), flush=True)
+            systems[name] = fn
+            skip_next.add(name)
+        first = dict(outputs)
+        secs, _ = interleaved(systems, args.repeats, sync=lambda: sync(args.device)) if systems else ({}, True)
+        reference = first.get("genloom-dynamic")
+        for name in systems:
+            tok_s = [B * args.new / t for t in secs[name]]
+            r = results[name] = {"tok_s": spread(tok_s), "warmup_seconds": warmups[name]}
+            if reference is not None:
+                r.update(agreement(first[name], reference))
+                r["identical_tokens"] &= outputs[name] == first[name]  # the timed calls gave the same tokens too
+            for base in ("hf-eager", "genloom-dynamic"):
+                if base in secs and base != name:
+                    r[f"ratio_over_{base.replace('-', '_')}"] = spread([b / t for b, t in zip(secs[base], secs[name])])
+            q = r["tok_s"]
+            print(f"batch {B:2d}: {name:24s} {q['median']:10.1f} tok/s (IQR {q['q1']:.1f}-{q['q3']:.1f}, {q['n']} repeats; warm-up {warmups[name]:.1f}s) "
+                  f"identical tokens: {r.get('identical_tokens')}", flush=True)
+        rows.append({"batch": B, "new_tokens": args.new, "variants": results})
         if B == 1 and "bandwidth_bound" in out:
             bound = out["bandwidth_bound"]["batch1_bound_tok_s"]
-            out["bandwidth_bound"]["batch1_fraction"] = {n: r["tok_s"] / bound for n, r in results.items() if "tok_s" in r}
+            out["bandwidth_bound"]["batch1_fraction"] = {n: r["tok_s"]["median"] / bound for n, r in results.items() if "tok_s" in r}
             print(json.dumps(out["bandwidth_bound"]), flush=True)
         if args.json:  # after every batch size, so a run cut short still leaves its rows
             args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@
 # Stages and their time limits in seconds (GENLOOM_GPU_LIMIT_<STAGE> overrides one; the defaults
 # add up to 480 s, the budget of one device call):
 #   setup   60   install the carried wheels and genloom (pip install --no-deps --no-build-isolation -e .)
-#   tests  150   pytest -m gpu over the files that hold gpu-marked tests          -> tests.json
-#   decode 170   benchmarks/decode.py, a 1.1B random Llama in bf16, batch 1/8/32   -> decode.json
+#   tests  120   pytest -m gpu over the files that hold gpu-marked tests          -> tests.json
+#   decode 200   benchmarks/decode.py, a 1.1B random Llama in bf16, batch 1/8/32   -> decode.json
 #   train   75   genloom train benchmarks/gpu/gpt124m.yaml, model FLOPs utilisation -> train.json
 #   scan    25   benchmarks/scan.py, Triton selective scan vs the reference         -> scan.json
 # Every stage runs even when an earlier one failed; each writes OUT/<stage>.log, and one line with
@@ -133,9 +133,9 @@ stage_tests() {
 
 stage_decode() {
     if [ "$dry" = 1 ]; then
-        "$python" benchmarks/decode.py --preset tiny --device cpu --dtype float32 --batch 1 --new 8 --prompt 8 --repeats 1 --json "$out/decode.json"
+        "$python" benchmarks/decode.py --preset tiny --device cpu --dtype float32 --batch 1 --new 8 --prompt 8 --repeats 2 --json "$out/decode.json"
     else
-        "$python" benchmarks/decode.py --preset 1b --device cuda --dtype bfloat16 --batch 1 8 32 --new 128 --prompt 32 --repeats 1 --json "$out/decode.json"
+        "$python" benchmarks/decode.py --preset 1b --device cuda --dtype bfloat16 --batch 1 8 32 --new 128 --prompt 32 --repeats 2 --json "$out/decode.json"
     fi
 }
 
@@ -166,8 +166,8 @@ export -f stage_setup stage_tests stage_decode stage_train stage_scan
 export python out dry wheels work
 
 run_stage setup 60
-run_stage tests 150
-run_stage decode 170
+run_stage tests 120
+run_stage decode 200
 run_stage train 75
 run_stage scan 25
 

@@ -196,3 +196,13 @@ def test_backbone_without_static_cache_gets_a_clear_error():
     mamba = tiny_model(base={**TINY, "backbone": {"name": "mamba", "d_model": 16, "n_layers": 1, "d_state": 4}}).model
     with pytest.raises(ConfigError, match="does not support a static cache.*use cache=dynamic"):
         run(mamba, [[1, 2]], mamba.ctx.build("decoder", "greedy"), max_new_tokens=2, cache="static")
+
+
+def test_cli_options_cache_and_compile_are_typed():
+    from genloom.core import generate_cli
+    from genloom.core.errors import GenerationError
+
+    opts, _ = generate_cli.parse(["cache=static", "compile=true"])
+    assert opts.cache == "static" and opts.compile is True
+    with pytest.raises(GenerationError, match="option 'cache'"):
+        generate_cli.parse(["cache=paged"])
