@@ -15,10 +15,10 @@
 #
 # Stages and their time limits in seconds (GENLOOM_GPU_LIMIT_<STAGE> overrides one; the defaults
 # add up to 480 s, the budget of one device call):
-#   setup   60   install the carried wheels and genloom (pip install --no-deps --no-build-isolation -e .)
+#   setup   45   install the carried wheels and genloom (pip install --no-deps --no-build-isolation -e .)
 #   tests  120   pytest -m gpu over the files that hold gpu-marked tests          -> tests.json
 #   decode 200   benchmarks/decode.py, a 1.1B random Llama in bf16, batch 1/8/32   -> decode.json
-#   train   75   genloom train benchmarks/gpu/gpt124m.yaml, model FLOPs utilisation -> train.json
+#   train   90   genloom train benchmarks/gpu/gpt124m.yaml, model FLOPs utilisation -> train.json
 #   scan    25   benchmarks/scan.py, Triton selective scan vs the reference         -> scan.json
 # Every stage runs even when an earlier one failed; each writes OUT/<stage>.log, and one line with
 # its exit code and duration to OUT/stages.jsonl; OUT/summary.json gathers everything at the end.
@@ -67,7 +67,8 @@ fi
 wheels=${GENLOOM_GPU_WHEELS:-$here/wheels}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-export GENLOOM_GPU_DRY_RUN=$dry PYTHONUNBUFFERED=1 WANDB_MODE=offline
+# PIP_BREAK_SYSTEM_PACKAGES: a system Python marked externally managed (PEP 668) still takes the wheels
+export GENLOOM_GPU_DRY_RUN=$dry PYTHONUNBUFFERED=1 WANDB_MODE=offline PIP_BREAK_SYSTEM_PACKAGES=1
 echo "genloom GPU run: dry_run=$dry python=$python out=$out"
 
 selected() {
@@ -165,10 +166,10 @@ stage_scan() {
 export -f stage_setup stage_tests stage_decode stage_train stage_scan
 export python out dry wheels work
 
-run_stage setup 60
+run_stage setup 45
 run_stage tests 120
 run_stage decode 200
-run_stage train 75
+run_stage train 90
 run_stage scan 25
 
 "$python" benchmarks/gpu/report.py summary "$out"
