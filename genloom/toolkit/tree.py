@@ -34,6 +34,7 @@ draft, so the committed tokens follow the target's law.
 
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple
 
 import torch
@@ -41,7 +42,7 @@ import torch
 from genloom.core.errors import GenerationError
 from genloom.core.generation import Commit, Session, pad_left
 from genloom.core.pattern import tree, tree_ancestors
-from genloom.core.state import KVCache, State
+from genloom.core.state import KVCache, State, StaticKVCache
 from genloom.toolkit.draft import DraftModelDecoder
 from genloom.toolkit.tree_config import TreeDraftConfig
 
@@ -252,8 +253,7 @@ class TreeSpeculativeDecoder(DraftModelDecoder):
         capacity = width + session.max_new_tokens + self.shape.size + 16
         session.state = session.model.init_state(batch, capacity)
         draft_state = self.draft.init_state(batch, capacity)
-        if not serves_tree(self.draft, draft_state):
-            raise GenerationError("the draft model of a tree decoder must serve the tree attention pattern with the core KV cache (a transformer draft)")
+        session.scratch["draft_tree"] = serves_tree(self.draft, draft_state) and not isinstance(draft_state, StaticKVCache)
         session.scratch["draft_state"] = draft_state
         if width > 1:  # the last prompt token is the first round's root
             ids, valid = session.prompt_ids[:, :-1], session.prompt_valid[:, :-1]
@@ -275,21 +275,30 @@ class TreeSpeculativeDecoder(DraftModelDecoder):
         state = session.scratch["draft_state"]
         ids, valid = session.scratch["draft_pending"]
         logits = session.forward(ids, state=state, valid=valid, model=self.draft, name="draft")[:, -1:]
-        session.scratch["draft_snapshot"] = state.snapshot()
         B, V = ids.shape[0], logits.shape[-1]
         tokens = torch.zeros(B, shape.size, dtype=torch.long, device=session.device)
         tokens[:, 0] = session.scratch["root"]
         draft_probs = torch.zeros(B, shape.size, V, dtype=torch.float64, device=session.device)
-        draft_parents = [p - 1 for p in shape.parents[1:]]  # the draft holds the nodes below the root
-        pattern = tree(draft_parents, state.lengths)
+        if session.scratch["draft_tree"]:  # the nodes below the root under the tree pattern, then back
+            session.scratch["draft_snapshot"] = state.snapshot()
+            pattern = tree([p - 1 for p in shape.parents[1:]], state.lengths)
+            branch = state
+        else:  # each node of a level is a batch row of a copy of the state (any draft backbone)
+            session.scratch["draft_snapshot"] = None
+            branch, pattern = copy.copy(state), None
         for d, k in enumerate(shape.branching):
             level = torch.tensor(shape.levels[d], device=session.device)
             if d > 0:  # feed this level's nodes (the root was fed with the pending tokens)
-                logits = session.forward(tokens[:, level], state=state, pattern=pattern, model=self.draft, name="draft")
+                if pattern is not None:
+                    logits = session.forward(tokens[:, level], state=branch, pattern=pattern, model=self.draft, name="draft")
+                else:
+                    logits = session.forward(tokens[:, level].reshape(-1, 1), state=branch, model=self.draft, name="draft").reshape(B, len(level), V)
             q = torch.softmax(logits.double(), -1)  # (B, n_d, V)
             draft_probs[:, level] = q
             children = self._children(session, q, k)  # (B, n_d, k), breadth-first order
             tokens[:, torch.tensor(shape.levels[d + 1], device=session.device)] = children.reshape(B, -1)
+            if pattern is None and d + 1 < shape.max_depth:  # one row per child, holding its parent's path
+                branch.reorder(torch.arange(B * len(level), device=session.device).repeat_interleave(k))
         return tokens, draft_probs
 
     def verify(self, session: Session, proposal) -> Commit:
@@ -308,6 +317,7 @@ class TreeSpeculativeDecoder(DraftModelDecoder):
         result = session.scratch["result"]
         session.scratch["keep"](result.node)  # the target keeps the root and the accepted path
         session.scratch["root"] = result.next_token
-        session.scratch["draft_state"].restore(session.scratch["draft_snapshot"])
+        if session.scratch["draft_snapshot"] is not None:
+            session.scratch["draft_state"].restore(session.scratch["draft_snapshot"])
         tokens, counts = commit.tokens.tolist(), commit.counts.tolist()
         session.scratch["draft_pending"] = pad_left([row[:c] for row, c in zip(tokens, counts)], device=session.device, min_width=1)
