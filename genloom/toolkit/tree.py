@@ -193,13 +193,14 @@ def target_tree_logits(session: Session, model, state: State, tokens: torch.Tens
     accepted path in ``state`` (call it with the deepest accepted node (B,)).
 
     ``state`` has consumed everything before the root ``tokens[:, 0]``. Three routes, in order: the
-    backbone's ``forward_tree(h, parents=..., state=...)`` (with ``state.keep``); the tree attention
+    backbone's ``forward_tree(h, parents=..., state=...)`` (with ``state.keep``; a backbone may say
+    it cannot at the moment with ``serves_trees()``); the tree attention
     pattern (a backbone that serves it, with a :class:`KVCache`); each root-to-leaf path as a batch
     row (every backbone: the state is expanded with ``reorder``, rolled back within its last advance).
     """
     B = tokens.shape[0]
     backbone = model.backbone
-    if hasattr(backbone, "forward_tree"):
+    if hasattr(backbone, "forward_tree") and getattr(backbone, "serves_trees", lambda: True)():
         session.metrics.count_forward(name)
         hidden = backbone.forward_tree(model.head.embed(tokens), parents=shape.parents, state=state)
         logits = model.head(hidden)
