@@ -38,6 +38,7 @@ _P = "genloom.plugins.stree"
 PAPER = records.Paper(
     title="STree: Speculative Tree Decoding for Hybrid State-Space Models",
     year=2025,
+    arxiv="2505.14969",
 )
 
 
