@@ -40,14 +40,14 @@ from typing import NamedTuple
 import torch
 
 from genloom.core.errors import GenerationError
-from genloom.core.generation import Commit, Session, pad_left
+from genloom.core.generation import Commit, Decoder, Session, pad_left
 from genloom.core.pattern import tree, tree_ancestors
 from genloom.core.state import KVCache, State, StaticKVCache
 from genloom.toolkit.draft import DraftModelDecoder
 from genloom.toolkit.tree_config import TreeDraftConfig
 
 __all__ = [
-    "TreeDraftConfig", "TreeShape", "TreeResult", "TreeSpeculativeDecoder",
+    "TreeDraftConfig", "TreeShape", "TreeResult", "TreeDecoder", "TreeSpeculativeDecoder", "serves_tree",
     "target_tree_logits", "verify_greedy", "verify_sampling",
 ]
 
@@ -233,13 +233,17 @@ def target_tree_logits(session: Session, model, state: State, tokens: torch.Tens
     return logits, keep
 
 
-class TreeSpeculativeDecoder(DraftModelDecoder):
-    """Draft a token tree with a small model, verify it with the target in one pass (module docstring)."""
+class TreeDecoder(Decoder):
+    """The target side of tree speculation on the core loop; subclasses draft the tree.
 
-    def __init__(self, config: TreeDraftConfig, ctx=None, draft=None):
-        super().__init__(config, ctx, draft)
-        self.shape = TreeShape(config.branching)
-        self.greedy = config.greedy
+    A subclass sets ``self.shape`` (:class:`TreeShape`) and ``self.greedy``, and implements
+    :meth:`draft_tree` (and, when it keeps state of its own, :meth:`start_drafting` and
+    :meth:`drafted`). ``verify`` runs :func:`target_tree_logits` once and walks the tree;
+    ``advance`` keeps the accepted path in the target's state.
+    """
+
+    shape: TreeShape
+    greedy: bool = True
 
     @property
     def exact(self) -> str:
@@ -250,18 +254,62 @@ class TreeSpeculativeDecoder(DraftModelDecoder):
             raise GenerationError("tree speculative decoding applies no logits processors (the tree's branches would need each its own history); "
                                   "drop the processors or use the 'speculative' decoder")
         batch, width = session.prompt_ids.shape
+        session.state = session.model.init_state(batch, width + session.max_new_tokens + self.shape.size + 16)
+        if width > 1:  # the last prompt token is the first round's root
+            session.forward(session.prompt_ids[:, :-1], state=session.state, valid=session.prompt_valid[:, :-1])
+        session.scratch["root"] = session.prompt_ids[:, -1]
+        self.start_drafting(session)
+
+    def start_drafting(self, session: Session) -> None:
+        """Prepare the drafter for a session (after the target's prefill)."""
+
+    def draft_tree(self, session: Session):
+        """``(tokens (B, N), draft_probs (B, N, V) or None)``: node 0 is ``session.scratch["root"]``;
+        ``draft_probs[:, u]`` is the law node u's children were drawn from (sampling mode only)."""
+        raise NotImplementedError
+
+    def drafted(self, session: Session, commit: Commit) -> None:
+        """Called after each commit (the drafter learns what was kept)."""
+
+    def propose(self, session: Session):
+        return self.draft_tree(session)
+
+    def verify(self, session: Session, proposal) -> Commit:
+        tokens, draft_probs = proposal
+        logits, keep = target_tree_logits(session, session.model, session.state, tokens, self.shape)
+        if self.greedy:
+            result = verify_greedy(self.shape, logits, tokens)
+        else:
+            result = verify_sampling(self.shape, torch.softmax(logits.double(), -1), draft_probs, tokens, session.generator)
+        session.metrics.record_acceptance(result.num_accepted, self.shape.max_depth, ~session.finished)
+        session.scratch["keep"] = keep
+        session.scratch["result"] = result
+        return Commit(result.tokens(self.shape, tokens), result.num_accepted + 1)
+
+    def advance(self, session: Session, commit: Commit) -> None:
+        result = session.scratch["result"]
+        session.scratch["keep"](result.node)  # the target keeps the root and the accepted path
+        session.scratch["root"] = result.next_token
+        self.drafted(session, commit)
+
+
+class TreeSpeculativeDecoder(TreeDecoder, DraftModelDecoder):
+    """Draft a token tree with a small model, verify it with the target in one pass (module docstring)."""
+
+    def __init__(self, config: TreeDraftConfig, ctx=None, draft=None):
+        DraftModelDecoder.__init__(self, config, ctx, draft)
+        self.shape = TreeShape(config.branching)
+        self.greedy = config.greedy
+
+    def start_drafting(self, session: Session) -> None:
+        batch, width = session.prompt_ids.shape
         self.draft.to(session.device)
-        capacity = width + session.max_new_tokens + self.shape.size + 16
-        session.state = session.model.init_state(batch, capacity)
-        draft_state = self.draft.init_state(batch, capacity)
+        draft_state = self.draft.init_state(batch, width + session.max_new_tokens + self.shape.size + 16)
         session.scratch["draft_tree"] = serves_tree(self.draft, draft_state) and not isinstance(draft_state, StaticKVCache)
         session.scratch["draft_state"] = draft_state
-        if width > 1:  # the last prompt token is the first round's root
-            ids, valid = session.prompt_ids[:, :-1], session.prompt_valid[:, :-1]
-            session.forward(ids, state=session.state, valid=valid)
-            session.forward(ids, state=draft_state, valid=valid, model=self.draft, name="draft")
+        if width > 1:
+            session.forward(session.prompt_ids[:, :-1], state=draft_state, valid=session.prompt_valid[:, :-1], model=self.draft, name="draft")
         last = session.prompt_ids[:, -1:]
-        session.scratch["root"] = last[:, 0]
         session.scratch["draft_pending"] = (last, torch.ones_like(last, dtype=torch.bool))
 
     def _children(self, session: Session, q: torch.Tensor, k: int) -> torch.Tensor:
@@ -271,7 +319,7 @@ class TreeSpeculativeDecoder(DraftModelDecoder):
         flat = q.reshape(-1, q.shape[-1])
         return torch.multinomial(flat, k, replacement=True, generator=session.generator).reshape(*q.shape[:-1], k)
 
-    def propose(self, session: Session):
+    def draft_tree(self, session: Session):
         shape = self.shape
         state = session.scratch["draft_state"]
         ids, valid = session.scratch["draft_pending"]
@@ -302,22 +350,7 @@ class TreeSpeculativeDecoder(DraftModelDecoder):
                 branch.reorder(torch.arange(B * len(level), device=session.device).repeat_interleave(k))
         return tokens, draft_probs
 
-    def verify(self, session: Session, proposal) -> Commit:
-        tokens, draft_probs = proposal
-        logits, keep = target_tree_logits(session, session.model, session.state, tokens, self.shape)
-        if self.greedy:
-            result = verify_greedy(self.shape, logits, tokens)
-        else:
-            result = verify_sampling(self.shape, torch.softmax(logits.double(), -1), draft_probs, tokens, session.generator)
-        session.metrics.record_acceptance(result.num_accepted, self.shape.max_depth, ~session.finished)
-        session.scratch["keep"] = keep
-        session.scratch["result"] = result
-        return Commit(result.tokens(self.shape, tokens), result.num_accepted + 1)
-
-    def advance(self, session: Session, commit: Commit) -> None:
-        result = session.scratch["result"]
-        session.scratch["keep"](result.node)  # the target keeps the root and the accepted path
-        session.scratch["root"] = result.next_token
+    def drafted(self, session: Session, commit: Commit) -> None:
         if session.scratch["draft_snapshot"] is not None:
             session.scratch["draft_state"].restore(session.scratch["draft_snapshot"])
         tokens, counts = commit.tokens.tolist(), commit.counts.tolist()
