@@ -29,14 +29,14 @@ What this implementation does.
   sampler cross-entropy (teacher forced), raw cross-entropy of the base projection at the masks,
   latent consistency (MSE to the detached base hidden state), optional next-token loss when the
   base is trained jointly.
-- decoder ``mtp``: greedy linear self-speculative decoding on the core's propose/verify/commit
-  loop, rolling the KV cache back (``state.rollback``) over rejected drafts and the masks. Its
-  output equals plain greedy decoding token for token.
+- decoder ``mtp``: greedy self-speculative decoding on the core's propose/verify/commit loop,
+  quadratic by default (a mask block after every draft, the chunk verified under the core's tree
+  attention pattern, the KV cache keeping the accepted chain only with ``KVCache.keep``) or linear
+  (``quadratic: false``: the cache rolled back over rejected drafts and the masks). Its output
+  equals plain greedy decoding token for token either way.
 
 What it simplifies. Training uses the data's own continuations (the paper fine-tunes on the
-model's generations). Decoding is the paper's *linear* speculative decoding (greedy); the
-quadratic variant interleaves a mask block after every draft, and the core's KV cache cannot yet
-drop a non-prefix set of slots of one advance. The base model is frozen by default
+model's generations). Decoding is greedy (no sampling mode). The base model is frozen by default
 (``train_base: false``); a base trained elsewhere is loaded with ``init_from`` (a run directory)
 into the wrapped components, whose ``base`` submodules keep the base model's parameter names. With
 ``train_base: true`` and ``next_token_weight > 0`` base and MTP parts train jointly from scratch
@@ -170,6 +170,10 @@ class MTPDecoderConfig:
 
     n_masks: int | None = None
     """Mask tokens (drafts) per step (None: the objective's n_masks, else 4)."""
+    quadratic: bool = True
+    """Quadratic decoding: a mask block after every draft in the chunk, so every step has fresh
+    drafts whatever was accepted (one pass of (m + 1)^2 tokens); false: linear decoding (m + 1 + m
+    tokens, no drafts after a partial acceptance)."""
 
     def __post_init__(self):
         if self.n_masks is not None and self.n_masks < 1:
