@@ -7,6 +7,10 @@ Ops and backends (higher priority wins when usable; config ``kernels: {op: backe
   detected at run time).
 - ``selective_scan``: ``reference`` (step-by-step recurrence), ``chunked`` (PyTorch chunked
   parallel scan), ``triton`` (a Triton kernel; CPU through ``TRITON_INTERPRET=1``).
+- ``fft_conv``: ``reference`` (sum over lags), ``fft`` (zero-padded real FFTs), ``chunked``
+  (streamed blocks with a buffer of future contributions; also the decoding path).
+- ``linear_recurrence``: ``reference`` (step-by-step recurrence), ``parallel`` (masked decay
+  matrix), ``chunkwise`` (parallel inside chunks, recurrent across), ``triton``.
 """
 
 from __future__ import annotations
@@ -26,4 +30,7 @@ def genloom_kernels():
         records.kernel("selective_scan", "reference", "genloom.kernels.selective_scan:make_reference", summary="Mamba's selective scan as a step-by-step recurrence.", priority=0),
         records.kernel("selective_scan", "chunked", "genloom.kernels.selective_scan:make_chunked", summary="Chunked parallel selective scan in PyTorch.", priority=10),
         records.kernel("selective_scan", "triton", "genloom.kernels.selective_scan:make_triton", summary="Triton selective-scan kernel (CUDA, or CPU with TRITON_INTERPRET=1).", priority=20),
+        records.kernel("fft_conv", "reference", "genloom.kernels.fft_conv:make_reference", summary="Causal long convolution as the sum over lags, O(L*K); the definition.", priority=0),
+        records.kernel("fft_conv", "chunked", "genloom.kernels.fft_conv:make_chunked", summary="Causal long convolution streamed in blocks (overlap-add buffer of future contributions).", priority=5),
+        records.kernel("fft_conv", "fft", "genloom.kernels.fft_conv:make_fft", summary="Causal long convolution by zero-padded real FFTs, O(L log L).", priority=10),
     ]
