@@ -32,5 +32,9 @@ def genloom_kernels():
         records.kernel("selective_scan", "triton", "genloom.kernels.selective_scan:make_triton", summary="Triton selective-scan kernel (CUDA, or CPU with TRITON_INTERPRET=1).", priority=20),
         records.kernel("fft_conv", "reference", "genloom.kernels.fft_conv:make_reference", summary="Causal long convolution as the sum over lags, O(L*K); the definition.", priority=0),
         records.kernel("fft_conv", "chunked", "genloom.kernels.fft_conv:make_chunked", summary="Causal long convolution streamed in blocks (overlap-add buffer of future contributions).", priority=5),
+        records.kernel("linear_recurrence", "reference", "genloom.kernels.linear_recurrence:make_reference", summary="Gated linear recurrence h = exp(g) h + k^T v, y = q h, step by step; the definition.", priority=0),
+        records.kernel("linear_recurrence", "parallel", "genloom.kernels.linear_recurrence:make_parallel", summary="Gated linear recurrence as masked decay-matrix attention ((QK^T) * D) V, O(L^2).", priority=5),
+        records.kernel("linear_recurrence", "chunkwise", "genloom.kernels.linear_recurrence:make_chunkwise", summary="Gated linear recurrence, parallel inside chunks and recurrent across them, O(L).", priority=10),
+        records.kernel("linear_recurrence", "triton", "genloom.kernels.linear_recurrence:make_triton", summary="Triton gated-linear-recurrence kernel (real decays; CUDA, or CPU with TRITON_INTERPRET=1).", priority=20),
         records.kernel("fft_conv", "fft", "genloom.kernels.fft_conv:make_fft", summary="Causal long convolution by zero-padded real FFTs, O(L log L).", priority=10),
     ]
