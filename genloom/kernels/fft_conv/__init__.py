@@ -8,6 +8,9 @@
   (overlap-add with a buffer of future contributions); the same stream is the decoding path
   (FutureFill): ``ConvStream.feed`` one token at a time costs O(block) plus one FFT per block.
 
+Op ``fft_conv_stream`` (``backend(k, batch_size, block) -> ConvStream``) gives the decoding path:
+``futurefill`` (flush every ``block`` inputs) or ``reference`` (never flush: the naive direct sum).
+
 Model code reaches the backends through ``genloom.core.kernels.call("fft_conv", u, k, skip=...)``.
 """
 
@@ -50,6 +53,35 @@ class FFTBackend(FFTConvBackend):
 class ChunkedBackend(FFTConvBackend):
     name = "chunked"
     function = staticmethod(fft_conv_chunked)
+
+
+class StreamBackend:
+    """Op ``fft_conv_stream``: ``backend(k, batch_size, block=64) -> ConvStream``, a decoding-time
+    convolution fed piece by piece. ``futurefill`` flushes every ``block`` inputs into the future
+    buffer; ``reference`` never flushes (every output is the direct sum over the whole history:
+    the naive O(t)-per-token baseline)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def supports(self, device=None, dtype=None, **kw) -> str | None:
+        return None
+
+    def __call__(self, k, batch_size: int, block: int = 64) -> ConvStream:
+        return ConvStream(k, batch_size, block=block if self.name == "futurefill" else 1 << 40)
+
+    def __repr__(self) -> str:
+        return f"fft_conv_stream[{self.name}]"
+
+
+def make_stream_reference(config=None, ctx=None) -> StreamBackend:
+    """Factory of the ``fft_conv_stream`` ``reference`` backend (direct sums, never flushes)."""
+    return StreamBackend("reference")
+
+
+def make_stream_futurefill(config=None, ctx=None) -> StreamBackend:
+    """Factory of the ``fft_conv_stream`` ``futurefill`` backend."""
+    return StreamBackend("futurefill")
 
 
 def make_reference(config=None, ctx=None) -> FFTConvBackend:

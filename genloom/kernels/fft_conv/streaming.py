@@ -21,9 +21,11 @@ so :meth:`ConvStream.snapshot` is O(1) and autograd flows through it.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from genloom.kernels.fft_conv.fft import fft_conv_fft
+from genloom.kernels.fft_conv.fft import fast_length, fft_conv_fft
 from genloom.kernels.fft_conv.reference import check_shapes, compute_dtype, finish
 
 
@@ -44,6 +46,8 @@ class ConvStream:
         self.future = self.k.new_zeros(batch_size, 0, channels)  # contributions to outputs flushed..flushed+len-1
         self.pending = self.k.new_zeros(batch_size, 0, channels)  # inputs since the last flush
         self.flushed = 0  # inputs already folded into ``future``
+        self._spectrum = None  # (n, rfft of the filter at n points), reused by every flush
+        self.work = 0  # multiply-adds spent, per batch row (direct sums: lags x D; a convolution by FFTs: ~n log2 n x D per transform)
 
     @property
     def position(self) -> int:
@@ -61,11 +65,14 @@ class ConvStream:
     def _feed_piece(self, piece: torch.Tensor) -> torch.Tensor:
         m = piece.shape[1]
         window = torch.cat([self.pending, piece], 1)  # pending inputs, then the new ones
+        channels = self.k.shape[0]
         if m == 1:  # one decoding step: y = sum_s k[s] * window[-1 - s]
             lags = min(window.shape[1], self.k.shape[1])
             local = torch.einsum("bsd,ds->bd", window.flip(1)[:, :lags], self.k[:, :lags])[:, None]
+            self.work += lags * channels
         else:
             local = fft_conv_fft(window, self.k)[:, -m:]
+            self.work += _fft_work(window.shape[1] + min(window.shape[1], self.k.shape[1]) - 1) * channels
         offset = self.pending.shape[1]
         from_future = self.future[:, offset : offset + m]
         if from_future.shape[1] < m:
@@ -82,8 +89,12 @@ class ConvStream:
         horizon = self.k.shape[1] - 1  # an input reaches at most K-1 steps ahead
         if horizon > 0:
             span = size + horizon
-            padded = torch.nn.functional.pad(self.pending, (0, 0, 0, horizon))
-            reach = fft_conv_fft(padded, self.k[:, : span])[:, size:]  # outputs flushed+size ...
+            n = fast_length(span + size - 1)
+            if self._spectrum is None or self._spectrum[0] != n:  # the filter's spectrum is computed once per size
+                self._spectrum = (n, torch.fft.rfft(self.k[:, :span], n=n, dim=1).T)
+            spectrum = torch.fft.rfft(self.pending, n=n, dim=1) * self._spectrum[1]
+            reach = torch.fft.irfft(spectrum, n=n, dim=1)[:, size:span]  # outputs flushed+size ...
+            self.work += _fft_work(span + size - 1, transforms=2) * self.k.shape[0]
         else:
             reach = self.pending.new_zeros(self.pending.shape[0], 0, self.pending.shape[2])
         rest = self.future[:, size:]
@@ -102,6 +113,12 @@ class ConvStream:
 
     def restore(self, snap) -> None:
         self.future, self.pending, self.flushed = snap
+
+
+def _fft_work(n: int, transforms: int = 3) -> int:
+    """Multiply-adds of a linear convolution of length n by real FFTs (~n log2 n per transform)."""
+    size = fast_length(max(n, 1))
+    return int(transforms * size * max(1.0, math.log2(size)))
 
 
 def fft_conv_chunked(u: torch.Tensor, k: torch.Tensor, skip: torch.Tensor | None = None, *, block: int | None = None) -> torch.Tensor:
