@@ -12,7 +12,7 @@ diagonal state matrix), computed for all lags at once and applied by FFT in O(L 
 linear time-invariant system, the same layer is also an O(1)-per-token recurrence over the modes.
 
 What this implementation does. :mod:`.model` builds the layer in that layout (pre-norm, residual,
-layers stacked). :func:`.model.dss_kernel` computes the DSS kernel (ZOH-discretised residues,
+layers stacked). :class:`genloom.toolkit.ssm.DiagonalSSM` computes the DSS kernel (ZOH-discretised residues,
 ``lambda = -exp(log_re) + i im``, S4D-Lin initialisation ``im = pi n``, ``log Delta`` uniform in
 [log 1e-3, log 1e-1]); the convolution goes through the ``fft_conv`` op (``fft``, ``chunked`` or
 the direct ``reference`` backend). Decoding, padding with holes and rollback use the modal
