@@ -134,7 +134,7 @@ class Session:
 
     def __init__(self, model, prompts, *, max_new_tokens: int, processors=(), generator=None, eos_id=None, stop_strings=(), tokenizer=None, device=None, pad_id: int = 0):
         self.model = model
-        self.device = device or next(model.parameters()).device
+        self.device = device or model_device(model)
         self.prompt_ids, self.prompt_valid = pad_left(prompts, pad_id, self.device)
         self.batch_size = self.prompt_ids.shape[0]
         self.max_new_tokens = max_new_tokens
@@ -281,9 +281,17 @@ class Decoder:
         session.scratch["next_logits"] = logits[:, -1]
 
 
+def model_device(model) -> torch.device:
+    """The device of a model's first parameter, else of its first buffer, else the CPU (a model
+    need not have parameters: e.g. a backbone that is a fitted decision tree)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 def run(model, prompts, decoder: Decoder, *, max_new_tokens: int = 64, processors=(), seed: int | None = 0, eos_id=None, stop_strings=(), tokenizer=None) -> GenerationResult:
     """Generate continuations of ``prompts`` (lists of ids) with ``decoder`` on the shared loop."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     generator = torch.Generator(device=device)
     if seed is not None:
         generator.manual_seed(seed)

@@ -128,7 +128,7 @@ def greedy_matches_recomputation(built, prompts, max_new_tokens: int = 6) -> lis
     """On an assembled model (``genloom.testing.tiny_model``), run the core's greedy decoding loop
     with the backbone's state and assert it gives the same tokens as re-running the full sequence
     at every step. Returns the generated ids."""
-    from genloom.core.generation import run
+    from genloom.core.generation import model_device, run
 
     model = built.model.eval()
     decoder = built.ctx.build("decoder", {"name": "greedy"}, path="decoder")
@@ -137,6 +137,6 @@ def greedy_matches_recomputation(built, prompts, max_new_tokens: int = 6) -> lis
         for prompt, generated in zip(prompts, result.ids):
             seq = list(prompt)
             for _ in range(len(generated)):
-                seq.append(int(model(torch.tensor([seq], device=next(model.parameters()).device))[0, -1].argmax()))
+                seq.append(int(model(torch.tensor([seq], device=model_device(model)))[0, -1].argmax()))
             assert seq[len(prompt):] == list(generated), f"stateful decoding {list(generated)} != recomputation {seq[len(prompt):]}"
     return result.ids
