@@ -171,9 +171,11 @@ def test_triton_interpreter_equals_reference_on_cpu(decay):
         assert err(g[name].double(), grad) < 1e-5, name
 
 
+@pytest.mark.slow
 @needs_triton
 def test_triton_interpreter_in_subprocess():
-    """TRITON_INTERPRET=1 works only if set before triton's first import: run in a fresh process."""
+    """TRITON_INTERPRET=1 works only if set before triton's first import: run in a fresh process
+    (slow: the fresh interpreter imports torch and triton, ~20 s on a loaded 2-core machine)."""
     if triton_kernel.interpreter_active():
         pytest.skip("already under the interpreter")
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
