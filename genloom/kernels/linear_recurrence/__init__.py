@@ -56,7 +56,7 @@ class ParallelBackend(LinearRecurrenceBackend):
 class ChunkwiseBackend(LinearRecurrenceBackend):
     name = "chunkwise"
 
-    def __init__(self, chunk_size: int = DEFAULT_CHUNK_SIZE):
+    def __init__(self, chunk_size: int | None = DEFAULT_CHUNK_SIZE):
         self.chunk_size = chunk_size
 
     def __call__(self, q, k, v, g, initial_state=None):

@@ -22,17 +22,24 @@ import torch.nn.functional as F
 from genloom.kernels.linear_recurrence.parallel import cumulative_log_decay, decay_mask
 from genloom.kernels.linear_recurrence.reference import prepare
 
-DEFAULT_CHUNK_SIZE = 64
+DEFAULT_CHUNK_SIZE = None  # None: 64 for a scalar decay, 16 for a per-channel or complex one
 
 
-def linear_recurrence_chunkwise(q, k, v, g, initial_state=None, chunk_size: int = DEFAULT_CHUNK_SIZE):
+def default_chunk_size(per_channel: bool) -> int:
+    """A per-channel decay makes the intra-chunk mask (C, C, K): O(L C K) work, so its chunks are
+    smaller (measured on CPU, B,H,L,K = 8,4,128,16, forward + backward: complex decay 3977 ms at
+    C = 64, 710 ms at C = 16; scalar decay 47 ms vs 49 ms)."""
+    return 16 if per_channel else 64
+
+
+def linear_recurrence_chunkwise(q, k, v, g, initial_state=None, chunk_size: int | None = DEFAULT_CHUNK_SIZE):
     """Chunkwise form. Same arguments and results as the reference."""
     q, k, v, g, state = prepare(q, k, v, g, initial_state)
     B, H, L, K = q.shape
     V = v.shape[-1]
     if L == 0:
         return v.new_zeros(B, H, 0, V), state
-    C = max(1, min(chunk_size, L))
+    C = max(1, min(chunk_size or default_chunk_size(g.shape[-1] > 1), L))
     N = -(-L // C)
     pad = N * C - L
     if pad:
