@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", metavar="key=value", help="decoder=NAME, max_new_tokens=N, prompt=TEXT, num_samples=N, seed=N, out=PATH, decoder.FIELD=VALUE")
     s.add_argument("--json", action="store_true", help="print metrics as JSON at the end")
 
+    s = sub.add_parser("evaluate", help="evaluate a run on its test split through its objective (forecasters: rolling origins + baselines)")
+    s.add_argument("run")
+    s.add_argument("options", nargs="*", metavar="key=value", help="options of the objective's evaluation (forecasters: step, count, window, window_size, baselines, out)")
+
     s = sub.add_parser("import", help="convert a checkpoint from another library into a genloom run directory")
     s.add_argument("source", choices=["hf"])
     s.add_argument("src_dir")

@@ -50,9 +50,11 @@ def main(args) -> int:
         # overriding fields of the run's own decoder keeps its other fields (a draft model, say)
         base = {f: getattr(spec.config, f) for f in spec.config.__dataclass_fields__} if same else {}
         decoder = {**base, "name": name, **fields}
-    if hasattr(gen.tokenizer, "generate_samples"):
-        # non-text tokenizers (images, series) decide how a sample is generated and written
-        path = gen.tokenizer.generate_samples(gen, n=n, seed=seed, out=opts.get("out"), decoder=decoder)
+    # a component whose output is not text (an image tokenizer, a forecasting objective) decides how
+    # a sample is generated and written: the tokenizer first, then the objective
+    writer = getattr(gen.tokenizer, "generate_samples", None) or getattr(gen.model.objective, "generate_samples", None)
+    if writer is not None:
+        path = writer(gen, n=n, seed=seed, out=opts.get("out"), decoder=decoder)
         print(f"wrote {path}")
         return 0
     ids = gen.encode(prompt) if prompt else [gen.ctx.get("eos_id") or 0]
