@@ -13,6 +13,9 @@ Topics:
 
 - :mod:`genloom.toolkit.canvas` / :mod:`~genloom.toolkit.canvas_config` -- masked-canvas
   decoding for masked-diffusion decoders (confidence unmasking, prefix commits).
+- :mod:`genloom.toolkit.forecasting` / :mod:`~genloom.toolkit.forecasting_heads` /
+  :mod:`~genloom.toolkit.forecasting_config` -- the forecasting harness (rolling origins,
+  metrics, baselines, forecast files and plots) and the probabilistic forecasting heads.
 - :mod:`genloom.toolkit.draft` / :mod:`~genloom.toolkit.draft_config` -- draft-model loading for
   decoders that draft with a second model (speculative sampling, SpecTr).
 """
