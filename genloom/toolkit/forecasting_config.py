@@ -16,15 +16,45 @@ from typing import Literal
 
 
 @dataclass
+class TimeStepTokenizerConfig:
+    """One token per time step: the V values measured at that step (the usual Transformer view of a series).
+
+    Binding publishes ``token_features`` and ``token_outputs`` (both V), so a ``forecast`` or
+    probabilistic head embeds V values per token and predicts V values per token; the tokenizer's
+    decode keeps the last ``horizon`` output tokens as the forecast.
+    """
+
+    instance_norm: bool = True
+    """Normalise each variate of each window by its own lookback mean/std and undo it on the forecast."""
+    eps: float = 1e-5
+    """Added to the variance before the square root (instance_norm only)."""
+    horizon: int | None = None
+    """Output tokens kept as the forecast (None: the data set's horizon)."""
+
+    def __post_init__(self):
+        if self.eps <= 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+        if self.horizon is not None and self.horizon < 1:
+            raise ValueError(f"horizon must be at least 1, got {self.horizon}")
+
+    def bind(self, ctx) -> None:
+        if self.horizon is None:
+            self.horizon = ctx.horizon
+        if "num_variates" in ctx:  # without a data set the head's lookback/horizon fields must say V
+            ctx.set("token_features", ctx.num_variates)
+            ctx.set("token_outputs", ctx.num_variates)
+
+
+@dataclass
 class ProbabilisticHeadConfig:
     """Fields every probabilistic forecasting head shares."""
 
     d_model: int | None = None
     """Hidden width (None: the backbone's d_model from the build context)."""
     lookback: int | None = None
-    """Features per input token (None: the data set's lookback)."""
+    """Features per input token (None: the tokenizer's ``token_features``, else the data set's lookback)."""
     horizon: int | None = None
-    """Forecast steps per token (None: the data set's horizon)."""
+    """Forecast values per token (None: the tokenizer's ``token_outputs``, else the data set's horizon)."""
     min_scale: float = 1e-3
     """Lower bound added to every predicted scale (keeps the likelihood finite)."""
 
@@ -40,9 +70,9 @@ class ProbabilisticHeadConfig:
         if self.d_model is None:
             self.d_model = ctx.d_model
         if self.lookback is None:
-            self.lookback = ctx.lookback
+            self.lookback = ctx.get("token_features", None) or ctx.lookback
         if self.horizon is None:
-            self.horizon = ctx.horizon
+            self.horizon = ctx.get("token_outputs", None) or ctx.horizon
 
 
 @dataclass

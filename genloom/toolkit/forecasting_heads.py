@@ -33,6 +33,7 @@ from genloom.toolkit.forecasting_config import (
     MixtureHeadConfig,
     NllObjectiveConfig,
     QuantileHeadConfig,
+    TimeStepTokenizerConfig,
 )
 
 
@@ -295,6 +296,50 @@ def build_mixture(config: MixtureHeadConfig, ctx=None) -> MixtureHead:
 def build_quantile(config: QuantileHeadConfig, ctx=None) -> QuantileHead:
     config.bind(ctx)
     return QuantileHead(config.lookback, config.horizon, config.d_model, config.min_scale, config.levels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Time-step tokens
+# ---------------------------------------------------------------------------------------------
+
+class TimeStepTokenizer:
+    """``encode(x (B, L, V)) -> (tokens (B, L, V), stats)``; ``decode(outputs (B, N, V), stats)`` keeps the last ``horizon`` tokens.
+
+    With ``instance_norm`` each variate of each window is standardised by its own lookback mean
+    and std, undone on the forecast. A backbone that forecasts from time-step tokens (Autoformer,
+    Informer, ...) returns at least ``horizon`` tokens whose last ``horizon`` are the future steps.
+    """
+
+    series = True  # the series-tokenizer contract of the ``mse``/``nll`` objectives
+    vocab_size = 0
+    eos_id = None
+
+    def __init__(self, horizon: int, instance_norm: bool = True, eps: float = 1e-5):
+        self.horizon, self.instance_norm, self.eps = horizon, instance_norm, eps
+
+    def encode(self, x: torch.Tensor):
+        if x.dim() != 3:
+            raise ValueError(f"time-step tokenizer expects windows (B, lookback, V), got shape {tuple(x.shape)}")
+        if not self.instance_norm:
+            return x, None
+        mean = x.mean(dim=1, keepdim=True)
+        std = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + self.eps)
+        return (x - mean) / std, (mean, std)
+
+    def decode(self, outputs: torch.Tensor, stats=None) -> torch.Tensor:
+        if outputs.shape[1] < self.horizon:
+            raise ValueError(f"time-step tokenizer needs at least {self.horizon} output tokens (the horizon), got {outputs.shape[1]}")
+        forecast = outputs[:, -self.horizon:]
+        if stats is not None:
+            mean, std = stats
+            forecast = forecast * std + mean
+        return forecast
+
+
+def build_time_step_tokenizer(config: TimeStepTokenizerConfig, ctx=None) -> TimeStepTokenizer:
+    if config.horizon is None:
+        config.bind(ctx)
+    return TimeStepTokenizer(config.horizon, config.instance_norm, config.eps)
 
 
 # ---------------------------------------------------------------------------------------------

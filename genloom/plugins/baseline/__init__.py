@@ -226,7 +226,15 @@ def genloom_tokenizers():
     return [
         records.tokenizer("bytes", f"{_P}.tokenizers:build_bytes", BytesConfig, "Byte-level tokenizer (exact round trip of any bytes)."),
         records.tokenizer("bpe", f"{_P}.tokenizers:build_bpe", BpeConfig, "Byte-level BPE trained with Hugging Face tokenizers on the training split."),
-    ]
+    ] + _time_step_tokenizer()
+
+
+def _time_step_tokenizer():
+    cfgs = _toolkit_configs("TimeStepTokenizerConfig")
+    if not cfgs:
+        return []
+    return [records.tokenizer("time-step", "genloom.toolkit.forecasting_heads:build_time_step_tokenizer", cfgs[0],
+                              "One token per time step (its V values), optional per-window normalisation; the last horizon outputs are the forecast.")]
 
 
 @hookimpl

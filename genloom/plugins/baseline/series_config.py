@@ -262,9 +262,9 @@ class ForecastHeadConfig:
     d_model: int | None = None
     """Hidden width (None: the backbone's d_model from the build context)."""
     lookback: int | None = None
-    """Features per input token (None: the data set's lookback)."""
+    """Features per input token (None: the tokenizer's ``token_features`` if it publishes them, else the data set's lookback)."""
     horizon: int | None = None
-    """Forecast steps per token (None: the data set's horizon)."""
+    """Forecast values per token (None: the tokenizer's ``token_outputs`` if it publishes them, else the data set's horizon)."""
     bias: bool = True
     """Add a bias to the embedding and projection."""
 
@@ -278,9 +278,9 @@ class ForecastHeadConfig:
         if self.d_model is None:
             self.d_model = ctx.d_model
         if self.lookback is None:
-            self.lookback = ctx.lookback
+            self.lookback = ctx.get("token_features", None) or ctx.lookback
         if self.horizon is None:
-            self.horizon = ctx.horizon
+            self.horizon = ctx.get("token_outputs", None) or ctx.horizon
 
 
 @dataclass
