@@ -422,7 +422,7 @@ def evaluate(values: np.ndarray, forecasters: dict[str, Callable[[np.ndarray], F
 # genloom models as forecasters
 # ---------------------------------------------------------------------------------------------
 
-def model_forecaster(model, lookback: int, *, num_samples: int = 200, seed: int = 0) -> Callable[[np.ndarray], Forecast]:
+def model_forecaster(model, lookback: int, *, num_samples: int = 200, seed: int | None = 0) -> Callable[[np.ndarray], Forecast]:
     """``history -> Forecast`` for an assembled model whose objective can ``predict`` (and maybe ``predict_distribution``)."""
     import torch
 
@@ -442,7 +442,11 @@ def model_forecaster(model, lookback: int, *, num_samples: int = 200, seed: int 
                     return Forecast(mean, std=dist.std[0].double().numpy())
                 if hasattr(dist, "levels"):
                     return Forecast(mean, quantiles={q: v[0].double().numpy() for q, v in zip(dist.levels, dist.values)})
-                generator = torch.Generator().manual_seed(seed)
+                generator = torch.Generator()
+                if seed is None:
+                    generator.seed()  # a fresh seed, as genloom generate gives when none is set
+                else:
+                    generator.manual_seed(seed)
                 return Forecast(mean, samples=dist.sample(num_samples, generator)[:, 0].double().numpy())
             return Forecast(objective.predict(model, x)[0].double().numpy())
 
@@ -593,7 +597,7 @@ def plot_forecasts(history: np.ndarray, panels: list[tuple[int, Forecast, np.nda
     return Path(path)
 
 
-def write_run_forecast(gen, *, num_samples: int = 1, seed: int = 0, out=None) -> Path:
+def write_run_forecast(gen, *, num_samples: int = 1, seed: int | None = 0, out=None) -> Path:
     """Forecast the run's last test window (truth known) and the steps after the timeline; write CSV + PNG.
 
     Values are in the data's original units. A probabilistic model adds quantile columns, and
@@ -631,7 +635,7 @@ def write_run_forecast(gen, *, num_samples: int = 1, seed: int = 0, out=None) ->
 class ForecastOutputs:
     """Mixin for forecasting objectives: ``genloom generate`` writes a forecast, ``genloom evaluate`` a table."""
 
-    def generate_samples(self, gen, *, n: int = 1, seed: int = 0, out=None, decoder=None) -> Path:
+    def generate_samples(self, gen, *, n: int = 1, seed: int | None = 0, out=None, decoder=None) -> Path:
         return write_run_forecast(gen, num_samples=n, seed=seed, out=out)
 
     def evaluate_run(self, gen, options: dict) -> str:
