@@ -204,7 +204,7 @@ def test_nll_objective_trains_every_probabilistic_head(head):
     first = None
     for _ in range(30):
         loss = built.model.loss({"x": x, "y": y})["loss"]
-        first = float(loss) if first is None else first
+        first = loss.item() if first is None else first
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
