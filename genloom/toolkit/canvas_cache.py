@@ -75,21 +75,27 @@ def canvas_positions(valid: torch.Tensor) -> torch.Tensor:
     return (valid.long().cumsum(1) - 1).clamp_min(0)
 
 
-def run_columns(model, cache: CanvasKVCache, ids: torch.Tensor, columns: torch.Tensor, positions: torch.Tensor,
-                valid: torch.Tensor, pattern: AttentionPattern) -> torch.Tensor:
-    """Logits of canvas ``columns`` (1-D long) recomputed against ``cache``, whose slot ``j`` holds canvas column ``j``.
+def run_slots(model, cache: CanvasKVCache, ids: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
+              valid: torch.Tensor, pattern: AttentionPattern) -> torch.Tensor:
+    """Logits of ``ids`` (B, n), fresh versions of the tokens cached in ``slots`` (n,), against ``cache``.
 
-    The cached copies of the recomputed columns are hidden, their fresh keys/values appended with
-    their canvas positions, and the cache restored afterwards, so the cache is unchanged.
+    The stale cached copies are hidden, the fresh keys/values appended with ``positions`` (B, n),
+    and the cache restored afterwards, so it is unchanged.
     """
     snap = cache.snapshot()
     try:
-        cache.valid[:, columns] = False
-        cache.next_positions = positions[:, columns]
-        return model(ids[:, columns], state=cache, valid=valid[:, columns], pattern=pattern)
+        cache.valid[:, slots] = False
+        cache.next_positions = positions
+        return model(ids, state=cache, valid=valid, pattern=pattern)
     finally:
         cache.next_positions = None
         cache.restore(snap)
+
+
+def run_columns(model, cache: CanvasKVCache, ids: torch.Tensor, columns: torch.Tensor, positions: torch.Tensor,
+                valid: torch.Tensor, pattern: AttentionPattern) -> torch.Tensor:
+    """:func:`run_slots` for a cache whose slot ``j`` holds canvas column ``j``."""
+    return run_slots(model, cache, ids[:, columns], columns, positions[:, columns], valid[:, columns], pattern)
 
 
 # -- patterns -------------------------------------------------------------------------------------
@@ -151,7 +157,8 @@ class BlockCache:
     def __init__(self, model, block_size: int, batch_size: int, capacity: int, counter=None):
         self.model = model
         self.pattern = block_causal(block_size)
-        self.state = model.init_state(batch_size, capacity)
+        self.state = CanvasKVCache.like(model.init_state(batch_size, capacity))
+        self.kept: tuple[torch.Tensor, int] | None = None  # (lengths before, first slot) of a kept block
         self.pending: torch.Tensor | None = None
         self.pending_valid: torch.Tensor | None = None
         self.positions = 0
@@ -166,8 +173,13 @@ class BlockCache:
             self.pending = block
             self.pending_valid = valid if valid is not None else torch.ones_like(block, dtype=torch.bool)
 
-    def logits(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(logits of ``block``, logits of the pending clean tokens or None); one counted pass."""
+    def logits(self, block: torch.Tensor, keep: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits of ``block``, logits of the pending clean tokens or None); one counted pass.
+
+        ``keep``: leave the block's keys/values in the cache (a sub-block cache reuses them through
+        :meth:`rows` until :meth:`drop_kept`); otherwise they are rolled back at once.
+        """
+        self.drop_kept()
         before = self.state.lengths.clone()
         pending, pending_valid = self.pending, self.pending_valid
         if pending is None:
@@ -180,13 +192,34 @@ class BlockCache:
             before = before + pending_valid.long().sum(1)
             self.pending = self.pending_valid = None
             self.positions += int(pending_valid.sum())
-        self.state.rollback(before)
+        if keep:
+            self.kept = (before, self.state.used - block.shape[1])
+        else:
+            self.state.rollback(before)
         self.positions += block.numel()
         self.count(1)
         return out, clean
 
+    def rows(self, ids: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """Logits of the kept block's ``columns`` recomputed from ``ids`` (their current tokens) against the
+        cache, reusing the kept keys/values of the block's other columns (one counted pass)."""
+        if self.kept is None:
+            raise RuntimeError("rows() needs a block kept by logits(block, keep=True)")
+        slots = self.kept[1] + columns.to(self.state.device)
+        out = run_slots(self.model, self.state, ids, slots, self.state.pos[:, slots], torch.ones_like(ids, dtype=torch.bool), self.pattern)
+        self.positions += ids.numel()
+        self.count(1)
+        return out
+
+    def drop_kept(self) -> None:
+        """Roll a kept block out of the cache."""
+        if self.kept is not None:
+            self.state.rollback(self.kept[0])
+            self.kept = None
+
     def flush(self) -> torch.Tensor | None:
         """Cache the pending clean tokens now (one counted pass); returns their logits."""
+        self.drop_kept()
         if self.pending is None:
             return None
         out = self.model(self.pending, state=self.state, valid=self.pending_valid, pattern=self.pattern)
