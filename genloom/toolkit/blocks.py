@@ -17,6 +17,8 @@ share three pieces, kept here:
   at most n steps); optionally a sub-block cache (Fast-dLLM v2) that reuses the block's keys/values
   while a sub-block is decoded. ``cache: false`` recomputes the whole context at every step
   (the reference the cache is tested against).
+- :func:`convert_from_ar` -- copy a trained next-token model's weights into the block-diffusion
+  model (same parameter names; the added mask token's rows: mean embedding in, zeros out).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from genloom.core.errors import ConfigError
 from genloom.core.generation import Commit, Decoder, Session
 from genloom.core.pattern import AttentionPattern, block_causal
 from genloom.toolkit.canvas import predict
@@ -101,6 +104,48 @@ def masked_nll(logits: torch.Tensor, targets: torch.Tensor, mask_id: int) -> tor
     logits = logits.float().clone()
     logits[..., mask_id] = float("-inf")
     return -torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+# -- conversion from an AR model -------------------------------------------------------------------
+@torch.no_grad()
+def convert_from_ar(model, ar_model, path: str = "objective.ar_run") -> int:
+    """Copy ``ar_model``'s parameters into ``model``; returns the number of tensors copied."""
+    source = ar_model.state_dict()
+    copied = 0
+    for name, target in model.state_dict().items():
+        if name.startswith("objective."):
+            continue
+        if name not in source:
+            raise ConfigError(f"the AR model has no parameter '{name}': it must have the same backbone and head as this model", path=path)
+        src = source[name].to(target.dtype)
+        if src.shape == target.shape:
+            target.copy_(src)
+        elif src.dim() == target.dim() and src.shape[1:] == target.shape[1:] and src.shape[0] < target.shape[0]:
+            n = src.shape[0]
+            target[:n].copy_(src)
+            target[n:] = src.mean(0, keepdim=True) if "embed" in name else 0.0
+        else:
+            raise ConfigError(f"parameter '{name}' has shape {tuple(src.shape)} in the AR model but {tuple(target.shape)} here", path=path)
+        copied += 1
+    return copied
+
+
+
+class ConvertsFromAR:
+    """Mixin for objectives that adapt a trained next-token run: call :meth:`init_conversion` in
+    ``__init__`` and :meth:`maybe_convert` at the top of ``loss``. The ``converted`` buffer is saved
+    with the model, so a resumed run is not reconverted over its trained weights."""
+
+    def init_conversion(self) -> None:
+        self.register_buffer("converted", torch.zeros((), dtype=torch.long))
+
+    def maybe_convert(self, model, ar_run: str | None, path: str = "objective.ar_run") -> None:
+        if not ar_run or bool(self.converted):
+            return
+        from genloom.core.generation import load_model
+
+        convert_from_ar(model, load_model(ar_run), path)
+        self.converted.fill_(1)
 
 
 # -- decoding ----------------------------------------------------------------------------------------

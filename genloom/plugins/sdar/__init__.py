@@ -17,7 +17,7 @@ What this implementation does.
   (:func:`genloom.toolkit.blocks.shifted_block_logits`), loss = ``sum 1[masked] / t_b * CE`` per
   scored token (the block-diffusion NELBO with the linear schedule). ``ar_run`` names a trained
   next-token run (e.g. the quickstart run); its weights are copied into the model before the first
-  training step (``convert.py``: same parameter names; the added mask token's embedding is the mean
+  training step (:func:`genloom.toolkit.blocks.convert_from_ar`: same parameter names; the added mask token's embedding is the mean
   embedding, its output row zero).
 - decoder ``sdar``: :class:`genloom.toolkit.blocks.BlockDecoder`: blocks left to right over a
   cache of finished blocks, parallel threshold commits inside a block.

@@ -18,29 +18,17 @@ import math
 import torch
 
 from genloom.core.model import Objective
-from genloom.toolkit.blocks import NoisyCleanPattern, block_mask_rates, masked_nll, sequence_batch, shifted_block_logits
+from genloom.toolkit.blocks import ConvertsFromAR, NoisyCleanPattern, block_mask_rates, masked_nll, sequence_batch, shifted_block_logits
 
 
-class SDARObjective(Objective):
+class SDARObjective(ConvertsFromAR, Objective):
     def __init__(self, config, *, mask_id: int, seq_len: int | None = None):
         super().__init__()
         self.config = config
         self.mask_id = int(mask_id)
         self.block_size = config.block_size
         self.pattern = NoisyCleanPattern(block_size=self.block_size, seq_len=(seq_len or self.block_size) + 1)
-        self.register_buffer("converted", torch.zeros((), dtype=torch.long))  # saved: a resumed run is not reconverted
-        self._ar_model = None
-
-    def convert(self, model) -> None:
-        """Copy the ``ar_run`` model into ``model`` once (before the first step)."""
-        from genloom.core.generation import load_model
-        from genloom.plugins.sdar.convert import convert_from_ar
-
-        if self._ar_model is None:
-            self._ar_model = load_model(self.config.ar_run)
-        convert_from_ar(model, self._ar_model)
-        self._ar_model = None
-        self.converted.fill_(1)
+        self.init_conversion()  # ``ar_run`` is copied in before the first step
 
     def loss_given_noise(self, model, ids, scored, masked, rates):
         x_t = torch.where(masked, torch.full_like(ids, self.mask_id), ids)
@@ -58,8 +46,7 @@ class SDARObjective(Objective):
         }
 
     def loss(self, model, batch, *, generator=None):
-        if self.config.ar_run and not bool(self.converted):
-            self.convert(model)
+        self.maybe_convert(model, self.config.ar_run)
         c = self.config
         ids, scored = sequence_batch(batch)
         rates = block_mask_rates(ids.shape[0], ids.shape[1], self.block_size, c.mask_rate_min, c.mask_rate_max,

@@ -8,7 +8,7 @@ import torch
 
 from genloom.core.generation import run
 from genloom.core.pattern import CAUSAL
-from genloom.plugins.sdar.convert import convert_from_ar
+from genloom.toolkit.blocks import convert_from_ar
 from genloom.testing import check_decoder, check_objective, tiny_model
 from genloom.toolkit.blocks import shifted_block_logits
 
