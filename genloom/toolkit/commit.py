@@ -6,9 +6,9 @@ Each rule is one decision of a decoding step, so a decoder combines them instead
 - :func:`threshold_positions` -- Fast-dLLM / SDAR parallel decoding: reveal every allowed
   position whose confidence is at least ``tau``, and at least the most confident one, so a block
   of n positions takes at most n steps;
-- :func:`fill_after_eos` -- End-of-Text Prediction (Learn2PD): once a row's EOS is decoded with
-  every position before it decoded, the masked positions after it can only be padding; they are
-  filled at once and no step is spent on them;
+- :func:`fill_after_eos` -- End-of-Text Prediction (Learn2PD): once a row's EOS is decoded, the
+  masked positions after it can only be padding; they are filled at once and no step is spent
+  on them;
 - :func:`guided_logits` -- discrete classifier guidance (CtrlDiff): reweight the denoiser's
   clean-token distribution ``p(x0 | xt) * p(y | x0)^gamma`` and renormalise; gamma 0 is unguided.
 """
@@ -30,16 +30,16 @@ def threshold_positions(confidence: torch.Tensor, allowed: torch.Tensor, tau: fl
 
 
 def fill_after_eos(canvas: torch.Tensor, gen_start: int, eos_id: int, mask_id: int, pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fill the masked positions after a fixed EOS with ``pad_id`` (default: EOS itself).
+    """Fill the masked positions after a row's first decoded EOS with ``pad_id`` (default: EOS itself).
 
-    A row's EOS is *fixed* when it is decoded and every generated position before it is decoded.
-    Returns the new canvas and the (B,) number of positions filled per row.
+    A decoded token is fixed (masked diffusion never re-masks it), and a model trained with EOS
+    padding puts only padding after an EOS, so those positions need no step; the positions before
+    the EOS are decoded as usual. Returns the new canvas and the (B,) number of positions filled.
     """
     pad = eos_id if pad_id is None else pad_id
     gen = canvas[:, gen_start:]
     decoded = gen != mask_id
-    prefix_decoded = decoded.long().cumprod(-1).bool()  # decoded and everything before it decoded
-    eos_fixed = (gen == eos_id) & prefix_decoded
+    eos_fixed = gen == eos_id
     first = torch.where(eos_fixed.any(-1), eos_fixed.long().argmax(-1), torch.full_like(eos_fixed[:, 0], gen.shape[1], dtype=torch.long))
     after = torch.arange(gen.shape[1], device=canvas.device).reshape(1, -1) > first.reshape(-1, 1)
     fill = after & ~decoded

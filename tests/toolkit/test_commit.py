@@ -18,13 +18,14 @@ def test_threshold_reveals_all_above_and_at_least_one():
     assert threshold_positions(conf, allowed, 2.0).sum(-1).tolist() == [1, 1, 0]
 
 
-def test_eos_fill_only_after_a_fixed_eos():
-    canvas = torch.tensor([[1, 2, 3, E, M, M],   # fixed EOS: the rest is padding
-                           [1, 2, M, E, M, M],   # EOS decoded but a mask before it: not fixed
-                           [1, 2, 3, 4, M, M]])  # no EOS
+def test_eos_fill_only_after_a_decoded_eos():
+    canvas = torch.tensor([[1, 2, 3, E, M, M],   # decoded EOS: the rest is padding
+                           [1, 2, M, E, M, M],   # a mask before the EOS stays a mask; after it: padding
+                           [1, 2, 3, 4, M, M],   # no EOS
+                           [E, 2, M, M, M, M]])  # an EOS in the prompt (before gen_start) does not count
     out, filled = fill_after_eos(canvas, 2, E, M)
-    assert out.tolist() == [[1, 2, 3, E, E, E], [1, 2, M, E, M, M], [1, 2, 3, 4, M, M]]
-    assert filled.tolist() == [2, 0, 0]
+    assert out.tolist() == [[1, 2, 3, E, E, E], [1, 2, M, E, E, E], [1, 2, 3, 4, M, M], [E, 2, M, M, M, M]]
+    assert filled.tolist() == [2, 2, 0, 0]
 
 
 def test_guidance_gamma_zero_is_unguided_and_gamma_reweights():
