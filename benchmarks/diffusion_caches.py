@@ -1,7 +1,7 @@
 """Masked- and block-diffusion decoding on one small trained model: steps, network calls, positions
 recomputed, wall clock and agreement with the uncached output.
 
-    python benchmarks/diffusion_caches.py [--train-steps 300] [--k 8] [--n 64]
+    python benchmarks/diffusion_caches.py [--train-steps 400] [--k 6] [--n 64]
 
 Task (synthetic, learnable on CPU in about a minute): ``prompt | shifted = reversed .`` over bytes;
 the prompt is ``k`` random letters and ``|``, the continuation is every letter shifted by one,
@@ -111,8 +111,8 @@ def table(title, rows, base_positions):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--train-steps", type=int, default=300)
-    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--train-steps", type=int, default=400)
+    ap.add_argument("--k", type=int, default=6)
     ap.add_argument("--n", type=int, default=64)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -127,20 +127,32 @@ def main():
     build = lambda node: mdm.ctx.build("decoder", node)  # noqa: E731
     plain = measure(mdm, build({"name": "masked-diffusion"}), prompts, targets, k)
     ref = plain["ids"]
-    blocked = measure(mdm, build({"name": "masked-diffusion", "block_length": 6}), prompts, targets, k)
+    blocked = measure(mdm, build({"name": "masked-diffusion", "block_length": 7}), prompts, targets, k)
     radd_plain = measure(mdm, build({"name": "radd", "steps": 64, "cache": False}), prompts, targets, k)
     rows = [
         ("masked-diffusion (uncached, 1 token/step)", {**plain, "agreement": 1.0}),
         ("radd ancestral, 64 steps, no cache", {**radd_plain, "agreement": None}),
         ("radd ancestral, 64 steps, cache", measure(mdm, build({"name": "radd", "steps": 64, "cache": True}), prompts, targets, k, radd_plain["ids"])),
-        ("masked-diffusion, blocks of 6 (uncached)", {**blocked, "agreement": None}),
-        ("freecache, blocks of 6, refresh every step", measure(mdm, build({"name": "freecache", "block_length": 6, "refresh_every": 1}), prompts, targets, k, blocked["ids"])),
-        ("freecache, blocks of 6, refresh every 3", measure(mdm, build({"name": "freecache", "block_length": 6, "refresh_every": 3}), prompts, targets, k, blocked["ids"])),
-        ("freecache, blocks of 6, refresh every 6", measure(mdm, build({"name": "freecache", "block_length": 6, "refresh_every": 6}), prompts, targets, k, blocked["ids"])),
+        ("masked-diffusion, blocks of 7 (uncached)", {**blocked, "agreement": None}),
+        ("freecache, blocks of 7, refresh every step", measure(mdm, build({"name": "freecache", "block_length": 7, "refresh_every": 1}), prompts, targets, k, blocked["ids"])),
+        ("freecache, blocks of 7, refresh every 3", measure(mdm, build({"name": "freecache", "block_length": 7, "refresh_every": 3}), prompts, targets, k, blocked["ids"])),
+        ("freecache, blocks of 7, refresh every 7", measure(mdm, build({"name": "freecache", "block_length": 7, "refresh_every": 7}), prompts, targets, k, blocked["ids"])),
         ("parallel commit, threshold 0.9", measure(mdm, ConfidenceCanvasDecoder(CanvasDecoderConfig(), mdm.ctx, mdm.ctx.mask_id, threshold=0.9), prompts, targets, k, ref)),
         ("parallel commit, threshold 0.7", measure(mdm, ConfidenceCanvasDecoder(CanvasDecoderConfig(), mdm.ctx, mdm.ctx.mask_id, threshold=0.7), prompts, targets, k, ref)),
         ("prophet, prob. gap 0.9/0.7/0.5", measure(mdm, build({"name": "prophet"}), prompts, targets, k, ref)),
     ]
+    # Learn2PD: the oracle (labels known) and a filter trained on runs over other prompts
+    from genloom.plugins.learn2pd.filter import collect, save_filter, train_filter
+    oracle = build({"name": "learn2pd", "end_of_text": False})
+    oracle.oracle = ref.clamp_min(0)
+    rows.append(("learn2pd, oracle filter", measure(mdm, oracle, prompts, targets, k, ref)))
+    train_prompts = make_batch(256, k, torch.Generator().manual_seed(99))[:, : k + 1].tolist()
+    X, y = collect(mdm, train_prompts, G)
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        save_filter(train_filter(X, y), f"{tmp}/filter.safetensors")
+        for tau in (0.9, 0.7):
+            rows.append((f"learn2pd, learned filter, threshold {tau}", measure(mdm, build({"name": "learn2pd", "filter_path": f"{tmp}/filter.safetensors", "filter_threshold": tau, "end_of_text": False}), prompts, targets, k, ref)))
     table("Masked-diffusion model (radd objective)", rows, plain["positions"])
 
     t0 = time.perf_counter()
