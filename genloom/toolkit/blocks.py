@@ -61,12 +61,35 @@ class NoisyCleanPattern(AttentionPattern):
         return (q_noisy & kv_noisy & (qb == kb)) | (q_noisy & ~kv_noisy & (kb < qb)) | (~q_noisy & ~kv_noisy & (kb <= qb))
 
 
-def shifted_block_logits(model, x_t: torch.Tensor, x_0: torch.Tensor, block_size: int) -> torch.Tensor:
-    """(B, L, V) predictions for every position of ``x_0`` from one pass over ``[x_t, x_0]``, read with
-    the AR shift (position 0's row is a placeholder; it is never scored)."""
+@dataclass(frozen=True)
+class ContextCausalPattern(NoisyCleanPattern):
+    """:class:`NoisyCleanPattern` with a causal clean half (NBDiff's context-causal mask): clean tokens
+    attend only to themselves and earlier clean tokens; noisy blocks as before."""
+
+    kind: str = "noisy_clean_context_causal"
+
+    def allowed(self, q_pos, kv_pos):
+        L = self.seq_len
+        q_noisy, kv_noisy = q_pos < L, kv_pos < L
+        clean_causal = ~q_noisy & ~kv_noisy & (kv_pos <= q_pos)
+        return (super().allowed(q_pos, kv_pos) & q_noisy) | clean_causal
+
+
+def block_pass(model, x_t: torch.Tensor, x_0: torch.Tensor, block_size: int, context_causal: bool = False):
+    """(noisy outputs, clean outputs), each (B, L, V), of one pass over ``[x_t, x_0]``."""
     L = x_0.shape[1]
-    out = model(torch.cat([x_t, x_0], 1), pattern=NoisyCleanPattern(block_size=block_size, seq_len=L))
-    noisy, clean = out[:, :L], out[:, L:]
+    kind = ContextCausalPattern if context_causal else NoisyCleanPattern
+    out = model(torch.cat([x_t, x_0], 1), pattern=kind(block_size=block_size, seq_len=L))
+    return out[:, :L], out[:, L:]
+
+
+def shifted_block_logits(model, x_t: torch.Tensor, x_0: torch.Tensor, block_size: int, *, context_causal: bool = False,
+                         outputs=None) -> torch.Tensor:
+    """(B, L, V) predictions for every position of ``x_0`` from one pass over ``[x_t, x_0]``, read with
+    the AR shift (position 0's row is a placeholder; it is never scored). ``outputs``: the pass's
+    (noisy, clean) outputs if already computed."""
+    L = x_0.shape[1]
+    noisy, clean = outputs if outputs is not None else block_pass(model, x_t, x_0, block_size, context_causal)
     starts = (torch.arange(L, device=x_0.device) % block_size == 0).reshape(1, -1, 1)
     prev_noisy = torch.cat([noisy[:, :1], noisy[:, :-1]], 1)
     prev_clean = torch.cat([clean[:, :1], clean[:, :-1]], 1)
@@ -162,8 +185,9 @@ class BlockDecoder(Decoder):
     """
 
     def __init__(self, config, ctx, *, mask_id: int, block_size: int, threshold: float, temperature: float = 0.0,
-                 cache: bool = True, sub_block: int | None = None, shift: bool = True):
+                 cache: bool = True, sub_block: int | None = None, shift: bool = True, clean_pattern: AttentionPattern | None = None):
         super().__init__(config, ctx)
+        self.clean_pattern = clean_pattern  # None: the context is block-causal too; CAUSAL: context-causal (NBDiff)
         self.mask_id, self.block_size = int(mask_id), int(block_size)
         self.threshold, self.temperature = float(threshold), float(temperature)
         self.cache_on, self.sub_block, self.shift = bool(cache), sub_block, bool(shift)
@@ -191,7 +215,8 @@ class BlockDecoder(Decoder):
         s = session.scratch
         s.update(block=block, known=known, carry=None, block_steps=[], positions=0)
         if self.cache_on:
-            self.cache = BlockCache(session.model, n, B, P + session.max_new_tokens + 2 * n, counter=lambda k: session.metrics.count_forward("target", k))
+            self.cache = BlockCache(session.model, n, B, P + session.max_new_tokens + 2 * n, counter=lambda k: session.metrics.count_forward("target", k),
+                                    clean_pattern=self.clean_pattern)
             if bool(prefix_valid.any()):
                 self.cache.commit(session.prompt_ids, prefix_valid)
         else:
@@ -214,6 +239,13 @@ class BlockDecoder(Decoder):
             if clean is not None:
                 s["carry"] = clean[:, -1:]
             s["positions"] = self.cache.positions
+        elif self.clean_pattern is not None:  # recompute the context (its own pattern) and the block, every step
+            context, context_valid = s["context"], s["context_valid"]
+            state = session.model.init_state(block.shape[0], context.shape[1] + block.shape[1] + 1)
+            clean = session.forward(context, state=state, valid=context_valid, pattern=self.clean_pattern)
+            out = session.forward(block, state=state, pattern=self.pattern)
+            s["carry"] = clean[:, -1:]
+            s["positions"] += int(context_valid.sum()) + block.numel()
         else:
             ids = torch.cat([s["context"], block], 1)
             valid = torch.cat([s["context_valid"], torch.ones_like(block, dtype=torch.bool)], 1)

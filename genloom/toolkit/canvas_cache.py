@@ -154,9 +154,10 @@ class BlockCache:
     block and the block in progress; the pending block's keys/values stay, the rest is rolled back.
     """
 
-    def __init__(self, model, block_size: int, batch_size: int, capacity: int, counter=None):
+    def __init__(self, model, block_size: int, batch_size: int, capacity: int, counter=None, clean_pattern: AttentionPattern | None = None):
         self.model = model
         self.pattern = block_causal(block_size)
+        self.clean_pattern = clean_pattern  # e.g. causal: the context attends causally (NBDiff); its own pass
         self.state = CanvasKVCache.like(model.init_state(batch_size, capacity))
         self.kept: tuple[torch.Tensor, int] | None = None  # (lengths before, first slot) of a kept block
         self.pending: torch.Tensor | None = None
@@ -180,6 +181,7 @@ class BlockCache:
         :meth:`rows` until :meth:`drop_kept`); otherwise they are rolled back at once.
         """
         self.drop_kept()
+        early = self.flush() if self.clean_pattern is not None else None
         before = self.state.lengths.clone()
         pending, pending_valid = self.pending, self.pending_valid
         if pending is None:
@@ -192,6 +194,8 @@ class BlockCache:
             before = before + pending_valid.long().sum(1)
             self.pending = self.pending_valid = None
             self.positions += int(pending_valid.sum())
+        if early is not None:
+            clean = early
         if keep:
             self.kept = (before, self.state.used - block.shape[1])
         else:
@@ -222,7 +226,7 @@ class BlockCache:
         self.drop_kept()
         if self.pending is None:
             return None
-        out = self.model(self.pending, state=self.state, valid=self.pending_valid, pattern=self.pattern)
+        out = self.model(self.pending, state=self.state, valid=self.pending_valid, pattern=self.clean_pattern or self.pattern)
         self.positions += int(self.pending_valid.sum())
         self.pending = self.pending_valid = None
         self.count(1)
