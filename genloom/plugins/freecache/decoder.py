@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from genloom.core.errors import ConfigError
-from genloom.core.generation import load_model
 from genloom.core.pattern import CAUSAL, FULL
 from genloom.toolkit.canvas import ConfidenceCanvasDecoder, predict
 from genloom.toolkit.canvas_cache import StaleCache
 from genloom.toolkit.commit import threshold_positions
+from genloom.toolkit.draft import load_guide
 
 
 def agreeing_run(agree: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -37,13 +36,7 @@ class FreeCache(ConfidenceCanvasDecoder):
         if self.config.guide is None:
             return None
         if self._guide is None:
-            g = self.config.guide
-            try:
-                self._guide = load_model(g if isinstance(g, str) else dict(g), seed=self.config.guide_seed, registry=self.ctx.registry if self.ctx else None)
-            except ConfigError as exc:
-                raise ConfigError(str(exc).removeprefix("config error: "), path="decoder.guide") from exc
-            for p in self._guide.parameters():
-                p.requires_grad_(False)
+            self._guide = load_guide(self.config.guide, self.ctx, self.config.guide_seed)
         return self._guide
 
     def start(self, session) -> None:
