@@ -1,26 +1,38 @@
 """Greedy decoding throughput: genloom vs Hugging Face transformers on identical weights.
 
 One run builds a random Llama in transformers, converts it with ``genloom import hf`` (so both
-hold the same weights), checks that both produce the same greedy tokens, then times greedy
-decoding of ``--new`` tokens at each batch size and prints tokens/s of each, their ratio and the
-time to first token. Ratios > 1 mean genloom is faster.
+hold the same weights) and times greedy decoding of ``--new`` tokens at each batch size. The
+measurement is made to be fair and repeatable:
 
-    python benchmarks/decode.py [--new 256] [--batch 1 8] [--device cpu|cuda] [--dtype float32|bfloat16]
+- both systems run with the same number of intra-op threads (``--threads``, default 1), set once;
+- each repeat times the two systems back to back, alternating which goes first, so a change in
+  machine load hits both alike (interleaved, after one warm-up call each);
+- every timed call's tokens are compared: the script reports whether all were identical;
+- it prints the median tokens/s of each system with its spread (interquartile range and min-max
+  over ``--repeats``), and the median of the per-repeat ratios. Ratios > 1 mean genloom is faster.
+
+Wall-clock time around each whole ``generate`` call is what is timed (prefill included). Run it on a
+quiet machine: a figure measured while other jobs share the cores says little.
+
+    python benchmarks/decode.py [--new 256] [--batch 1 8] [--repeats 7] [--threads 1] [--device cpu|cuda] [--dtype float32|bfloat16] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import interleaved, pin_threads, spread  # noqa: E402
+
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--new", type=int, default=256)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--prompt", type=int, default=32)
@@ -31,9 +43,11 @@ def main():
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7, help="timed calls per system and batch size (after one warm-up each)")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for both systems")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    pin_threads(args.threads)
 
     import transformers
 
@@ -42,7 +56,8 @@ def main():
 
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3 // 32 * 32, num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, max_position_embeddings=4096)
+    cfg = transformers.LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3 // 32 * 32, num_hidden_layers=args.layers,
+                                   num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, max_position_embeddings=4096)
     hf = transformers.LlamaForCausalLM(cfg).eval()
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(Path(tmp) / "hf")
@@ -53,47 +68,34 @@ def main():
     rows = []
     for B in args.batch:
         prompts = torch.randint(0, args.vocab, (B, args.prompt), generator=torch.Generator().manual_seed(B))
+        ids = prompts.to(args.device)
 
         def run_hf():
-            ids = prompts.to(args.device)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                first = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False, pad_token_id=0, eos_token_id=None)
-            _sync(args.device)
-            ttft = time.perf_counter() - t0
-            t0 = time.perf_counter()
             with torch.no_grad():
                 out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False, pad_token_id=0, eos_token_id=None)
-            _sync(args.device)
-            return out[:, args.prompt:].tolist(), time.perf_counter() - t0, ttft
+            return out[:, args.prompt:].tolist()
 
         def run_ours():
-            res = gen.generate(prompts.tolist(), max_new_tokens=args.new, decoder="greedy")
-            _sync(args.device)
-            return res.ids, res.metrics.seconds, res.metrics.first_token_seconds
+            return gen.generate(ids, max_new_tokens=args.new, decoder="greedy", eos_token_id=[]).ids
 
-        best = {}
-        for name, fn in (("transformers", run_hf), ("genloom", run_ours)):
-            fn()  # warm-up
-            times = [fn() for _ in range(args.repeats)]
-            ids, secs, ttft = min(times, key=lambda t: t[1])
-            best[name] = (ids, secs, ttft)
-        same = best["transformers"][0] == best["genloom"][0]
+        secs, identical = interleaved({"transformers": run_hf, "genloom": run_ours}, args.repeats, sync=lambda: _sync(args.device))
         tok = B * args.new
+        ratios = [h / g for h, g in zip(secs["transformers"], secs["genloom"])]
         row = {
             "batch": B,
             "new_tokens": args.new,
-            "transformers_tok_s": tok / best["transformers"][1],
-            "genloom_tok_s": tok / best["genloom"][1],
-            "ratio_genloom_over_transformers": best["transformers"][1] / best["genloom"][1],
-            "transformers_ttft_ms": 1000 * best["transformers"][2],
-            "genloom_ttft_ms": 1000 * best["genloom"][2],
-            "identical_tokens": same,
+            "transformers_tok_s": spread([tok / s for s in secs["transformers"]]),
+            "genloom_tok_s": spread([tok / s for s in secs["genloom"]]),
+            "ratio_genloom_over_transformers": spread(ratios),
+            "identical_tokens": identical,
         }
         rows.append(row)
-        print(f"batch {B:2d}: transformers {row['transformers_tok_s']:8.1f} tok/s | genloom {row['genloom_tok_s']:8.1f} tok/s | "
-              f"ratio {row['ratio_genloom_over_transformers']:.2f}x | TTFT {row['transformers_ttft_ms']:.1f} ms vs {row['genloom_ttft_ms']:.1f} ms | identical tokens: {same}")
-    info = {"device": args.device, "dtype": args.dtype, "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(), "model": vars(args) | {"json": None}}
+        t, g, q = row["transformers_tok_s"], row["genloom_tok_s"], row["ratio_genloom_over_transformers"]
+        print(f"batch {B:2d}: transformers {t['median']:8.1f} tok/s (IQR {t['q1']:.1f}-{t['q3']:.1f}) | genloom {g['median']:8.1f} tok/s "
+              f"(IQR {g['q1']:.1f}-{g['q3']:.1f}) | ratio {q['median']:.2f}x (min-max {q['min']:.2f}-{q['max']:.2f}, {q['n']} interleaved repeats) | "
+              f"identical tokens: {identical}")
+    info = {"device": args.device, "dtype": args.dtype, "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+            "model": vars(args) | {"json": None}}
     print(json.dumps(info, default=str))
     if args.json:
         args.json.write_text(json.dumps({"info": info, "rows": rows}, indent=2, default=str))

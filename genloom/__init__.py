@@ -11,8 +11,14 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load"]
 
 
-def load(path_or_config, **overrides):
-    """Load a trained run directory, checkpoint or config and return a :class:`genloom.core.generation.Generator`."""
+def load(path_or_config, overrides=None, *, seed=None, device=None, registry=None):
+    """Load a model to generate with and return a :class:`genloom.core.generation.Generator`.
+
+    ``path_or_config``: a trained run directory, a ``model.safetensors`` or ``.ckpt`` file inside
+    one, a config ``.yaml`` path or a config dict (an untrained model, its weights drawn from
+    ``seed``, default the config's ``seed``). ``overrides``: ``key=value`` strings applied to the
+    config. ``device``: where to put the model. See :func:`genloom.core.generation.load`.
+    """
     from genloom.core.generation import load as _load
 
-    return _load(path_or_config, **overrides)
+    return _load(path_or_config, overrides, seed=seed, device=device, registry=registry)

@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("generate", help="generate from a run directory, checkpoint or config")
     s.add_argument("run")
-    s.add_argument("overrides", nargs="*", metavar="key=value", help="decoder=NAME, max_new_tokens=N, prompt=TEXT, num_samples=N, seed=N, out=PATH, decoder.FIELD=VALUE")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="prompt=TEXT, max_new_tokens=N, num_samples=N, seed=N, out=PATH, decoder=NAME, decoder.FIELD=VALUE, and the transformers-style shorthand (temperature, top_k, top_p, num_beams...; see docs/generation.md)")
     s.add_argument("--json", action="store_true", help="print metrics as JSON at the end")
 
     s = sub.add_parser("import", help="convert a checkpoint from another library into a genloom run directory")
@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         from genloom.core import train_cli
 
         return int(train_cli.main(argv[train_at + 1:]) or 0)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "generate" and not any(e.startswith("-") for e in extra):
+        args.overrides += extra  # `generate RUN --json key=value`: options after the flag
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _apply_global(args)
     if args.command is None:
         parser.print_help()
@@ -84,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("genloom: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `genloom plugins | head`: the reader left; stay quiet like other Unix tools
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _command_index(argv: list[str], command: str) -> int | None:

@@ -72,7 +72,7 @@ def cmd_describe(args):
     from genloom.core.config import describe_fields
 
     reg = _registry()
-    rec = reg.get(args.kind, args.name, path=f"{args.kind} {args.name}")
+    rec = reg.get(args.kind, args.name)
     fields = describe_fields(rec.config)
     info = rec.to_json()
     info["fields"] = [{**f, "default": _jsonable(f["default"])} for f in fields]

@@ -9,6 +9,7 @@ rest keep working; ``GENLOOM_STRICT_PLUGINS=1`` makes the failure fatal.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata as metadata
 import logging
@@ -59,8 +60,16 @@ class Registry:
                 if kind.name in self.kinds:
                     other = self.kinds[kind.name].plugin
                     raise PluginError(f"plugin '{impl.plugin_name}' declares component kind '{kind.name}', already declared by '{other}'")
-                self.kinds[kind.name] = ComponentKind(kind.name, kind.summary, kind.config_key, kind.many, impl.plugin_name)
-        for hook_name, kind in KIND_HOOKS.items():
+                self.kinds[kind.name] = dataclasses.replace(kind, plugin=impl.plugin_name)
+        self._check_config_keys()
+        hooks = dict(KIND_HOOKS)
+        for kind in self.kinds.values():
+            if kind.hook:
+                if not hasattr(self.pm.hook, kind.hook):
+                    raise PluginError(f"plugin '{kind.plugin}' declares component kind '{kind.name}' with hook '{kind.hook}', but no hookspec "
+                                      f"of that name was added (add it with pluginmanager.add_hookspecs in genloom_addhooks)")
+                hooks[kind.hook] = kind.name
+        for hook_name, kind in hooks.items():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 info = self.plugins.get(impl.plugin_name)
                 dist = info.distribution if info else impl.plugin_name
@@ -83,6 +92,19 @@ class Registry:
                         info.components.append(rec)
                 if info is not None and hook_name not in info.hooks:
                     info.hooks.append(hook_name)
+
+    def _check_config_keys(self) -> None:
+        """A declared kind's top-level key may not reuse a built-in key or another declared kind's."""
+        from genloom.core.config import COMPONENT_KEYS, LIST_KEYS, SECTION_SCHEMAS, RunConfig
+
+        taken = {k: "genloom" for k in [*COMPONENT_KEYS, *LIST_KEYS, *SECTION_SCHEMAS, *(f.name for f in dataclasses.fields(RunConfig))]}
+        for kind in self.kinds.values():
+            if kind.plugin == "genloom" or not kind.config_key:
+                continue
+            if kind.config_key in taken:
+                raise PluginError(f"plugin '{kind.plugin}' gives component kind '{kind.name}' the top-level config key '{kind.config_key}', "
+                                  f"already used by '{taken[kind.config_key]}'")
+            taken[kind.config_key] = kind.plugin
 
     def _fail(self, plugin: str, exc: BaseException) -> None:
         info = self.plugins.get(plugin)
@@ -117,7 +139,9 @@ class Registry:
         any plugin that failed to load (its error chained).
         """
         if kind not in self.kinds:
-            raise ConfigError(f"unknown component kind '{kind}' (known: {', '.join(self.kinds)})", path=path)
+            guess = closest(kind, self.kinds)
+            hint = f" Did you mean '{guess}'?" if guess else ""
+            raise ConfigError(f"unknown component kind '{kind}'.{hint} Known: {', '.join(self.kinds)}.", path=path)
         plugin = None
         bare = name
         if ":" in name:

@@ -58,12 +58,14 @@ class Reference(_Backend):
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
         scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+        # the definition: half precision is upcast to float32, float32/float64 are kept as they are
+        work = torch.promote_types(q.dtype, torch.float32)
+        scores = torch.matmul(q.to(work), k.to(work).transpose(-1, -2)) * scale
         mask = dense_mask(pattern, q, k, q_pos, kv_pos, kv_valid)
         scores = scores.masked_fill(~mask, float("-inf"))
         empty = ~mask.any(-1, keepdim=True)
         probs = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
-        return torch.matmul(probs, v.float()).to(q.dtype)
+        return torch.matmul(probs, v.to(work)).to(q.dtype)
 
 
 class Sdpa(_Backend):
