@@ -90,9 +90,6 @@ class HyperschedulesObjectiveConfig(HyperscheduleFields):
         if not 0.0 <= self.epsilon < 1.0:
             raise ValueError(f"epsilon must be in [0, 1), got {self.epsilon}")
 
-    def bind(self, ctx):
-        super().bind(ctx)
-        ctx.set("hyperschedule", {"schedule": self.schedule, "width": self.width, "block_size": self.block_size, "attention": self.attention})
 
 
 @dataclass
