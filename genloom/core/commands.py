@@ -192,6 +192,24 @@ def cmd_generate(args):
     return generate_cli.main(args)
 
 
+def cmd_report(args):
+    from genloom.reporting import report
+
+    path = report(args.run, args.out, overwrite=args.overwrite, samples=not args.no_samples)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args):
+    from genloom.reporting import compare
+    from genloom.reporting.comparison import parse_options
+
+    path = compare(args.run, args.decoders, args.prompts, args.out, overwrite=args.overwrite,
+                   max_new_tokens=args.max_new_tokens, seed=args.seed, options=parse_options(args.set))
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_import(args):
     from genloom.core import hf
 

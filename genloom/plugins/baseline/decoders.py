@@ -11,8 +11,12 @@ from genloom.core.generation import Commit, Decoder, initial_capacity
 class Sampling(Decoder):
     """Ancestral sampling: the core loop's default behaviour."""
 
+    exact = "sampling"
+
 
 class Greedy(Decoder):
+    exact = "greedy"
+
     def choose(self, session, logits):
         return logits.argmax(-1)
 
