@@ -47,6 +47,9 @@ class CanvasKVCache(KVCache):
     def like(cls, state: KVCache) -> "CanvasKVCache":
         if not isinstance(state, KVCache):
             raise TypeError(f"canvas caches need a backbone with a KVCache state, got {type(state).__name__}")
+        if type(state) is not KVCache:  # e.g. a StaticKVCache: start from a plain cache of the same shapes
+            k = state.k[0]
+            state = KVCache(state.n_layers, state.batch_size, k.shape[1], k.shape[3], state.capacity, device=k.device, dtype=k.dtype)
         new = cls.__new__(cls)
         new.__dict__.update(state.__dict__)
         new.next_positions = None

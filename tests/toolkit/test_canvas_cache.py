@@ -94,3 +94,10 @@ def test_stale_cache_is_exact_after_a_refresh_and_approximate_after_changes(mode
     # only the other columns' keys/values are stale: a real approximation, measurable
     assert (stale[:, columns] - full[:, columns]).abs().max() > 1e-6
     torch.testing.assert_close(cache.refresh(changed), full, rtol=0, atol=1e-5)
+
+
+def test_canvas_cache_from_a_static_cache():
+    from genloom.core.state import StaticKVCache
+    from genloom.toolkit.canvas_cache import CanvasKVCache
+    cache = CanvasKVCache.like(StaticKVCache(2, 3, 4, 8, 16))
+    assert type(cache) is CanvasKVCache and cache.capacity == 16 and cache.k[0].shape == (3, 4, 16, 8)
