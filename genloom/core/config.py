@@ -89,6 +89,15 @@ class GenerateConfig:
     num_samples: int = 1
     seed: int | None = None
     """Seed of the sampler; None draws a fresh one each time (the seed used is printed and in the metrics)."""
+    cache: Literal["dynamic", "static"] = "dynamic"
+    """'static': decode through a preallocated KV cache of fixed shape (attention backbones that
+    support it; see docs/generation.md), the precondition of ``compile``."""
+    compile: bool = False
+    """Run each one-token decode step through torch.compile (needs cache: static; CUDA graphs on GPU)."""
+
+    def __post_init__(self):
+        if self.compile and self.cache != "static":
+            raise ValueError(f"generate.compile: true needs generate.cache: static (got cache '{self.cache}'): the dynamic cache changes shape at every step")
 
 
 @dataclasses.dataclass

@@ -36,6 +36,10 @@ class GenerateOptions:
     """Write ids and metrics as JSON here (text), or the samples file (images, series)."""
     decoder: str | None = None
     """Decoder to use instead of the run's (fields as decoder.FIELD=VALUE)."""
+    cache: Literal["dynamic", "static"] | None = None
+    """KV cache (default: generate.cache): 'static' preallocates it (docs/generation.md)."""
+    compile: bool | None = None
+    """Compile the one-token decode step with torch.compile (default: generate.compile; needs cache=static)."""
     do_sample: bool | None = None
     temperature: float | None = None
     top_k: int | None = None
@@ -180,7 +184,7 @@ def main(args) -> int:
         max_new = max(0, min(max_new, limit - len(ids)))  # a default never exceeds what the model can attend to
     if limit is not None and len(ids) + max_new > limit:
         raise GenerationError(f"option 'max_new_tokens': the prompt ({len(ids)} tokens) + max_new_tokens ({max_new}) exceeds the {limit} positions this model can attend to; use max_new_tokens <= {max(limit - len(ids), 0)}")
-    result = gen.generate([ids] * n, max_new_tokens=max_new, seed=seed, **shorthand)
+    result = gen.generate([ids] * n, max_new_tokens=max_new, seed=seed, cache=opts.cache, compile=opts.compile, **shorthand)
     for text in result.decode():
         sys.stdout.write(prompt + (text if isinstance(text, str) else str(text)) + "\n")
     if opts.out:

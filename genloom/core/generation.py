@@ -324,13 +324,19 @@ def fresh_seed() -> int:
     return int.from_bytes(os.urandom(8), "little") & (2**63 - 1)
 
 
-def run(model, prompts, decoder: Decoder, *, max_new_tokens: int = 64, processors=(), seed: int | None = 0, eos_id=None, stop_strings=(), tokenizer=None) -> GenerationResult:
+def run(model, prompts, decoder: Decoder, *, max_new_tokens: int = 64, processors=(), seed: int | None = 0, eos_id=None, stop_strings=(), tokenizer=None, cache: str = "dynamic", compile: bool = False) -> GenerationResult:
     """Generate continuations of ``prompts`` (lists of ids) with ``decoder`` on the shared loop.
 
     ``eos_id`` is one id or a collection of them; ``seed=None`` draws a fresh seed. The seed used is
-    in ``result.metrics.seed`` either way.
+    in ``result.metrics.seed`` either way. ``cache="static"`` decodes through a preallocated cache
+    of fixed shape and ``compile=True`` runs each one-token step through ``torch.compile``
+    (:mod:`genloom.core.static_decode`).
     """
     device = next(model.parameters()).device
+    if cache != "dynamic" or compile:
+        from genloom.core import static_decode
+
+        model = static_decode.prepare(model, cache=cache, compile=compile)
     generator = torch.Generator(device=device)
     seed = fresh_seed() if seed is None else int(seed)
     generator.manual_seed(seed)
@@ -519,7 +525,8 @@ class Generator:
         node.update(options)
         return self.ctx.build("decoder", node, path="decoder")
 
-    def generate(self, prompt_ids, max_new_tokens: int | None = None, decoder=None, *, processors=None, seed: int | None = None, stop_strings=(), attention_mask=None, **options) -> GenerationResult:
+    def generate(self, prompt_ids, max_new_tokens: int | None = None, decoder=None, *, processors=None, seed: int | None = None, stop_strings=(), attention_mask=None,
+                 cache: str | None = None, compile: bool | None = None, **options) -> GenerationResult:
         """Continue ``prompt_ids``; returns the generated ids per sequence and the metrics.
 
         ``prompt_ids``: one list of ids, a list of them, a 1-D tensor or a (B, L) tensor (with an
@@ -527,6 +534,8 @@ class Generator:
         config's ``generate.max_new_tokens`` (else 64). ``decoder``: a name, a node or a decoder
         object (default: the config's). ``processors``: nodes or callables replacing the config's.
         ``seed``: None draws a fresh one; the seed used is ``result.metrics.seed``.
+        ``cache`` ("dynamic" or "static") and ``compile`` default to the config's ``generate``
+        section (see "Static cache and compiled decoding" in docs/generation.md).
 
         ``options`` are the transformers-style shorthand (``do_sample``, ``temperature``, ``top_k``,
         ``top_p``, ``min_p``, ``typical_p``, ``epsilon_cutoff``, ``eta_cutoff``,
@@ -555,7 +564,16 @@ class Generator:
         dec, procs, n_return = self._resolve(decoder, processors, options, shorthand, n_return)
         if n_return > 1:
             prompts = [p for p in prompts for _ in range(n_return)]
-        return run(self.model, prompts, dec, max_new_tokens=max_new_tokens, processors=procs, seed=seed, eos_id=eos_ids, stop_strings=stop_strings, tokenizer=self.tokenizer)
+        cache, compile = self._cache_options(cache, compile)
+        return run(self.model, prompts, dec, max_new_tokens=max_new_tokens, processors=procs, seed=seed, eos_id=eos_ids, stop_strings=stop_strings, tokenizer=self.tokenizer, cache=cache, compile=compile)
+
+    def _cache_options(self, cache, compile) -> tuple[str, bool]:
+        """``cache`` and ``compile`` where given, else the config's ``generate`` section's."""
+        config = getattr(self.model, "config", None)
+        defaults = config.sections.get("generate") if config is not None else None
+        cache = cache if cache is not None else getattr(defaults, "cache", "dynamic")
+        compile = compile if compile is not None else getattr(defaults, "compile", False)
+        return cache, bool(compile)
 
     def _resolve(self, decoder, processors, fields: dict, shorthand: dict, n_return: int):
         """The decoder object, processor callables and sequences per prompt for one call."""

@@ -52,6 +52,11 @@ class Backbone(nn.Module):
 
     patterns: frozenset = frozenset({"causal"})
 
+    static_cache: bool = False
+    """True when ``init_state`` gives the core KVCache and the forward reaches it only through
+    ``begin``/``update`` (so a StaticKVCache can stand in and a one-token step can be compiled:
+    ``generate(cache="static", compile=True)``, see :mod:`genloom.core.static_decode`)."""
+
     def forward(self, h: torch.Tensor, *, pattern: AttentionPattern = CAUSAL, state=None, valid=None) -> torch.Tensor:
         raise NotImplementedError
 
