@@ -12,8 +12,10 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+from genloom.core import constraints as _constraints
+from genloom.core.constraints import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Seed
 from genloom.core.errors import ConfigError, closest
 
 #: Top-level config keys that hold one component node, and their kind.
@@ -33,50 +35,48 @@ LIST_KEYS = {"processors": "processor", "callbacks": "callback"}
 class TrainerConfig:
     """Training loop settings (passed on to ``lightning.Trainer``)."""
 
-    max_steps: int = 1000
+    max_steps: PositiveInt = 1000
     """Optimizer steps to train for."""
-    max_time_minutes: float | None = None
+    max_time_minutes: PositiveFloat | None = None
     """Stop after this many minutes of training (wall clock), whatever max_steps says."""
     precision: str = "32"
     """'32', 'bf16-mixed' or '16-mixed'."""
     accelerator: str = "auto"
-    devices: int = 1
+    devices: PositiveInt = 1
     strategy: str = "auto"
     """Lightning strategy: 'auto', 'ddp', 'ddp_spawn', 'fsdp'..."""
-    num_nodes: int = 1
-    gradient_clip_val: float | None = 1.0
-    accumulate_grad_batches: int = 1
-    val_every_steps: int = 200
-    val_batches: int | None = None
+    num_nodes: PositiveInt = 1
+    gradient_clip_val: PositiveFloat | None = 1.0
+    accumulate_grad_batches: PositiveInt = 1
+    val_every_steps: PositiveInt = 200
+    val_batches: PositiveInt | None = None
     """Cap on validation batches per check (None: the whole split)."""
-    checkpoint_every_steps: int = 200
-    log_every_steps: int = 10
+    checkpoint_every_steps: PositiveInt = 200
+    log_every_steps: PositiveInt = 10
     compile: bool = False
     """Wrap the backbone in torch.compile."""
     deterministic: bool = False
     progress: bool = True
-    threads: int | None = None
+    threads: PositiveInt | None = None
     """torch.set_num_threads for the run (None: torch's default)."""
 
     def __post_init__(self):
         allowed = ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64")
         if str(self.precision) not in allowed:
             raise ValueError(f"precision must be one of {', '.join(allowed)}, got '{self.precision}'")
-        if self.max_steps < 1:
-            raise ValueError("max_steps must be at least 1")
 
 
 @dataclasses.dataclass
 class OptimizerConfig:
     """AdamW with linear warmup and cosine decay (the default), or a constant rate."""
 
-    lr: float = 3e-4
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    warmup_steps: int = 100
+    lr: PositiveFloat = 3e-4
+    weight_decay: NonNegativeFloat = 0.1
+    betas: tuple[Fraction, Fraction] = (0.9, 0.95)
+    eps: PositiveFloat = 1e-8
+    warmup_steps: NonNegativeInt = 100
     schedule: Literal["cosine", "constant", "linear"] = "cosine"
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: _constraints.Probability = 0.1
     """Final learning rate as a fraction of lr (cosine and linear schedules)."""
 
 
@@ -85,16 +85,16 @@ class GenerateConfig:
     """Defaults for ``genloom generate`` and the quickstart's sample."""
 
     prompt: str = ""
-    max_new_tokens: int = 200
-    num_samples: int = 1
-    seed: int = 0
+    max_new_tokens: PositiveInt = 200
+    num_samples: PositiveInt = 1
+    seed: Seed = 0
 
 
 @dataclasses.dataclass
 class RunConfig:
     """The top-level fields that are not components."""
 
-    seed: int = 0
+    seed: Seed = 0
     run_dir: str | None = None
     """Where the run writes its config, checkpoints and weights (default runs/<config name>)."""
     logger: Literal["wandb", "csv", "none"] = "wandb"
@@ -185,6 +185,8 @@ def _type_name(tp) -> str:
     if tp is type(None):
         return "null"
     origin = get_origin(tp)
+    if origin is Annotated:
+        return _type_name(get_args(tp)[0])
     if origin is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
@@ -200,10 +202,25 @@ class _Mismatch(Exception):
 
 
 def convert(value: Any, tp, path: str):
-    """Check ``value`` against the annotation ``tp`` and convert it (int -> float, list -> tuple)."""
+    """Check ``value`` against the annotation ``tp`` and convert it (int -> float, list -> tuple).
+
+    ``Annotated[T, Ge(1), ...]`` constraints are checked after the type (see
+    :mod:`genloom.core.constraints`); a value out of range raises ``constraints.Violation``.
+    """
     if tp is Any or tp is object:
         return value
     origin = get_origin(tp)
+    if origin is Annotated:
+        inner, *metadata = get_args(tp)
+        converted = convert(value, inner, path)
+        try:
+            _constraints.check(converted, _constraints.constraints_of(metadata))
+        except TypeError:
+            raise _Mismatch(tp) from None
+        except _constraints.Violation as exc:
+            exc.path = getattr(exc, "path", None) or path
+            raise
+        return converted
     if origin in (Union, types.UnionType):
         for arg in get_args(tp):
             try:
@@ -229,6 +246,10 @@ def convert(value: Any, tp, path: str):
         raise _Mismatch(tp)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not _constraints.finite(float(value)):
+                exc = _constraints.Violation(f"{value!r} is not allowed: a float field takes a finite number")
+                exc.path = path
+                raise exc
             return float(value)
         raise _Mismatch(tp)
     if tp is str:
@@ -263,8 +284,12 @@ def convert(value: Any, tp, path: str):
 
 
 def build_dataclass(cls, values: dict, path: str, *, skip: tuple[str, ...] = ("name",), source: str | None = None):
-    """Validate ``values`` against dataclass ``cls`` and build it; errors name ``path``."""
-    hints = typing.get_type_hints(cls)
+    """Validate ``values`` against dataclass ``cls`` and build it; errors name ``path``.
+
+    Types and ``Annotated`` range constraints are checked field by field; a ``ValueError`` from
+    ``__post_init__`` is re-raised at the path of the first field its message names.
+    """
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in values.items():
@@ -279,13 +304,31 @@ def build_dataclass(cls, values: dict, path: str, *, skip: tuple[str, ...] = ("n
             kwargs[key] = convert(value, hints[key], _join(path, key))
         except _Mismatch:
             raise ConfigError(f"{value!r} ({type(value).__name__}) is not a valid {_type_name(hints[key])}", path=_join(path, key), source=source) from None
+        except _constraints.Violation as exc:
+            raise ConfigError(str(exc), path=getattr(exc, "path", None) or _join(path, key), source=source) from None
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"missing required field(s) {', '.join(repr(m) for m in missing)} of {cls.__name__}", path=path or None, source=source)
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc), path=path or None, source=source) from None
+        raise ConfigError(str(exc), path=_field_path(path, str(exc), fields) or None, source=source) from None
+    except ConfigError:
+        raise
+    except Exception as exc:  # a plugin's __post_init__ is plugin code: its bug is reported, not a traceback
+        raise ConfigError(f"{cls.__name__} rejected the values ({type(exc).__name__}: {exc})", path=path or None, source=source) from None
+
+
+def _field_path(path: str, message: str, fields) -> str:
+    """``path.<field>`` for the field a ``__post_init__`` message names first (else ``path``)."""
+    import re
+
+    best = None
+    for name in fields:
+        m = re.search(rf"(?<!\w){re.escape(name)}(?!\w)", message)
+        if m and (best is None or m.start() < best[0]):
+            best = (m.start(), name)
+    return _join(path, best[1]) if best else path
 
 
 def _join(path: str, key: str) -> str:
@@ -393,7 +436,7 @@ def load(path=None, overrides=None, registry=None) -> ValidatedConfig:
 def describe_fields(cls) -> list[dict]:
     """Fields of a config dataclass with their types, defaults and docstrings (for ``genloom describe``)."""
     docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     out = []
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
@@ -402,8 +445,24 @@ def describe_fields(cls) -> list[dict]:
             default = f.default_factory()
         else:
             default = "<required>"
-        out.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default, "doc": docs.get(f.name, "")})
+        out.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default, "doc": docs.get(f.name, ""),
+                    "allowed": allowed_range(hints[f.name])})
     return out
+
+
+def allowed_range(tp) -> str:
+    """The declared range of an annotation in words (``>= 1``; ``items >= 0 and <= 1``), or ``""``."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        inner, *metadata = get_args(tp)
+        return _constraints.describe(_constraints.constraints_of(metadata)) or allowed_range(inner)
+    args = [a for a in get_args(tp) if a is not type(None) and a is not Ellipsis]
+    if origin in (Union, types.UnionType):
+        return next((r for r in map(allowed_range, args) if r), "")
+    if origin in (list, tuple):
+        inner = next((r for r in map(allowed_range, args) if r), "")
+        return f"items {inner}" if inner else ""
+    return ""
 
 
 def field_docs(cls) -> dict[str, str]:

@@ -13,6 +13,8 @@ import importlib
 from dataclasses import dataclass, field
 
 from genloom.core import hookimpl, records
+from typing import Annotated
+from genloom.core.constraints import AnyFloat, Fraction, Interval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability
 
 _P = "genloom.plugins.baseline"
 
@@ -30,10 +32,10 @@ class BytesConfig:
 class BpeConfig:
     """Byte-level BPE trained with Hugging Face ``tokenizers`` on the data set's training split."""
 
-    vocab_size: int = 1024
+    vocab_size: PositiveInt = 1024
     """Size of the trained vocabulary (including the end-of-sequence token)."""
-    min_frequency: int = 2
-    max_train_bytes: int = 4_000_000
+    min_frequency: PositiveInt = 2
+    max_train_bytes: PositiveInt = 4_000_000
     """Train the merges on at most this many bytes of the training split."""
     add_eos: bool = True
 
@@ -47,19 +49,19 @@ class BpeConfig:
 class TransformerConfig:
     """Decoder-only transformer in the Llama layout."""
 
-    d_model: int = 256
+    d_model: PositiveInt = 256
     """Model width; published to later components as ``ctx.d_model``."""
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: int | None = None
+    n_layers: PositiveInt = 4
+    n_heads: PositiveInt = 4
+    n_kv_heads: PositiveInt | None = None
     """Key/value heads for grouped-query attention (None: n_heads, i.e. multi-head)."""
-    ffn_hidden: int | None = None
+    ffn_hidden: PositiveInt | None = None
     """SwiGLU hidden width (None: 8/3 d_model rounded up to a multiple of 32)."""
     rope: bool = True
     """Rotary position embeddings; False gives a position-free (permutation-equivariant) encoder."""
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    dropout: float = 0.0
+    rope_theta: PositiveFloat = 10000.0
+    norm_eps: PositiveFloat = 1e-5
+    dropout: Fraction = 0.0
     final_norm: bool = True
     """RMSNorm after the last block (Llama's model.norm)."""
 
@@ -80,14 +82,14 @@ class LmHeadConfig:
 
     tie_weights: bool = True
     """Share the embedding matrix with the output projection."""
-    init_std: float = 0.02
+    init_std: PositiveFloat = 0.02
 
 
 @dataclass
 class NextTokenConfig:
     """Next-token prediction (causal language modelling)."""
 
-    label_smoothing: float = 0.0
+    label_smoothing: Probability = 0.0
 
 
 # -- decoders ---------------------------------------------------------------------------------
@@ -105,15 +107,15 @@ class GreedyConfig:
 class BeamConfig:
     """Beam search over the model's log-probabilities."""
 
-    num_beams: int = 4
-    length_penalty: float = 1.0
+    num_beams: PositiveInt = 4
+    length_penalty: AnyFloat = 1.0
     """Hypothesis score = log-prob / length**length_penalty."""
 
 
 # -- processors ------------------------------------------------------------------------------
 @dataclass
 class TemperatureConfig:
-    temperature: float = 1.0
+    temperature: PositiveFloat = 1.0
 
     def __post_init__(self):
         if self.temperature <= 0:
@@ -122,12 +124,12 @@ class TemperatureConfig:
 
 @dataclass
 class TopKConfig:
-    k: int = 50
+    k: PositiveInt = 50
 
 
 @dataclass
 class TopPConfig:
-    p: float = 0.9
+    p: Annotated[float, Interval(gt=0, le=1)] = 0.9
 
     def __post_init__(self):
         if not 0 < self.p <= 1:
@@ -136,34 +138,34 @@ class TopPConfig:
 
 @dataclass
 class MinPConfig:
-    p: float = 0.05
+    p: Annotated[float, Interval(gt=0, le=1)] = 0.05
 
 
 @dataclass
 class RepetitionPenaltyConfig:
-    penalty: float = 1.2
+    penalty: PositiveFloat = 1.2
     """Divide positive (multiply negative) logits of tokens already in the sequence by this."""
 
 
 # -- data ---------------------------------------------------------------------------------------
 @dataclass
 class TextDataConfig:
-    seq_len: int = 256
+    seq_len: PositiveInt = 256
     """Tokens per training window (the model sees seq_len inputs and seq_len targets)."""
-    batch_size: int = 32
-    eval_batch_size: int | None = None
-    num_workers: int = 0
+    batch_size: PositiveInt = 32
+    eval_batch_size: PositiveInt | None = None
+    num_workers: NonNegativeInt = 0
 
 
 @dataclass
 class PyStdlibConfig(TextDataConfig):
     """The Python standard library's own ``.py`` files as bytes, split by file."""
 
-    max_train_bytes: int = 8_000_000
+    max_train_bytes: PositiveInt = 8_000_000
     """Use at most this many bytes of training files (chosen deterministically)."""
-    max_eval_bytes: int = 400_000
-    val_fraction: float = 0.05
-    test_fraction: float = 0.05
+    max_eval_bytes: PositiveInt = 400_000
+    val_fraction: Fraction = 0.05
+    test_fraction: Fraction = 0.05
 
     def bind(self, ctx):
         ctx.set("seq_len", self.seq_len)
@@ -175,9 +177,9 @@ class TextFilesConfig(TextDataConfig):
 
     paths: list[str] = field(default_factory=list)
     glob: str = "*"
-    val_fraction: float = 0.05
-    test_fraction: float = 0.05
-    max_train_bytes: int | None = None
+    val_fraction: Fraction = 0.05
+    test_fraction: Fraction = 0.05
+    max_train_bytes: PositiveInt | None = None
 
     def __post_init__(self):
         if not self.paths:
@@ -191,8 +193,8 @@ class TextFilesConfig(TextDataConfig):
 @dataclass
 class EarlyStoppingConfig:
     monitor: str = "val/loss"
-    patience: int = 3
-    min_delta: float = 0.0
+    patience: NonNegativeInt = 3
+    min_delta: NonNegativeFloat = 0.0
 
 
 @dataclass
@@ -200,7 +202,7 @@ class SampleCallbackConfig:
     """Print a generated sample at each validation."""
 
     prompt: str = ""
-    max_new_tokens: int = 64
+    max_new_tokens: PositiveInt = 64
 
 
 def _optional(module: str, *names: str):
@@ -293,8 +295,8 @@ def genloom_callbacks():
 class IdsConfig:
     """Token ids as they are (for imported checkpoints without a tokenizer file, and synthetic data)."""
 
-    vocab_size: int = 256
-    eos_id: int | None = None
+    vocab_size: PositiveInt = 256
+    eos_id: NonNegativeInt | None = None
 
 
 @hookimpl(specname="genloom_tokenizers")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+from genloom.core.constraints import Fraction, PositiveInt
 
 #: The macrodata columns that are levels of stocks or prices (growth rates make them stationary).
 MACRODATA_LEVELS = ("realgdp", "realcons", "realinv", "realgovt", "realdpi", "cpi", "m1", "pop")
@@ -48,21 +49,21 @@ def _check_windows(lookback: int, horizon: int, val_fraction: float, test_fracti
 class SeriesWindowConfig:
     """Fields every windowed series data set shares."""
 
-    lookback: int = 16
+    lookback: PositiveInt = 16
     """Past time steps each sample shows the model (x has this many rows)."""
-    horizon: int = 4
+    horizon: PositiveInt = 4
     """Future time steps each sample asks for (y has this many rows)."""
-    val_fraction: float = 0.1
+    val_fraction: Fraction = 0.1
     """Share of the timeline (after the training part) used for validation."""
-    test_fraction: float = 0.2
+    test_fraction: Fraction = 0.2
     """Share of the timeline at its end used for testing."""
     normalize: bool = True
     """Standardise each variate with the mean/std of the training part of the timeline."""
-    stride: int = 1
+    stride: PositiveInt = 1
     """Step between the starts of consecutive windows."""
-    batch_size: int = 32
+    batch_size: PositiveInt = 32
     """Training windows per batch."""
-    eval_batch_size: int | None = None
+    eval_batch_size: PositiveInt | None = None
     """Windows per validation/test batch (None: batch_size)."""
 
     def __post_init__(self):
@@ -93,7 +94,7 @@ class MacrodataConfig(SeriesWindowConfig):
     """Columns to use, in this order (any of: realgdp realcons realinv realgovt realdpi cpi m1 tbilrate unemp pop infl realint)."""
     transform: Literal["levels", "growth"] = "levels"
     """'levels': every column as published; 'growth': 100 * diff(log) for the level columns (realgdp ... pop), rates kept."""
-    season: int = 4
+    season: PositiveInt = 4
     """Season length used by the seasonal-naive baseline (4 quarters)."""
 
     def __post_init__(self):
@@ -119,11 +120,11 @@ class MacrodataConfig(SeriesWindowConfig):
 class SunspotsConfig(SeriesWindowConfig):
     """statsmodels' yearly sunspot numbers 1700-2008 (univariate)."""
 
-    lookback: int = 32
+    lookback: PositiveInt = 32
     """Past years each sample shows the model."""
-    horizon: int = 8
+    horizon: PositiveInt = 8
     """Future years each sample asks for."""
-    season: int = 11
+    season: PositiveInt = 11
     """Season length used by the seasonal-naive baseline (the ~11-year solar cycle)."""
     transform: Literal["levels", "sqrt"] = "levels"
     """'levels': sunspot numbers as published; 'sqrt': their square root (a variance-stabilising transform)."""
@@ -152,9 +153,9 @@ class StatsmodelsSeriesConfig(SeriesWindowConfig):
     """Use first differences instead of levels."""
     interpolate: bool = True
     """Fill missing values by linear interpolation in time (co2 has gaps); False: missing values are an error."""
-    season: int = 1
+    season: PositiveInt = 1
     """Season length used by the seasonal-naive baseline."""
-    expected_variates: int | None = None
+    expected_variates: PositiveInt | None = None
     """Number of variates, needed at bind time when columns is empty (None: read the data set to count them)."""
 
     def __post_init__(self):
@@ -181,11 +182,11 @@ class StatsmodelsSeriesConfig(SeriesWindowConfig):
 class ForecastHeadConfig:
     """Linear forecasting head: a token's lookback series -> d_model (embed), hidden state -> horizon (output)."""
 
-    d_model: int | None = None
+    d_model: PositiveInt | None = None
     """Hidden width (None: the backbone's d_model from the build context)."""
-    lookback: int | None = None
+    lookback: PositiveInt | None = None
     """Features per input token (None: the data set's lookback)."""
-    horizon: int | None = None
+    horizon: PositiveInt | None = None
     """Forecast steps per token (None: the data set's horizon)."""
     bias: bool = True
     """Add a bias to the embedding and projection."""
