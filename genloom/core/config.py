@@ -9,6 +9,7 @@ heavy is built. Errors are :class:`~genloom.core.errors.ConfigError` naming the 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -142,18 +143,62 @@ def compose(path: str | Path | None = None, overrides: list[str] | None = None, 
     if path is not None:
         parts.extend(_compose_file(Path(path), seen=()))
     cfg = OmegaConf.merge(*parts)
-    for item in overrides or []:
+    items = list(overrides or [])
+    for item in items:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
+    # a component's `name` first: it starts a fresh node that the item's other overrides then fill
+    items.sort(key=lambda item: not _is_name_override(item.partition("=")[0]))
+    for item in items:
         key, _, value = item.partition("=")
         try:
             parsed = OmegaConf.from_dotlist([f"{key}={value}"])
         except Exception as exc:
             raise ConfigError(f"could not parse override '{item}': {exc}", path=key) from None
-        cfg = OmegaConf.merge(cfg, parsed)
+        if _replaces_component(cfg, key, parsed):
+            continue
+        try:
+            cfg = OmegaConf.merge(cfg, parsed)
+        except Exception as exc:
+            raise ConfigError(f"could not apply override '{item}': {type(exc).__name__}: {str(exc).splitlines()[0]}", path=key) from None
     if "defaults" in cfg:
         del cfg["defaults"]
     return cfg
+
+
+def _is_name_override(key: str) -> bool:
+    return key == "name" or key.endswith(".name") or key in COMPONENT_KEYS
+
+
+def _replaces_component(cfg, key: str, parsed) -> bool:
+    """Apply ``key=value`` as a fresh component node when it names another component than the one there.
+
+    ``decoder.name=beam`` (or ``decoder=beam``, or ``decoder={name: beam, ...}``) over a node of
+    another name replaces the node: the old component's fields do not belong to the new one.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    parent, _, leaf = key.rpartition(".")
+    try:
+        new = OmegaConf.select(parsed, key, throw_on_resolution_failure=False)
+        if leaf == "name" and parent:
+            node_key, fresh = parent, {"name": new}
+        elif isinstance(new, str) or isinstance(new, DictConfig):
+            node_key, fresh = key, ({"name": new} if isinstance(new, str) else OmegaConf.to_container(new))
+            if not (isinstance(fresh, dict) and "name" in fresh):
+                return False
+        else:
+            return False
+        node = OmegaConf.select(cfg, node_key, throw_on_resolution_failure=False)
+        if not isinstance(node, DictConfig) or "name" not in node:
+            return False
+        old = node._get_node("name")._value()
+        if old == fresh["name"]:
+            return False
+        OmegaConf.update(cfg, node_key, fresh, merge=False)
+    except Exception:
+        return False  # the plain merge reports what is wrong
+    return True
 
 
 def _compose_file(path: Path, seen: tuple):
@@ -360,6 +405,139 @@ class ValidatedConfig:
 
         return OmegaConf.to_container(self.raw, resolve=True)
 
+    def to_saved(self) -> dict:
+        """The resolved config as a run saves (and prints) it: every value that comes from the
+        environment (``${oc.env:...}``, directly or through other interpolations) keeps its
+        interpolation instead of its value, so secrets never reach config.yaml or a checkpoint."""
+        return saved_container(self.raw)
+
+
+#: Bounds of interpolation resolution (a few hundred bytes of nested ``${...}`` can otherwise
+#: expand to gigabytes): the estimated size of the resolved config, and the reference depth.
+MAX_RESOLVED_CHARS = 16_000_000
+MAX_INTERPOLATION_DEPTH = 32
+
+_REF = re.compile(r"\$\{\s*(\.*[A-Za-z0-9_\-\[\]]+(?:\.[A-Za-z0-9_\-\[\]]+)*)\s*\}")
+
+
+class _Interpolations:
+    """Sizes and environment taint of the unresolved config tree, computed without resolving it."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self._size: dict[tuple, int] = {}
+        self._taint: dict[tuple, bool] = {}
+        self._stack: list[tuple] = []
+
+    def lookup(self, path: tuple):
+        node = self.raw
+        for key in path:
+            if isinstance(node, dict) and key in node:
+                node = node[key]
+            elif isinstance(node, list) and isinstance(key, int) and -len(node) <= key < len(node):
+                node = node[key]
+            elif isinstance(node, list) and isinstance(key, str) and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+            else:
+                raise KeyError(path)
+        return node
+
+    @staticmethod
+    def target(path: tuple, ref: str) -> tuple:
+        dots = len(ref) - len(ref.lstrip("."))
+        base = path[:-dots] if dots else ()
+        keys = []
+        for part in ref[dots:].split("."):
+            head, *idx = part.replace("]", "").split("[")
+            if head:
+                keys.append(head)
+            keys.extend(int(i) if i.isdigit() else i for i in idx)
+        return tuple(base) + tuple(keys)
+
+    def _visit(self, path: tuple):
+        if path in self._size:
+            return
+        if path in self._stack:
+            chain = " -> ".join(_dotted(p) for p in self._stack[self._stack.index(path):] + [path])
+            raise ConfigError(f"interpolation cycle: {chain}", path=_dotted(path) or None)
+        if len(self._stack) > MAX_INTERPOLATION_DEPTH:
+            raise ConfigError(f"interpolations nest deeper than {MAX_INTERPOLATION_DEPTH} references", path=_dotted(path) or None)
+        self._stack.append(path)
+        try:
+            node = self.lookup(path)
+        except KeyError:
+            node = ""
+        size, taint = 2, False
+        if isinstance(node, dict):
+            for k in node:
+                self._visit(path + (k,))
+                size += len(str(k)) + 2 + self._size[path + (k,)]
+                taint |= self._taint[path + (k,)]
+        elif isinstance(node, list):
+            for i in range(len(node)):
+                self._visit(path + (i,))
+                size += 2 + self._size[path + (i,)]
+                taint |= self._taint[path + (i,)]
+        elif isinstance(node, str) and "${" in node:
+            size = len(node)
+            taint = "oc.env" in node
+            for m in _REF.finditer(node):
+                ref = self.target(path, m.group(1))
+                self._visit(ref)
+                size += self._size[ref] - len(m.group(0))
+                taint |= self._taint[ref]
+                if size > MAX_RESOLVED_CHARS:
+                    break
+        else:
+            size = len(str(node))
+        self._stack.pop()
+        if size > MAX_RESOLVED_CHARS:
+            raise ConfigError(f"interpolations would expand this value to more than {MAX_RESOLVED_CHARS:,} characters "
+                              f"(nested ${{...}} references repeat their targets); simplify the config", path=_dotted(path) or None)
+        self._size[path], self._taint[path] = size, taint
+
+    def check(self) -> None:
+        self._visit(())
+
+    def tainted(self, path: tuple) -> bool:
+        self._visit(path)
+        return self._taint[path]
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for k in path:
+        out += f"[{k}]" if isinstance(k, int) else (f".{k}" if out else str(k))
+    return out
+
+
+def check_interpolations(cfg) -> None:
+    """Refuse interpolation cycles, references nested too deep and expansion bombs, before resolving."""
+    from omegaconf import OmegaConf
+
+    try:
+        _Interpolations(OmegaConf.to_container(cfg, resolve=False)).check()
+    except RecursionError:
+        raise ConfigError("the config is nested too deeply") from None
+
+
+def saved_container(cfg) -> dict:
+    """``cfg`` resolved, except values that depend on ``${oc.env:...}``, which keep their interpolation."""
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    walker = _Interpolations(raw)
+
+    def merge(r, v, path):
+        if isinstance(r, dict) and isinstance(v, dict):
+            return {k: merge(r[k], v.get(k), path + (k,)) for k in r}
+        if isinstance(r, list) and isinstance(v, list) and len(r) == len(v):
+            return [merge(a, b, path + (i,)) for i, (a, b) in enumerate(zip(r, v))]
+        return r if walker.tainted(path) else v
+
+    return merge(raw, resolved, ())
+
 
 def validate_node(registry, kind: str, node, path: str) -> ComponentSpec:
     if isinstance(node, str):
@@ -384,10 +562,11 @@ def validate(cfg, registry=None) -> ValidatedConfig:
 
     registry = registry or get_registry()
     registry.hook().genloom_configure(config=cfg)
+    check_interpolations(cfg)
     try:
         data = OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:
-        raise ConfigError(f"could not resolve interpolations: {exc}") from None
+        raise ConfigError(f"could not resolve interpolations: {str(exc).splitlines()[0]}") from None
     run_fields = {f.name for f in dataclasses.fields(RunConfig)}
     run = build_dataclass(RunConfig, {k: v for k, v in data.items() if k in run_fields}, "")
     for op, backend in run.kernels.items():

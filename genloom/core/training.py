@@ -680,7 +680,7 @@ def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite
     _quiet_lightning()
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    data = validated.to_container()
+    data = validated.to_saved()  # what is printed and saved: no value read from the environment
     if rank0:
         say(config_tree(data, f"config -> {run_dir}"))
         runio.save_config(run_dir, validated, registry)
