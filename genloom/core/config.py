@@ -539,7 +539,9 @@ def saved_container(cfg) -> dict:
     return merge(raw, resolved, ())
 
 
-def validate_node(registry, kind: str, node, path: str) -> ComponentSpec:
+def validate_node(registry, kind: str, node, path: str, pins: dict | None = None) -> ComponentSpec:
+    """Validate one component node. ``pins`` maps a config path to the record of the component a
+    saved run was built with (plugins.json): that plugin's component is used, whoever else offers the name."""
     if isinstance(node, str):
         node = {"name": node}
     if not isinstance(node, dict):
@@ -547,15 +549,27 @@ def validate_node(registry, kind: str, node, path: str) -> ComponentSpec:
     if "name" not in node or not isinstance(node["name"], str):
         allowed = ", ".join(registry.names(kind))
         raise ConfigError(f"component node has no 'name' (a {kind}; allowed: {allowed})", path=path)
-    record = registry.get(kind, node["name"], path=_join(path, "name"))
+    name = node["name"]
+    pin = (pins or {}).get(path)
+    if pin and ":" not in name and pin.get("name") == name and pin.get("plugin"):
+        offered = [r for r in registry.components(kind) if r.name == name and r.plugin == pin["plugin"]]
+        if not offered:
+            raise ConfigError(f"this run was built with {kind} '{name}' from plugin '{pin['plugin']}' (distribution "
+                              f"'{pin.get('distribution')}' {pin.get('version', '')}), which is not loaded: install or enable it "
+                              f"(or name another plugin's component as plugin:name)", path=_join(path, "name"))
+        name = f"{pin['plugin']}:{name}"
+    record = registry.get(kind, name, path=_join(path, "name"))
     if record.kind == "kernel":
         raise ConfigError("kernels are chosen under 'kernels: {op: backend}', not as nodes", path=path)
     cfg = build_dataclass(record.config, node, path)
     return ComponentSpec(path=path, record=record, config=cfg)
 
 
-def validate(cfg, registry=None) -> ValidatedConfig:
-    """Validate a composed config against the registry; nothing heavy is built."""
+def validate(cfg, registry=None, pins: dict | None = None) -> ValidatedConfig:
+    """Validate a composed config against the registry; nothing heavy is built.
+
+    ``pins`` (config path -> plugins.json component record) makes a saved run load the components
+    of the plugins that built it (see :func:`validate_node`)."""
     from omegaconf import OmegaConf
 
     from genloom.core.plugins import get_registry
@@ -592,12 +606,12 @@ def validate(cfg, registry=None) -> ValidatedConfig:
             (many if kind.many else single)[kind.config_key] = kind.name
     for key, kind in single.items():
         if data.get(key) is not None:
-            components[key] = validate_node(registry, kind, data[key], key)
+            components[key] = validate_node(registry, kind, data[key], key, pins)
     for key, kind in many.items():
         nodes = data.get(key) or []
         if not isinstance(nodes, list):
             raise ConfigError(f"expected a list of component nodes of kind {kind}", path=key)
-        lists[key] = [validate_node(registry, kind, n, f"{key}[{i}]") for i, n in enumerate(nodes)]
+        lists[key] = [validate_node(registry, kind, n, f"{key}[{i}]", pins) for i, n in enumerate(nodes)]
     known = set(single) | set(many) | set(SECTION_SCHEMAS) | run_fields
     extra = {k: v for k, v in data.items() if k not in known}
     for key in extra:
