@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("source", choices=["hf"])
     s.add_argument("src_dir")
     s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true", help="replace a run directory that already holds a run")
 
     s = sub.add_parser("new-plugin", help="scaffold a pip-installable plugin package with tests")
     s.add_argument("name")
@@ -84,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("genloom: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        from genloom.core.train_cli import os_error_message
+
+        print(f"genloom: {os_error_message(exc)}", file=sys.stderr)
+        return 2
 
 
 def _command_index(argv: list[str], command: str) -> int | None:

@@ -195,7 +195,7 @@ def cmd_generate(args):
 def cmd_import(args):
     from genloom.core import hf
 
-    out = hf.import_llama(args.src_dir, args.out)
+    out = hf.import_llama(args.src_dir, args.out, overwrite=getattr(args, "overwrite", False))
     print(f"wrote genloom run directory {out}")
     return 0
 

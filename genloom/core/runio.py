@@ -158,7 +158,7 @@ class RunLock:
         self.fd = None
 
     def __enter__(self):
-        return self.acquire()
+        return self if self.fd is not None else self.acquire()
 
     def __exit__(self, *exc):
         self.release()
