@@ -107,8 +107,14 @@ def test_misspelled_hook_fails_loudly():
         return []
 
     mod.genloom_backbone = genloom_backbone
-    with pytest.raises(PluginError, match="genloom_backbone"):
-        registry_with(mod)
+    reg = registry_with(mod)  # isolated like an import failure: marked failed, the rest keep working
+    assert "genloom_backbone" in reg.plugins["typo_plugin"].error and reg.get("backbone", "transformer")
+    os.environ["GENLOOM_STRICT_PLUGINS"] = "1"
+    try:
+        with pytest.raises(PluginError, match="genloom_backbone"):
+            registry_with(mod)
+    finally:
+        del os.environ["GENLOOM_STRICT_PLUGINS"]
 
 
 def test_plugin_can_add_a_component_kind():
