@@ -118,7 +118,14 @@ def _load_yaml(path: Path):
 
     if not path.exists():
         raise ConfigError(f"config file '{path}' does not exist")
-    text = path.read_text()
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})", source=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror or exc}", source=str(path)) from None
     try:
         yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -142,7 +149,11 @@ def compose(path: str | Path | None = None, overrides: list[str] | None = None, 
     parts = [OmegaConf.create(base or {})]
     if path is not None:
         parts.extend(_compose_file(Path(path), seen=()))
-    cfg = OmegaConf.merge(*parts)
+    try:
+        cfg = OmegaConf.merge(*parts)
+    except Exception as exc:  # e.g. a value in one file where an included file has a section
+        raise ConfigError(f"could not merge the config with its defaults: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                          source=str(path)) from None
     items = list(overrides or [])
     for item in items:
         if "=" not in item:
@@ -211,6 +222,10 @@ def _compose_file(path: Path, seen: tuple):
     parts = []
     includes = cfg.pop("defaults", None)
     if includes is not None:
+        if isinstance(includes, str):
+            includes = [includes]
+        elif not OmegaConf.is_list(includes):
+            raise ConfigError(f"'defaults' must be a list of config file names, got {includes!r}", path="defaults", source=str(path))
         for inc in OmegaConf.to_container(includes):
             if not isinstance(inc, str):
                 raise ConfigError(f"'defaults' entries must be file names, got {inc!r}", path="defaults", source=str(path))
