@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from genloom.core.context import BIND_ORDER, BUILD_ORDER, BuildContext
-from genloom.core.errors import ConfigError
+from genloom.core.errors import ConfigError, PluginError
 from genloom.core.pattern import CAUSAL, AttentionPattern
 
 
@@ -167,6 +167,8 @@ def build_component(spec, ctx: BuildContext):
     ctx.current = spec.path
     try:
         factory = spec.record.load_factory()
+    except PluginError as exc:
+        raise ConfigError(str(exc), path=spec.path) from exc
     except Exception as exc:
         raise ConfigError(f"could not import {spec.record.kind} '{spec.record.name}' from plugin '{spec.record.plugin}' ({spec.record.distribution} {spec.record.version}): {type(exc).__name__}: {exc}", path=spec.path) from exc
     obj = factory(spec.config, ctx)
