@@ -118,6 +118,7 @@ class RunLock:
         self.path = self.run_dir / LOCK
         self.fd: int | None = None
         self.previous: str = ""
+        self.created = False
 
     def acquire(self) -> "RunLock":
         try:
@@ -157,11 +158,26 @@ class RunLock:
         os.close(self.fd)  # closing drops the flock; the file stays (unlinking it would race a waiter)
         self.fd = None
 
+    def release_after_failure(self) -> None:
+        """Release after a failed start: a directory this lock's :func:`prepare_run_dir` created and
+        in which nothing was written is removed again, so a failed command leaves no empty run behind."""
+        empty = getattr(self, "created", False) and self.fd is not None and not run_content(self.run_dir)
+        if empty:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        self.release()
+        if empty:
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()
+
     def __enter__(self):
         return self if self.fd is not None else self.acquire()
 
-    def __exit__(self, *exc):
-        self.release()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None:
+            self.release_after_failure()
+        else:
+            self.release()
 
 
 def _read_fd(fd: int) -> str:
@@ -203,6 +219,9 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool = False, resume: bool = Fa
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise CheckpointError(f"'{run_dir}' exists and is not a directory; choose another run directory")
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise CheckpointError(f"'{run_dir}' is a symbolic link to '{os.readlink(run_dir)}', which does not exist")
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -210,6 +229,7 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool = False, resume: bool = Fa
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise CheckpointError(f"cannot write to run directory '{run_dir}': permission denied")
     lock = RunLock(run_dir).acquire()
+    lock.created = created
     try:
         clean_temporary_files(run_dir)
         content = run_content(run_dir)

@@ -640,11 +640,15 @@ def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite
     # one writer per run directory; existing content is refused unless --overwrite or --resume
     lock = runio.prepare_run_dir(run_dir, overwrite=overwrite, resume=resume) if rank0 else None
     try:
-        return _train(validated, run_dir, registry, resume=resume, console=console, generate=generate, callbacks=callbacks,
-                      t_start=t_start)
-    finally:
+        result = _train(validated, run_dir, registry, resume=resume, console=console, generate=generate, callbacks=callbacks,
+                        t_start=t_start)
+    except BaseException:
         if lock is not None:
-            lock.release()
+            lock.release_after_failure()
+        raise
+    if lock is not None:
+        lock.release()
+    return result
 
 
 class TrainingInterrupted(KeyboardInterrupt):
