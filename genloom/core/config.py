@@ -527,13 +527,27 @@ def _dotted(path: tuple) -> str:
 
 
 def check_interpolations(cfg) -> None:
-    """Refuse interpolation cycles, references nested too deep and expansion bombs, before resolving."""
+    """Refuse non-string keys, interpolation cycles, references nested too deep and expansion bombs, before resolving."""
     from omegaconf import OmegaConf
 
     try:
-        _Interpolations(OmegaConf.to_container(cfg, resolve=False)).check()
+        raw = OmegaConf.to_container(cfg, resolve=False)
+        _check_keys(raw, ())
+        _Interpolations(raw).check()
     except RecursionError:
         raise ConfigError("the config is nested too deeply") from None
+
+
+def _check_keys(node, path: tuple) -> None:
+    """Every mapping key of a config is a string (YAML reads ``1:`` or ``true:`` as a number or a bool)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"key {key!r} ({type(key).__name__}) is not a string; quote it in the YAML", path=_dotted(path) or None)
+            _check_keys(value, path + (key,))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_keys(value, path + (i,))
 
 
 def saved_container(cfg) -> dict:

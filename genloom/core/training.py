@@ -751,7 +751,7 @@ def _train(validated, run_dir: Path, registry, *, resume: bool, console, generat
     if tcfg.progress and rank0:
         callbacks.append(StepProgressBar(leave=True))
     logger = _make_logger(validated, run_dir)
-    trainer = L.Trainer(
+    trainer = _trainer(
         max_steps=tcfg.max_steps,
         max_time=datetime.timedelta(minutes=tcfg.max_time_minutes) if tcfg.max_time_minutes else None,
         max_epochs=-1,
@@ -832,6 +832,21 @@ def _train(validated, run_dir: Path, registry, *, resume: bool, console, generat
                 console.print(sample, markup=False, highlight=False)
     return TrainResult(run_dir=run_dir, metrics=metrics, global_step=trainer.global_step, seconds=time.perf_counter() - t_start,
                        sample=sample, weights=weights)
+
+
+def _trainer(**kwargs):
+    """``lightning.Trainer(**kwargs)``; a setting Lightning refuses (an accelerator whose package is
+    missing, an unknown strategy or precision) is a config error naming the trainer field."""
+    try:
+        return L.Trainer(**kwargs)
+    except Exception as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        fields = ("accelerator", "strategy", "precision", "devices", "num_nodes", "gradient_clip_val", "accumulate_grad_batches")
+        field = next((f for f in fields if f in message.lower()), None)
+        if field is None and isinstance(exc, ImportError):
+            field = "accelerator"
+        raise ConfigError(f"Lightning refused the trainer settings: {type(exc).__name__}: {message}",
+                          path=f"trainer.{field}" if field else "trainer") from None
 
 
 def _unsharded_copy(state, validated, registry, built):
