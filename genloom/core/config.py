@@ -142,6 +142,24 @@ def _load_yaml(path: Path):
     return cfg
 
 
+def _bounded_nesting(fn):
+    """A config nested so deeply that parsing or resolving it recurses past Python's limit is a
+    ConfigError, not a RecursionError."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RecursionError:
+            source = args[0] if args and isinstance(args[0], (str, Path)) else None
+            raise ConfigError("the config is nested too deeply (mappings, lists or interpolations thousands of levels deep)",
+                              source=str(source) if source else None) from None
+
+    return wrapper
+
+
+@_bounded_nesting
 def compose(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None):
     """Compose a config: ``defaults`` includes, then the file, then ``key=value`` overrides."""
     from omegaconf import OmegaConf
@@ -594,6 +612,7 @@ def validate_node(registry, kind: str, node, path: str, pins: dict | None = None
     return ComponentSpec(path=path, record=record, config=cfg)
 
 
+@_bounded_nesting
 def validate(cfg, registry=None, pins: dict | None = None) -> ValidatedConfig:
     """Validate a composed config against the registry; nothing heavy is built.
 
