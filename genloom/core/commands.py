@@ -111,7 +111,7 @@ def cmd_config(args):
     from genloom.core import config as config_mod
 
     validated = config_mod.load(args.config, args.overrides)
-    tree = validated.to_container()
+    tree = validated.to_saved()  # values from the environment stay ${oc.env:...}
     if args.json:
         print(json.dumps(tree, indent=2, default=str))
     else:

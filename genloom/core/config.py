@@ -127,12 +127,14 @@ def _load_yaml(path: Path):
     except OSError as exc:
         raise ConfigError(f"cannot read config file: {exc.strerror or exc}", source=str(path)) from None
     try:
-        yaml.safe_load(text)
+        parsed = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"malformed YAML: {problem}", source=where) from None
+    if parsed is not None and not isinstance(parsed, dict):
+        raise ConfigError(f"the top level of a config must be a mapping, got a {type(parsed).__name__}", source=str(path))
     try:
         cfg = OmegaConf.create(text)
     except Exception as exc:
@@ -320,11 +322,19 @@ def convert(value: Any, tp, path: str):
         raise _Mismatch(tp)
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -(2**63) <= value < 2**63:
+                exc = _constraints.Violation(f"{value!r} is not allowed: an int field takes a 64-bit integer")
+                exc.path = path
+                raise exc
             return value
         raise _Mismatch(tp)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not _constraints.finite(float(value)):
+            try:
+                finite = _constraints.finite(float(value))
+            except OverflowError:  # an int beyond any float
+                finite = False
+            if not finite:
                 exc = _constraints.Violation(f"{value!r} is not allowed: a float field takes a finite number")
                 exc.path = path
                 raise exc
