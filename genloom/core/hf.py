@@ -71,13 +71,7 @@ def rename(key: str) -> str | None:
 
 def import_llama(src_dir, out_dir, *, overwrite: bool = False) -> Path:
     """Convert ``src_dir`` into the run directory ``out_dir``; an existing run there is refused unless ``overwrite``."""
-    import torch
-    from safetensors.torch import load_file
-
-    from genloom.core import config as config_mod
     from genloom.core import runio
-    from genloom.core.model import assemble
-    from genloom.core.plugins import get_registry
 
     src, out = Path(src_dir), Path(out_dir)
     if not src.is_dir():
@@ -87,6 +81,13 @@ def import_llama(src_dir, out_dir, *, overwrite: bool = False) -> Path:
     if runio.run_content(out) and not overwrite:  # checked before any work; checked again under the lock
         raise CheckpointError(f"'{out}' already holds files ({', '.join(runio.run_content(out)[:6])}); nothing was changed. "
                               f"Pass --overwrite to replace it, or choose another --out")
+
+    import torch
+    from safetensors.torch import load_file
+
+    from genloom.core import config as config_mod
+    from genloom.core.model import assemble
+    from genloom.core.plugins import get_registry
     cfg = llama_config(src)
     validated = config_mod.validate(config_mod.compose(None, None, base=cfg))
     built = assemble(validated, data=False)
