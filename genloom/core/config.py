@@ -9,6 +9,7 @@ heavy is built. Errors are :class:`~genloom.core.errors.ConfigError` naming the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -292,7 +293,10 @@ def convert(value: Any, tp, path: str):
     origin = get_origin(tp)
     if origin is Annotated:
         inner, *metadata = get_args(tp)
-        converted = convert(value, inner, path)
+        if isinstance(value, float) and math.isinf(value) and any(m is _constraints.ALLOW_INFINITY for m in metadata):
+            converted = value  # a limit the field declares meaningful; the range is still checked
+        else:
+            converted = convert(value, inner, path)
         try:
             _constraints.check(converted, _constraints.constraints_of(metadata))
         except TypeError:

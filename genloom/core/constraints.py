@@ -12,7 +12,7 @@ A field's annotation carries its allowed range as `annotated-types
 or with the short names below (``n_heads: PositiveInt = 4``). :func:`genloom.core.config.build_dataclass`
 checks every constraint after the type check, also inside ``Optional[...]``, lists and tuples, and
 raises a :class:`~genloom.core.errors.ConfigError` naming the field path, the value and the allowed
-range. Constraints between fields (``d_model`` divisible by ``n_heads``) stay in ``__post_init__``,
+range (``ALLOW_INFINITY`` in the metadata lets a float field take ``inf``). Constraints between fields (``d_model`` divisible by ``n_heads``) stay in ``__post_init__``,
 whose ``ValueError`` the core re-raises at the path of the first field its message names.
 
 Supported metadata: ``Gt``, ``Ge``, ``Lt``, ``Le``, ``Interval``, ``MultipleOf``, ``MinLen``,
@@ -31,7 +31,7 @@ from annotated_types import Ge, Gt, Interval, Le, Len, Lt, MaxLen, MinLen, Multi
 __all__ = [
     "Ge", "Gt", "Interval", "Le", "Len", "Lt", "MaxLen", "MinLen", "MultipleOf",
     "PositiveInt", "NonNegativeInt", "PositiveFloat", "NonNegativeFloat", "Probability", "Fraction", "Seed",
-    "AnyFloat", "AnyInt", "UNBOUNDED",
+    "AnyFloat", "AnyInt", "UNBOUNDED", "ALLOW_INFINITY",
     "constraints_of", "check", "describe",
 ]
 
@@ -66,6 +66,17 @@ AnyFloat = Annotated[float, UNBOUNDED]
 """Any finite float (a signed penalty, a guidance scale...)."""
 AnyInt = Annotated[int, UNBOUNDED]
 """Any integer."""
+
+
+class _AllowInfinity:
+    """Marks a float field for which infinity is a meaningful value (a limit of the method, e.g. an
+    infinite decay), so that ``inf`` passes the finiteness check; NaN never does."""
+
+    def __repr__(self):
+        return "ALLOW_INFINITY"
+
+
+ALLOW_INFINITY = _AllowInfinity()
 
 
 class Violation(Exception):

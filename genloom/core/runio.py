@@ -118,9 +118,11 @@ class RunLock:
         self.path = self.run_dir / LOCK
         self.fd: int | None = None
         self.previous: str = ""
-        self.created = False
+        self.created = False  # prepare_run_dir made the directory
+        self.made_file = False  # acquire made the lock file
 
     def acquire(self) -> "RunLock":
+        self.made_file = not self.path.exists()
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -159,10 +161,11 @@ class RunLock:
         self.fd = None
 
     def release_after_failure(self) -> None:
-        """Release after a failed start: a directory this lock's :func:`prepare_run_dir` created and
-        in which nothing was written is removed again, so a failed command leaves no empty run behind."""
-        empty = getattr(self, "created", False) and self.fd is not None and not run_content(self.run_dir)
-        if empty:
+        """Release after a failed start: the lock file, if this lock made it, and a directory
+        :func:`prepare_run_dir` created and in which nothing was written are removed again, so a
+        failed command leaves nothing behind."""
+        empty = self.created and self.fd is not None and not run_content(self.run_dir)
+        if (empty or self.made_file) and self.fd is not None:  # leave no lock file where nothing was written
             with contextlib.suppress(OSError):
                 self.path.unlink()
         self.release()
@@ -212,6 +215,12 @@ def run_content(run_dir: Path) -> list[str]:
     return sorted(e.name for e in run_dir.iterdir() if e.name != LOCK and not e.name.endswith(TMP_SUFFIX))
 
 
+def is_run_directory(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a genloom run (what --overwrite may remove), not just files with the same names."""
+    run_dir = Path(run_dir)
+    return any((run_dir / name).exists() for name in (PLUGINS, WEIGHTS, CHECKPOINTS, TOKENIZER, "wandb_id.txt"))
+
+
 def prepare_run_dir(run_dir: Path, *, overwrite: bool = False, resume: bool = False, what: str = "run") -> RunLock:
     """Create (or check) ``run_dir``, lock it, clean a killed writer's temporary files, and refuse
     to start over existing content unless ``overwrite`` (which removes the run's own files, never
@@ -228,6 +237,7 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool = False, resume: bool = Fa
         raise CheckpointError(f"cannot create run directory '{run_dir}': {exc.strerror}") from None
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise CheckpointError(f"cannot write to run directory '{run_dir}': permission denied")
+    was_run = is_run_directory(run_dir)
     lock = RunLock(run_dir).acquire()
     lock.created = created
     try:
@@ -237,6 +247,11 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool = False, resume: bool = Fa
             shown = ", ".join(content[:6]) + (", ..." if len(content) > 6 else "")
             raise CheckpointError(f"'{run_dir}' already holds files ({shown}); nothing was changed. Pass --resume to continue that run, "
                                   f"--overwrite to replace it, or choose another directory")
+        if (overwrite or resume) and content and not was_run and any(name in content for name in RUN_ENTRIES):
+            raise CheckpointError(f"'{run_dir}' does not look like a genloom run (no {PLUGINS}, {WEIGHTS}, {CHECKPOINTS}/ or "
+                                  f"{TOKENIZER}/) but holds {', '.join(n for n in content if n in RUN_ENTRIES)}; "
+                                  f"{'--overwrite' if overwrite else '--resume'} only continues or replaces runs, so nothing was "
+                                  f"changed: choose another directory")
         if overwrite and content:
             for name in RUN_ENTRIES:
                 entry = run_dir / name
@@ -245,7 +260,7 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool = False, resume: bool = Fa
                 elif entry.exists() or entry.is_symlink():
                     entry.unlink()
     except BaseException:
-        lock.release()
+        lock.release_after_failure()
         raise
     return lock
 

@@ -35,10 +35,11 @@ configurable local one. The calibration's exact form is stated in the paper's al
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from genloom.core import hookimpl, records
 from genloom.toolkit.canvas_config import CanvasDecoderConfig
-from genloom.core.constraints import NonNegativeFloat, PositiveFloat, PositiveInt
+from genloom.core.constraints import ALLOW_INFINITY, Ge, NonNegativeFloat, PositiveFloat, PositiveInt
 
 PAPER = records.Paper(
     title="PC-Sampler: Position-Aware Calibration of Decoding Bias in Masked Diffusion Models",
@@ -51,8 +52,9 @@ PAPER = records.Paper(
 class PCSamplerConfig(CanvasDecoderConfig):
     """Position-aware, frequency-calibrated unmasking for masked diffusion models."""
 
-    position_decay: NonNegativeFloat = 0.25
-    """lambda of the position weight exp(-lambda * i); 0 turns the position awareness off."""
+    position_decay: Annotated[float, Ge(0), ALLOW_INFINITY] = 0.25
+    """lambda of the position weight exp(-lambda * i); 0 turns the position awareness off, .inf
+    makes the order strictly left to right."""
     calibration: bool = True
     """Multiply the confidence by the token's self-information -log p_D'(token) under the prior."""
     clip_alpha: PositiveFloat = 10.0
