@@ -238,3 +238,38 @@ def test_import_hf_never_replaces_an_existing_run(run, tmp_path):
     assert_clean_failure(cli("import", "hf", source, "--out", tmp_path / "out-file"), "out-file")
     assert_clean_failure(cli("import", "hf", tmp_path / "no-such-dir", "--out", tmp_path / "new"), "no-such-dir")
     assert snapshot(run) == before and not (tmp_path / "new").exists()
+
+
+def test_overwrite_and_resume_never_touch_a_directory_that_is_no_run(tmp_path):
+    from genloom.core.training import train
+
+    home = tmp_path / "home"
+    (home / "logs").mkdir(parents=True)
+    (home / "config.yaml").write_text("mine")
+    before = snapshot(home)
+    for flags in ({"overwrite": True}, {"resume": True}):
+        with pytest.raises(CheckpointError, match="does not look like a genloom run"):
+            train(tiny(), run_dir=home, generate=False, **flags)
+    assert snapshot(home) == before and sorted(p.name for p in home.iterdir()) == ["config.yaml", "logs"]  # no lock file left
+
+
+@pytest.mark.parametrize("override,path", [
+    ("backbone.d_model=17592186044416", "head"),       # 2^44: far beyond any address space, refused at allocation
+    ("trainer.accelerator=tpu", "trainer.accelerator"),  # Lightning refuses it (torch_xla missing)
+    ("trainer.strategy=no-such-strategy", "trainer.strategy"),
+])
+def test_settings_refused_late_are_config_errors_and_leave_no_directory(tmp_path, override, path):
+    from genloom.core.errors import ConfigError
+    from genloom.core.training import train
+
+    if override.startswith("trainer.accelerator"):
+        pytest.importorskip("lightning")
+        try:
+            import torch_xla  # noqa: F401
+            pytest.skip("torch_xla is installed")
+        except ImportError:
+            pass
+    with pytest.raises(ConfigError) as info:
+        train(tiny(), [override], run_dir=tmp_path / "run", generate=False)
+    assert info.value.path == path
+    assert not (tmp_path / "run").exists()

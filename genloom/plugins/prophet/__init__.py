@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from genloom.core import hookimpl, records
 from genloom.toolkit.canvas_config import CanvasDecoderConfig
-from genloom.core.constraints import PositiveInt, Probability
+from genloom.core.constraints import ALLOW_INFINITY, Ge, PositiveInt, Probability
 
 PAPER = records.Paper(title="Diffusion Language Models Know the Answer Before Decoding", year=2025, arxiv="2508.19982")
 
@@ -45,7 +45,7 @@ PAPER = records.Paper(title="Diffusion Language Models Know the Answer Before De
 class ProphetConfig(CanvasDecoderConfig):
     """Confidence-based masked-diffusion sampling with Prophet's early commit."""
 
-    thresholds: tuple[Probability, ...] = (0.9, 0.7, 0.5)
+    thresholds: tuple[Annotated[float, Ge(0), ALLOW_INFINITY], ...] = (0.9, 0.7, 0.5)
     """Gap thresholds for decoding progress below each of progress_boundaries, then after the last
     (one more threshold than boundaries). '.inf' never commits early."""
     progress_boundaries: tuple[Probability, ...] = (0.33, 0.67)
