@@ -24,7 +24,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from genloom.core.errors import CheckpointError, ConfigError
+from genloom.core.errors import CheckpointError, ConfigError, GenloomError
 
 CONFIG = "config.yaml"
 PLUGINS = "plugins.json"
@@ -453,8 +453,14 @@ def _load_tokenizer(validated, registry, tok_dir: Path):
     if data is not None and hasattr(data.config, "bind"):
         data.config.bind(ctx)  # what the data config publishes without loading any data
     tok = build_component(validated.components["tokenizer"], ctx)
-    if tok_dir.exists() and hasattr(tok, "load"):
-        tok.load(tok_dir)
+    if hasattr(tok, "load"):  # a tokenizer that saves files needs them (it says so if they are missing)
+        try:
+            tok.load(tok_dir)
+        except GenloomError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"the tokenizer files in '{tok_dir}' are missing or damaged ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     return tok
 
 
