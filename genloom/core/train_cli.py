@@ -55,10 +55,8 @@ def run(args: argparse.Namespace) -> int:
     except GenloomError as exc:
         print(f"genloom: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:
-        print(f"genloom: {exc or 'interrupted'}", file=sys.stderr)
-        if not str(exc):
-            print(f"genloom: continue with `genloom train {args.run_dir or args.config} --resume`", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # train() says what was kept; a bare one came before it started
+        print(f"genloom: {str(exc) or 'interrupted before training started; nothing was written'}", file=sys.stderr)
         return 130
     except OSError as exc:
         if exc.filename is None:

@@ -642,9 +642,14 @@ def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite
     try:
         result = _train(validated, run_dir, registry, resume=resume, console=console, generate=generate, callbacks=callbacks,
                         t_start=t_start)
-    except BaseException:
+    except BaseException as exc:
         if lock is not None:
             lock.release_after_failure()
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, TrainingInterrupted):  # outside the training loop
+            last = run_dir / runio.CHECKPOINTS / "last.ckpt"
+            if last.exists():
+                raise TrainingInterrupted(f"interrupted; {last} is kept: continue with `genloom train {run_dir} --resume`") from None
+            raise TrainingInterrupted("interrupted before the first checkpoint; nothing to resume") from None
         raise
     if lock is not None:
         lock.release()
