@@ -12,6 +12,7 @@ least: read u, delta, z, B, C, A, D, delta_bias and write y and the final state,
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -73,6 +74,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-reference-above", type=int, default=1 << 30, help="skip the reference when B*L*D exceeds this")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", type=Path, help="also write the timings (and GB/s on CUDA) here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,6 +96,7 @@ def main(argv=None):
     header = f"{'B,L,D,N':>18} | " + " | ".join(f"{name:>22}" for name in backends)
     print(header)
     print("-" * len(header))
+    records = []
     for shape in shapes:
         inputs = make_inputs(*shape, device, dtype, requires_grad=args.backward)
         cells, base = [], None
@@ -111,12 +114,20 @@ def main(argv=None):
             base = seconds if name == "reference" else base
             ratio = f"x{base / seconds:.1f}" if base else ""
             extra = ""
+            record = {"shape": list(shape), "backend": name, "seconds": seconds, "speedup_over_reference": base / seconds if base else None}
             if device.type == "cuda" and not args.backward:
-                extra = f" {min_bytes(*shape, dtype) / seconds / 1e9:.0f}GB/s"
+                record["GBps"] = min_bytes(*shape, dtype) / seconds / 1e9
+                extra = f" {record['GBps']:.0f}GB/s"
+            records.append(record)
             cells.append(f"{seconds * 1e3:9.2f}ms {ratio:>6}{extra}".rjust(22))
         print(f"{','.join(map(str, shape)):>18} | " + " | ".join(cells))
     if device.type == "cuda" and not args.backward:
         print("GB/s = minimum bytes the scan must read and write / time (compare with the GPU's peak HBM bandwidth)")
+    if args.json:
+        info = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": args.dtype,
+                "mode": "forward+backward" if args.backward else "forward", "torch": torch.__version__, "triton_skipped": reason}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"info": info, "rows": records}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """DDP with 2 CPU processes (gloo, Lightning's `ddp` strategy launching a subprocess per rank) matches a
-single process that trains on the same global batch."""
+single process that trains on the same global batch; every rank draws its own noise."""
 
 from __future__ import annotations
 
@@ -69,3 +69,29 @@ def test_ddp_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_pa
     vd = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["val"]
     assert vd["total_tokens"] == single.metrics["total_tokens"] and vd["total_bytes"] == single.metrics["total_bytes"]
     assert vd["bits_per_byte"] == pytest.approx(single.metrics["bits_per_byte"], rel=1e-4)
+
+    # the checkpoint keeps each rank's own random state, and they differ
+    from genloom.core.training import load_checkpoint
+
+    states = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.ckpt")["genloom"]["rng_by_rank"]
+    assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])
+
+
+def test_each_rank_draws_its_own_noise_reproducibly():
+    from types import SimpleNamespace
+
+    from genloom.core.training import GenloomModule
+
+    def first_draws(rank: int, world: int = 3) -> torch.Tensor:
+        module = GenloomModule(torch.nn.Linear(1, 1), None, SimpleNamespace(compile=False), seed=0)
+        module._trainer = SimpleNamespace(global_rank=rank, world_size=world)
+        torch.manual_seed(0)  # what seed_everything gives every rank
+        module.on_train_start()
+        return torch.rand(8)
+
+    torch.manual_seed(0)
+    seed_stream = torch.rand(8)
+    assert torch.equal(first_draws(0), seed_stream)  # rank 0 (and a single process) keeps the seed's stream
+    draws = [first_draws(r) for r in range(3)]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2]) and not torch.equal(draws[0], draws[2])
+    assert torch.equal(first_draws(1), draws[1])  # reproducible

@@ -46,8 +46,24 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("generate", help="generate from a run directory, checkpoint or config")
     s.add_argument("run")
-    s.add_argument("overrides", nargs="*", metavar="key=value", help="decoder=NAME, max_new_tokens=N, prompt=TEXT, num_samples=N, seed=N, out=PATH, decoder.FIELD=VALUE")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="prompt=TEXT, max_new_tokens=N, num_samples=N, seed=N, out=PATH, decoder=NAME, decoder.FIELD=VALUE, and the transformers-style shorthand (temperature, top_k, top_p, num_beams...; see docs/generation.md)")
     s.add_argument("--json", action="store_true", help="print metrics as JSON at the end")
+
+    s = sub.add_parser("report", help="write one offline HTML page about a run: config, curves, samples, plugins, evaluation")
+    s.add_argument("run", help="a run directory written by `genloom train`")
+    s.add_argument("--out", default=None, metavar="FILE", help="the HTML file to write (default: RUN/report.html)")
+    s.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    s.add_argument("--no-samples", action="store_true", help="do not regenerate the text sample (no model is loaded)")
+
+    s = sub.add_parser("compare", help="run several decoders on the same prompts and seed; write one offline HTML page")
+    s.add_argument("run", help="a run directory written by `genloom train`")
+    s.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompts (default: the config's generate.prompt)")
+    s.add_argument("--decoders", required=True, metavar="NAME[,NAME...]", help="decoders to compare, e.g. greedy,sampling,beam")
+    s.add_argument("--set", action="append", default=[], metavar="DECODER.FIELD=VALUE", help="a decoder config field, e.g. speculative.draft=runs/small (repeatable)")
+    s.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="tokens per prompt (default: the config's generate.max_new_tokens)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, metavar="FILE", help="the HTML file to write (default: RUN/compare.html)")
+    s.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
 
     s = sub.add_parser("import", help="convert a checkpoint from another library into a genloom run directory")
     s.add_argument("source", choices=["hf"])
@@ -80,7 +96,11 @@ def _main(argv: list[str] | None = None) -> int:
         from genloom.core import train_cli
 
         return int(train_cli.main(argv[train_at + 1:]) or 0)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "generate" and not any(e.startswith("-") for e in extra):
+        args.overrides += extra  # `generate RUN --json key=value`: options after the flag
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _apply_global(args)
     if args.command is None:
         parser.print_help()
@@ -93,6 +113,12 @@ def _main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("genloom: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `genloom plugins | head`: the reader left; stay quiet like other Unix tools
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         if exc.filename is None:
             raise

@@ -72,7 +72,7 @@ def cmd_describe(args):
     from genloom.core.config import describe_fields
 
     reg = _registry()
-    rec = reg.get(args.kind, args.name, path=f"{args.kind} {args.name}")
+    rec = reg.get(args.kind, args.name)
     fields = describe_fields(rec.config)
     info = rec.to_json()
     info["fields"] = [{**f, "default": _jsonable(f["default"])} for f in fields]
@@ -190,6 +190,24 @@ def cmd_generate(args):
     from genloom.core import generate_cli
 
     return generate_cli.main(args)
+
+
+def cmd_report(args):
+    from genloom.reporting import report
+
+    path = report(args.run, args.out, overwrite=args.overwrite, samples=not args.no_samples)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args):
+    from genloom.reporting import compare
+    from genloom.reporting.comparison import parse_options
+
+    path = compare(args.run, args.decoders, args.prompts, args.out, overwrite=args.overwrite,
+                   max_new_tokens=args.max_new_tokens, seed=args.seed, options=parse_options(args.set))
+    print(f"wrote {path}")
+    return 0
 
 
 def cmd_import(args):

@@ -89,7 +89,17 @@ class GenerateConfig:
     prompt: str = ""
     max_new_tokens: PositiveInt = 200
     num_samples: PositiveInt = 1
-    seed: Seed = 0
+    seed: Seed | None = None
+    """Seed of the sampler; None draws a fresh one each time (the seed used is printed and in the metrics)."""
+    cache: Literal["dynamic", "static"] = "dynamic"
+    """'static': decode through a preallocated KV cache of fixed shape (attention backbones that
+    support it; see docs/generation.md), the precondition of ``compile``."""
+    compile: bool = False
+    """Run each one-token decode step through torch.compile (needs cache: static; CUDA graphs on GPU)."""
+
+    def __post_init__(self):
+        if self.compile and self.cache != "static":
+            raise ValueError(f"generate.compile: true needs generate.cache: static (got cache '{self.cache}'): the dynamic cache changes shape at every step")
 
 
 @dataclasses.dataclass
@@ -623,7 +633,31 @@ def validate_node(registry, kind: str, node, path: str, pins: dict | None = None
     if record.kind == "kernel":
         raise ConfigError("kernels are chosen under 'kernels: {op: backend}', not as nodes", path=path)
     cfg = build_dataclass(record.config, node, path)
+    validate_nested_nodes(registry, cfg, path)
     return ComponentSpec(path=path, record=record, config=cfg)
+
+
+def validate_nested_nodes(registry, cfg, path: str) -> None:
+    """Validate the component nodes a config holds in :func:`~genloom.core.records.node_field` fields
+    (a decoder's ``reward``, a wrapper's ``base``) like top-level nodes, naming the nested path."""
+    from genloom.core.records import NODE_KIND
+
+    if not dataclasses.is_dataclass(cfg):
+        return
+    for f in dataclasses.fields(cfg):
+        kind = f.metadata.get(NODE_KIND)
+        value = getattr(cfg, f.name, None)
+        if kind is None or value is None:
+            continue
+        where = _join(path, f.name)
+        if f.metadata.get("genloom_many"):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"expected a list of component nodes of kind {kind}", path=where)
+            for i, node in enumerate(value):
+                validate_node(registry, kind, node, f"{where}[{i}]")
+        else:
+            validate_node(registry, kind, value, where)
+
 
 
 @_bounded_nesting
@@ -700,7 +734,9 @@ def describe_fields(cls) -> list[dict]:
             default = f.default_factory()
         else:
             default = "<required>"
-        out.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default, "doc": docs.get(f.name, ""),
+        kind = f.metadata.get("genloom_kind")
+        shown = (f"list of {kind} nodes" if f.metadata.get("genloom_many") else f"{kind} node") if kind else _type_name(hints[f.name])
+        out.append({"name": f.name, "type": shown, "default": default, "doc": docs.get(f.name, ""),
                     "allowed": allowed_range(hints[f.name])})
     return out
 

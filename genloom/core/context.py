@@ -3,9 +3,14 @@
 Components are bound and built in a fixed order, so configs never repeat a derived number by
 hand (vocabulary size, model width, sequence layout, special token ids):
 
-- bind (configs only, cheap): data, tokenizer, objective, decoder, backbone, head -- a config
-  dataclass's optional ``bind(self, ctx)`` publishes values (``ctx.set``) and reads others;
-- build: tokenizer, head, backbone, objective, decoder -- ``factory(config, ctx)``.
+- bind (configs only, cheap): data, tokenizer, the plugin-declared kinds' nodes, objective,
+  decoder, backbone, head -- a config dataclass's optional ``bind(self, ctx)`` publishes values
+  (``ctx.set``) and reads others;
+- build: tokenizer, the plugin-declared kinds' nodes (each published as ``ctx.<config_key>``),
+  head, backbone, objective, decoder -- ``factory(config, ctx)``.
+
+A component reaches the plugin manager through ``ctx.hook`` (pluggy's hook relay), e.g. to call a
+hook a plugin added with ``genloom_addhooks``: ``ctx.hook.genloom_my_hook(x=...)``.
 """
 
 from __future__ import annotations
@@ -69,6 +74,17 @@ class BuildContext:
         if key not in self._values:
             self.set(key, value)
         return self._values[key]
+
+    @property
+    def hook(self):
+        """The plugin manager's hook relay (``pluggy``'s ``pm.hook``): call any hook, including a
+        plugin's own hookspecs, as ``ctx.hook.genloom_name(arg=...)`` (a list of results, or one
+        result for a ``firstresult`` hook)."""
+        if self.registry is None:
+            from genloom.core.plugins import get_registry
+
+            object.__setattr__(self, "registry", get_registry())
+        return self.registry.pm.hook
 
     def provenance(self, key: str) -> str | None:
         return self._setters.get(key)

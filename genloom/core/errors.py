@@ -15,6 +15,20 @@ class ConfigError(GenloomError):
     """
 
     def __init__(self, message: str, *, path: str | None = None, source: str | None = None):
+        import re
+
+        # a message that already carries the prefix (one ConfigError re-raised inside another)
+        # keeps a single "config error at ...:" prefix, with the inner location where the outer has none
+        inner = re.match(r"config error(?: at '([^']*)')?(?: in (.+?))?: ", str(message))
+        if inner:
+            message = str(message)[inner.end():]
+            if path and inner.group(1) and inner.group(1) != path:
+                message = f"at '{inner.group(1)}': {message}"  # a location inside the outer node (a nested model config)
+            else:
+                path = path or inner.group(1)
+            source = source or inner.group(2)
+        self.message = message
+        """The message without the location prefix."""
         self.path = path
         self.source = source
         where = []
@@ -28,6 +42,11 @@ class ConfigError(GenloomError):
 
 class PluginError(GenloomError):
     """A plugin could not be loaded or broke a contract."""
+
+
+class GenerationError(GenloomError, ValueError):
+    """A generation request is wrong (an empty prompt, an option a decoder cannot honour, a length
+    beyond the model's positions); the message names the argument or option."""
 
 
 class CheckpointError(GenloomError):

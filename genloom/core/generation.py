@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from genloom.core.errors import ConfigError
+from genloom.core.errors import ConfigError, GenerationError
 
 
 @dataclass
@@ -44,6 +44,8 @@ class GenerationMetrics:
     position_accepted: list[int] = field(default_factory=list)
     seconds: float = 0.0
     first_token_seconds: float | None = None
+    seed: int | None = None
+    """The seed of the run's random generator: pass it back as ``seed=`` to reproduce the samples."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Decoder-specific figures (network evaluations per sequence, early-commit steps...)."""
 
@@ -94,6 +96,7 @@ class GenerationMetrics:
             "seconds": self.seconds,
             "tokens_per_second": self.tokens_per_second,
             "time_to_first_token": self.first_token_seconds,
+            "seed": self.seed,
             **({"extra": dict(self.extra)} if self.extra else {}),
         }
 
@@ -129,18 +132,39 @@ def pad_left(prompts, pad_id: int = 0, device=None, min_width: int = 0) -> tuple
     return ids.to(device), valid.to(device)
 
 
+def eos_tuple(eos) -> tuple[int, ...]:
+    """End-of-sequence ids as a tuple: None, one id, or an iterable of ids (a tensor too)."""
+    if eos is None:
+        return ()
+    if torch.is_tensor(eos):
+        eos = eos.flatten().tolist()
+    if isinstance(eos, int):
+        return (int(eos),)
+    return tuple(dict.fromkeys(int(e) for e in eos))
+
+
 class Session:
     """The state shared by every decoding strategy during one ``generate`` call."""
 
     def __init__(self, model, prompts, *, max_new_tokens: int, processors=(), generator=None, eos_id=None, stop_strings=(), tokenizer=None, device=None, pad_id: int = 0):
         self.model = model
         self.device = device or next(model.parameters()).device
+        prompts = [list(p) for p in prompts]
+        if not prompts:
+            raise GenerationError("no prompts to continue (pass one list of ids, or a list of them)")
+        empty = [i for i, p in enumerate(prompts) if not p]
+        if empty:
+            raise GenerationError(f"prompt {empty[0]} is empty: every decoder needs at least one token to condition on "
+                                  "(start from the tokenizer's end-of-sequence id for an unconditional sample)")
         self.prompt_ids, self.prompt_valid = pad_left(prompts, pad_id, self.device)
         self.batch_size = self.prompt_ids.shape[0]
         self.max_new_tokens = max_new_tokens
         self.processors = list(processors)
         self.generator = generator
-        self.eos_id = eos_id
+        self.eos_ids: tuple[int, ...] = eos_tuple(eos_id)
+        """Every end-of-sequence id: a sequence stops at the first of them it generates."""
+        self.eos_id = self.eos_ids[0] if self.eos_ids else None
+        """The first end-of-sequence id (kept for decoders written before EOS sets)."""
         self.stop_strings = [s for s in (stop_strings or []) if s]
         self.tokenizer = tokenizer
         self.generated: list[list[int]] = [[] for _ in range(self.batch_size)]
@@ -232,7 +256,7 @@ class Session:
         return kept.to(self.device)
 
     def _stops(self, b: int, token: int) -> bool:
-        if self.eos_id is not None and token == self.eos_id:
+        if token in self.eos_ids:
             return True
         if len(self.generated[b]) >= self.max_new_tokens:
             return True
@@ -247,6 +271,12 @@ class Session:
         return GenerationResult(ids=self.generated, metrics=self.metrics, tokenizer=self.tokenizer)
 
 
+def initial_capacity(session: Session, extra: int = 16) -> int:
+    """Slots to allocate for a session's incremental state: prompt + new tokens (+ ``extra`` for
+    drafts), at most 4096 beyond the prompt at first (the cache grows when a long run needs more)."""
+    return session.prompt_ids.shape[1] + min(session.max_new_tokens, 4096) + extra
+
+
 class Decoder:
     """A decoding strategy on the shared loop. Subclasses override what they change.
 
@@ -255,13 +285,19 @@ class Decoder:
     ``verify`` accepts it, ``advance`` feeds it to the model.
     """
 
+    exact: str | None = None
+    """What the decoder's output provably equals, for pages and tests to state (a class attribute,
+    or a property when it depends on the config): ``"sampling"`` -- its output law is the target
+    model's (processed) sampling law, as for speculative sampling; ``"greedy"`` -- token for token
+    the target's greedy decoding; None -- no such claim (a different rule, or approximate)."""
+
     def __init__(self, config=None, ctx=None):
         self.config = config
         self.ctx = ctx
 
     # prefill ------------------------------------------------------------------------------
     def start(self, session: Session) -> None:
-        capacity = session.prompt_ids.shape[1] + session.max_new_tokens + 16
+        capacity = initial_capacity(session)
         session.state = session.model.init_state(session.batch_size, capacity)
         logits = session.forward(session.prompt_ids, state=session.state, valid=session.prompt_valid)
         session.scratch["next_logits"] = logits[:, -1]
@@ -281,17 +317,33 @@ class Decoder:
         session.scratch["next_logits"] = logits[:, -1]
 
 
-def run(model, prompts, decoder: Decoder, *, max_new_tokens: int = 64, processors=(), seed: int | None = 0, eos_id=None, stop_strings=(), tokenizer=None) -> GenerationResult:
-    """Generate continuations of ``prompts`` (lists of ids) with ``decoder`` on the shared loop."""
+def fresh_seed() -> int:
+    """A seed drawn from the operating system's entropy (leaves every random state untouched)."""
+    import os
+
+    return int.from_bytes(os.urandom(8), "little") & (2**63 - 1)
+
+
+def run(model, prompts, decoder: Decoder, *, max_new_tokens: int = 64, processors=(), seed: int | None = 0, eos_id=None, stop_strings=(), tokenizer=None, cache: str = "dynamic", compile: bool = False) -> GenerationResult:
+    """Generate continuations of ``prompts`` (lists of ids) with ``decoder`` on the shared loop.
+
+    ``eos_id`` is one id or a collection of them; ``seed=None`` draws a fresh seed. The seed used is
+    in ``result.metrics.seed`` either way. ``cache="static"`` decodes through a preallocated cache
+    of fixed shape and ``compile=True`` runs each one-token step through ``torch.compile``
+    (:mod:`genloom.core.static_decode`).
+    """
     device = next(model.parameters()).device
+    if cache != "dynamic" or compile:
+        from genloom.core import static_decode
+
+        model = static_decode.prepare(model, cache=cache, compile=compile)
     generator = torch.Generator(device=device)
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
-        generator.seed()
+    seed = fresh_seed() if seed is None else int(seed)
+    generator.manual_seed(seed)
     was_training = model.training
     model.eval()
     session = Session(model, prompts, max_new_tokens=max_new_tokens, processors=processors, generator=generator, eos_id=eos_id, stop_strings=stop_strings, tokenizer=tokenizer, device=device)
+    session.metrics.seed = seed
     try:
         with torch.inference_mode():
             if not session.done():
@@ -312,6 +364,114 @@ def run(model, prompts, decoder: Decoder, *, max_new_tokens: int = 64, processor
 # Loading trained models
 # ---------------------------------------------------------------------------------------------
 
+#: The transformers-style keyword shorthand for processors, in the order transformers applies them:
+#: (keyword, processor name, its field, the value that means "off" (no processor)).
+SHORTHAND_PROCESSORS = (
+    ("repetition_penalty", "repetition-penalty", "penalty", lambda v: v == 1.0),
+    ("no_repeat_ngram_size", "no-repeat-ngram", "n", lambda v: v == 0),
+    ("temperature", "temperature", "temperature", lambda v: v == 1.0),
+    ("top_k", "top-k", "k", lambda v: v == 0),
+    ("top_p", "top-p", "p", lambda v: v >= 1.0),
+    ("min_p", "min-p", "p", lambda v: v == 0.0),
+    ("typical_p", "typical", "p", lambda v: v >= 1.0),
+    ("epsilon_cutoff", "epsilon", "epsilon", lambda v: v == 0.0),
+    ("eta_cutoff", "eta", "epsilon", lambda v: v == 0.0),
+)
+#: Keywords that only change sampling (transformers ignores them without ``do_sample``).
+SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "min_tokens_to_keep")
+#: Keywords that choose or configure the decoder.
+SHORTHAND_DECODER = ("do_sample", "num_beams", "length_penalty", "early_stopping")
+#: Every keyword of the shorthand (``num_return_sequences`` and ``eos_token_id`` are handled by the loop).
+SHORTHAND = tuple(k for k, *_ in SHORTHAND_PROCESSORS) + SHORTHAND_DECODER + ("min_tokens_to_keep", "num_return_sequences", "eos_token_id")
+_KEEP_FIELD = {"top-k", "top-p", "min-p", "typical", "epsilon", "eta"}
+
+
+def apply_shorthand(options: dict, decoder_node: dict, processor_nodes: list) -> tuple[dict, list]:
+    """Map transformers-style keywords onto a decoder node and processor nodes.
+
+    ``do_sample=True`` selects ``sampling``; ``do_sample=False`` ``greedy``; ``num_beams > 1`` ``beam``
+    (with ``length_penalty``, ``early_stopping`` and ``num_return_sequences``). Processor keywords
+    become processor nodes in transformers' order, replacing a configured processor of the same
+    name; a keyword at its "off" value (``top_p=1.0``, ``top_k=0``, ``temperature=1.0``...) removes
+    it. Sampling-only keywords with the greedy or beam decoder are an error (they would change
+    nothing), as are beam keywords with another decoder.
+    """
+    opts = {k: v for k, v in options.items() if v is not None}
+    node = dict(decoder_node)
+    do_sample, beams = opts.get("do_sample"), opts.get("num_beams")
+    if beams is not None and (not isinstance(beams, int) or isinstance(beams, bool) or beams < 1):
+        raise GenerationError(f"num_beams must be an integer >= 1, got {beams!r}")
+    if do_sample and beams is not None and beams > 1:
+        raise GenerationError("do_sample=True with num_beams > 1 (beam sampling) is not available: use one or the other")
+    if do_sample is not None or beams is not None:
+        if do_sample:
+            wanted = "sampling"
+        elif beams is not None and beams > 1:
+            wanted = "beam"
+        elif beams == 1 and do_sample is None and node.get("name") not in ("beam", "baseline:beam"):
+            wanted = node.get("name", "greedy")
+        else:
+            wanted = "greedy"
+        if wanted != node.get("name") and not str(node.get("name", "")).endswith(":" + wanted):
+            node = {"name": wanted}
+        if wanted == "beam":
+            node["num_beams"] = beams if beams is not None else node.get("num_beams", 4)
+    name = str(node.get("name", "")).split(":")[-1]
+    for key in ("length_penalty", "early_stopping"):
+        if key in opts:
+            if name != "beam":
+                raise GenerationError(f"{key} only applies to beam search (the decoder is '{node.get('name')}'; pass num_beams > 1)")
+            node[key] = opts[key]
+    if name in ("greedy", "beam"):
+        given = [k for k in SAMPLING_ONLY if k in opts]
+        if given:
+            raise GenerationError(f"{', '.join(given)} only change(s) sampling, and the decoder is '{node.get('name')}': pass do_sample=True (or decoder='sampling')")
+    procs = [dict(n) for n in processor_nodes]
+    keep = opts.get("min_tokens_to_keep")
+    for key, proc, fld, off in SHORTHAND_PROCESSORS:
+        if key not in opts:
+            continue
+        procs = [n for n in procs if not (isinstance(n, dict) and str(n.get("name", "")).split(":")[-1] == proc)]
+        value = opts[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise GenerationError(f"{key} must be a number, got {value!r}")
+        if off(value):
+            continue
+        new = {"name": proc, fld: value}
+        if keep is not None and proc in _KEEP_FIELD:
+            new["min_tokens_to_keep"] = keep
+        procs.append(new)
+    return node, procs
+
+
+def prompt_lists(prompt_ids, attention_mask=None) -> list[list[int]]:
+    """Prompts as lists of ids from one list, a list of lists, a 1-D or (B, L) tensor (or array).
+
+    With ``attention_mask`` (like ``prompt_ids``; 1 = real token), masked positions (padding, on
+    either side) are dropped.
+    """
+    if hasattr(prompt_ids, "tolist") and not isinstance(prompt_ids, list):
+        if torch.is_tensor(prompt_ids) and prompt_ids.is_floating_point():
+            raise GenerationError(f"prompt ids must be integers, got a {prompt_ids.dtype} tensor")
+        if getattr(prompt_ids, "ndim", 1) not in (1, 2):
+            raise GenerationError(f"prompt ids must be 1-D (one prompt) or 2-D (B, L), got shape {tuple(prompt_ids.shape)}")
+        prompt_ids = prompt_ids.tolist()
+    if not isinstance(prompt_ids, (list, tuple)):
+        raise GenerationError(f"prompt ids must be a list of ids, a list of lists or a tensor, got {type(prompt_ids).__name__}")
+    prompts = [prompt_ids] if prompt_ids and not isinstance(prompt_ids[0], (list, tuple)) and not hasattr(prompt_ids[0], "tolist") else prompt_ids
+    prompts = [list(p.tolist() if hasattr(p, "tolist") else p) for p in prompts]
+    if attention_mask is not None:
+        mask = attention_mask.tolist() if hasattr(attention_mask, "tolist") else list(attention_mask)
+        mask = [mask] if mask and not isinstance(mask[0], (list, tuple)) else mask
+        if len(mask) != len(prompts) or any(len(m) != len(p) for m, p in zip(mask, prompts)):
+            raise GenerationError("attention_mask must have the shape of the prompt ids")
+        prompts = [[t for t, keep in zip(p, m) if keep] for p, m in zip(prompts, mask)]
+    for i, p in enumerate(prompts):
+        if any(isinstance(t, bool) or not isinstance(t, int) for t in p):
+            raise GenerationError(f"prompt {i} holds something that is not an integer id: {p[:5]!r}...")
+    return prompts
+
+
 class Generator:
     """A loaded model with its tokenizer, default decoder and processors (what :func:`genloom.load` returns)."""
 
@@ -322,6 +482,34 @@ class Generator:
         self.ctx = built.ctx
         self.run_dir = run_dir
 
+    # -- the configured defaults -----------------------------------------------------------
+    def _decoder_node(self) -> dict:
+        spec = self.model.decoder_spec
+        return {"name": spec.record.qualified_name, **_fields(spec.config)} if spec is not None else {"name": "sampling"}
+
+    def _processor_nodes(self) -> list:
+        cfg = self.model.config
+        specs = cfg.lists.get("processors", []) if cfg is not None else []
+        return [{"name": s.record.qualified_name, **_fields(s.config)} for s in specs]
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """The end-of-sequence ids generation stops at (the tokenizer's set, else the context's id)."""
+        ids = getattr(self.tokenizer, "eos_ids", None)
+        return eos_tuple(ids) if ids else eos_tuple(self.ctx.get("eos_id"))
+
+    @property
+    def max_positions(self) -> int | None:
+        """Positions the model can attend to (prompt + generated), when its backbone declares a limit."""
+        limit = self.ctx.get("max_positions")
+        return int(limit) if limit else None
+
+    def default_max_new_tokens(self) -> int:
+        raw = self.model.config.raw if self.model.config is not None else None
+        node = raw.get("generate") if raw is not None else None
+        value = node.get("max_new_tokens") if node is not None else None
+        return int(value) if value is not None else 64
+
     def decoder(self, decoder=None, **options) -> Decoder:
         """Build a decoder by name, node or object (default: the config's ``decoder`` node)."""
         if isinstance(decoder, Decoder):
@@ -329,8 +517,7 @@ class Generator:
         if decoder is None and self.built.decoder is not None and not options:
             return self.built.decoder
         if decoder is None:
-            spec = self.model.decoder_spec
-            node = {"name": spec.record.qualified_name, **_fields(spec.config)} if spec is not None else {"name": "sampling"}
+            node = self._decoder_node()
         elif isinstance(decoder, str):
             node = {"name": decoder}
         else:
@@ -338,14 +525,91 @@ class Generator:
         node.update(options)
         return self.ctx.build("decoder", node, path="decoder")
 
-    def generate(self, prompt_ids, max_new_tokens: int = 64, decoder=None, *, processors=None, seed: int | None = 0, stop_strings=(), **options) -> GenerationResult:
-        """Continue ``prompt_ids`` (one list of ids, or a list of them); returns ids per sequence and metrics."""
-        prompts = prompt_ids
-        if prompts and isinstance(prompts[0], int):
-            prompts = [prompts]
-        procs = self.built.processors if processors is None else [p if callable(p) else self.ctx.build("processor", p) for p in processors]
-        dec = self.decoder(decoder, **options)
-        return run(self.model, prompts, dec, max_new_tokens=max_new_tokens, processors=procs, seed=seed, eos_id=self.ctx.get("eos_id"), stop_strings=stop_strings, tokenizer=self.tokenizer)
+    def generate(self, prompt_ids, max_new_tokens: int | None = None, decoder=None, *, processors=None, seed: int | None = None, stop_strings=(), attention_mask=None,
+                 cache: str | None = None, compile: bool | None = None, **options) -> GenerationResult:
+        """Continue ``prompt_ids``; returns the generated ids per sequence and the metrics.
+
+        ``prompt_ids``: one list of ids, a list of them, a 1-D tensor or a (B, L) tensor (with an
+        optional ``attention_mask`` whose zeros mark padding). ``max_new_tokens`` defaults to the
+        config's ``generate.max_new_tokens`` (else 64). ``decoder``: a name, a node or a decoder
+        object (default: the config's). ``processors``: nodes or callables replacing the config's.
+        ``seed``: None draws a fresh one; the seed used is ``result.metrics.seed``.
+        ``cache`` ("dynamic" or "static") and ``compile`` default to the config's ``generate``
+        section (see "Static cache and compiled decoding" in docs/generation.md).
+
+        ``options`` are the transformers-style shorthand (``do_sample``, ``temperature``, ``top_k``,
+        ``top_p``, ``min_p``, ``typical_p``, ``epsilon_cutoff``, ``eta_cutoff``,
+        ``min_tokens_to_keep``, ``repetition_penalty``, ``no_repeat_ngram_size``, ``num_beams``,
+        ``length_penalty``, ``early_stopping``, ``num_return_sequences``, ``eos_token_id``; see
+        :func:`apply_shorthand` and docs/generation.md) or fields of the decoder node.
+        """
+        prompts = prompt_lists(prompt_ids, attention_mask)
+        shorthand = {k: options.pop(k) for k in list(options) if k in SHORTHAND}
+        explicit = max_new_tokens is not None
+        max_new_tokens = max_new_tokens if explicit else self.default_max_new_tokens()
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise GenerationError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        n_return = shorthand.pop("num_return_sequences", None)
+        n_return = 1 if n_return is None else n_return
+        if isinstance(n_return, bool) or not isinstance(n_return, int) or n_return < 1:
+            raise GenerationError(f"num_return_sequences must be an integer >= 1, got {n_return!r}")
+        eos = shorthand.pop("eos_token_id", None)
+        eos_ids = self.eos_ids if eos is None else eos_tuple(eos)
+        limit = self.max_positions
+        longest = max((len(p) for p in prompts), default=0)
+        if limit is not None and not explicit:
+            max_new_tokens = max(0, min(max_new_tokens, limit - longest))  # a default never exceeds the limit
+        if limit is not None and longest + max_new_tokens > limit:
+            raise GenerationError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the {limit} positions this model can attend to (max_positions)")
+        dec, procs, n_return = self._resolve(decoder, processors, options, shorthand, n_return)
+        if n_return > 1:
+            prompts = [p for p in prompts for _ in range(n_return)]
+        cache, compile = self._cache_options(cache, compile)
+        return run(self.model, prompts, dec, max_new_tokens=max_new_tokens, processors=procs, seed=seed, eos_id=eos_ids, stop_strings=stop_strings, tokenizer=self.tokenizer, cache=cache, compile=compile)
+
+    def _cache_options(self, cache, compile) -> tuple[str, bool]:
+        """``cache`` and ``compile`` where given, else the config's ``generate`` section's."""
+        config = getattr(self.model, "config", None)
+        defaults = config.sections.get("generate") if config is not None else None
+        cache = cache if cache is not None else getattr(defaults, "cache", "dynamic")
+        compile = compile if compile is not None else getattr(defaults, "compile", False)
+        return cache, bool(compile)
+
+    def _resolve(self, decoder, processors, fields: dict, shorthand: dict, n_return: int):
+        """The decoder object, processor callables and sequences per prompt for one call."""
+        if isinstance(decoder, Decoder):
+            if fields or any(k in shorthand for k in SHORTHAND_DECODER):
+                raise GenerationError(f"{', '.join(list(fields) + [k for k in shorthand if k in SHORTHAND_DECODER])} cannot change a decoder object; pass a decoder name or node")
+            node = None
+        elif decoder is None:
+            node = self._decoder_node() if (fields or shorthand or n_return > 1 or self.built.decoder is None) else None
+        else:
+            node = {"name": decoder} if isinstance(decoder, str) else dict(decoder)
+        proc_nodes = self._processor_nodes() if processors is None else list(processors)
+        if node is not None:
+            node.update(fields)
+            node, proc_nodes = apply_shorthand(shorthand, node, proc_nodes)
+            if str(node.get("name", "")).split(":")[-1] == "beam":
+                if n_return > 1 or "num_return_sequences" not in node:
+                    node["num_return_sequences"] = n_return
+                n_return = node["num_return_sequences"]
+            try:
+                dec = self.ctx.build("decoder", node, path="decoder")
+            except ConfigError as exc:
+                unknown = [k for k in fields if f"unknown field '{k}'" in str(exc)]
+                if unknown:
+                    raise GenerationError(f"unknown keyword '{unknown[0]}': not a field of decoder '{node.get('name')}' nor a shorthand keyword ({', '.join(SHORTHAND)}). {exc}") from None
+                raise
+        else:
+            dec = decoder if decoder is not None else self.built.decoder
+            if shorthand:
+                _, proc_nodes = apply_shorthand(shorthand, {"name": ""}, proc_nodes)
+            n_return = getattr(dec, "num_return_sequences", None) or n_return
+        if processors is None and not shorthand:
+            procs = list(self.built.processors)
+        else:
+            procs = [p if callable(p) else self.ctx.build("processor", p, path=f"processors[{i}]") for i, p in enumerate(proc_nodes)]
+        return dec, procs, n_return
 
     def encode(self, data):
         return self.tokenizer.encode(data)
@@ -357,11 +621,42 @@ def _fields(cfg) -> dict:
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)} if dataclasses.is_dataclass(cfg) else {}
 
 
-def load(path_or_config, overrides: list[str] | None = None, **kw) -> Generator:
-    """Load a run directory, a ``.safetensors``/``.ckpt`` file inside one, or an untrained config."""
-    from genloom.core import runio
+def load(path_or_config, overrides: list[str] | None = None, *, seed: int | None = None, device=None, registry=None) -> Generator:
+    """Load a model to generate with; what :func:`genloom.load` calls.
 
-    return runio.load_generator(path_or_config, overrides=overrides, **kw)
+    ``path_or_config`` is a run directory, a ``model.safetensors``/``.ckpt`` file inside one (trained
+    weights), or an untrained model: a config ``.yaml`` path or a config dict (as a YAML file would
+    hold it). ``overrides`` are ``key=value`` strings applied to the config. An untrained model's
+    weights are drawn from ``seed`` (default: the config's top-level ``seed``) without touching the
+    global random state, so two loads of one config give identical weights. ``seed`` is refused for
+    a trained run (its weights are fixed; pass ``seed=`` to :meth:`Generator.generate` for sampling).
+    ``device`` moves the model there.
+    """
+    from genloom.core import config as config_mod
+    from genloom.core import runio
+    from genloom.core.model import assemble
+
+    if isinstance(path_or_config, dict) or (isinstance(path_or_config, (str, Path)) and Path(path_or_config).suffix in (".yaml", ".yml")):
+        if isinstance(path_or_config, dict):
+            cfg = config_mod.compose(None, overrides, base=path_or_config)
+        else:
+            cfg = config_mod.compose(path_or_config, overrides)
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise ConfigError(f"seed must be an integer, got {seed!r}", path="seed")
+            cfg["seed"] = seed
+        validated = config_mod.validate(cfg, registry)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(validated.run.seed)
+            built = assemble(validated, registry)
+        if device is not None:
+            built.model.to(device)
+        return Generator(built)
+    if not isinstance(path_or_config, (str, Path)):
+        raise TypeError(f"genloom.load takes a run directory, a weights/checkpoint file, a config .yaml or a config dict, got {type(path_or_config).__name__}")
+    if seed is not None:
+        raise ConfigError(f"seed= only sets an untrained model's initial weights (a config); '{path_or_config}' holds trained weights. Pass seed= to generate() to reproduce samples.")
+    return runio.load_generator(path_or_config, overrides=overrides, registry=registry, device=device)
 
 
 def load_model(source, overrides: list[str] | None = None, *, seed: int | None = None, expect_vocab_size: int | None = None, registry=None):

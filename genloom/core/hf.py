@@ -1,7 +1,8 @@
 """Hugging Face interop: convert a Llama-architecture checkpoint into a genloom run directory.
 
 ``genloom import hf SRC_DIR --out DIR`` reads what ``transformers``' ``save_pretrained`` wrote
-(``config.json`` + safetensors shards; grouped-query attention; tied or untied embeddings) and
+(``config.json`` + safetensors shards; grouped-query attention; tied or untied embeddings; the
+EOS set and decoding defaults of ``generation_config.json``, see :func:`generation_defaults`) and
 writes a run directory that :func:`genloom.load` and ``genloom generate`` accept. The baseline
 transformer uses Llama's parameter names, so the conversion is a renaming. ``transformers`` itself
 is not needed.
@@ -33,10 +34,13 @@ def llama_config(src: Path) -> dict:
     n_heads = hf["num_attention_heads"]
     if hf.get("head_dim") not in (None, hf["hidden_size"] // n_heads):
         raise ConfigError("a head_dim other than hidden_size / num_attention_heads is not supported")
-    eos = hf.get("eos_token_id")
+    gen = generation_config(src)
+    eos = gen.get("eos_token_id", hf.get("eos_token_id"))
     if isinstance(eos, list):
-        eos = eos[0]
-    return {
+        eos = list(dict.fromkeys(int(e) for e in eos)) or None
+        eos = eos[0] if eos and len(eos) == 1 else eos
+    decoder, processors, max_new = generation_defaults(gen)
+    cfg = {
         "tokenizer": {"name": "ids", "vocab_size": hf["vocab_size"], "eos_id": eos},
         "head": {"name": "lm", "tie_weights": bool(hf.get("tie_word_embeddings", False))},
         "backbone": {
@@ -48,11 +52,59 @@ def llama_config(src: Path) -> dict:
             "ffn_hidden": hf["intermediate_size"],
             "rope_theta": float(theta),
             "norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
+            "max_positions": hf.get("max_position_embeddings"),
         },
         "objective": {"name": "next-token"},
-        "decoder": {"name": "greedy"},
+        "decoder": decoder,
         "logger": "none",
     }
+    if processors:
+        cfg["processors"] = processors
+    if max_new is not None:
+        cfg["generate"] = {"max_new_tokens": int(max_new)}
+    return cfg
+
+
+def generation_config(src: Path) -> dict:
+    """``generation_config.json`` of a checkpoint directory ({} when there is none)."""
+    path = src / "generation_config.json"
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"'{path}' is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"'{path}' does not hold a JSON object")
+    return data
+
+
+def generation_defaults(gen: dict) -> tuple[dict, list, int | None]:
+    """The decoder node, processor nodes and max_new_tokens that a ``generation_config.json`` asks for.
+
+    The keys map through the same shorthand as :meth:`genloom.core.generation.Generator.generate`.
+    transformers samples with ``top_k=50`` when ``do_sample`` is set without a ``top_k``, so that
+    default is written out. Sampling settings of a greedy or beam config are ignored, as transformers
+    ignores them. ``max_length`` (prompt included) has no equivalent and is not imported.
+    """
+    from genloom.core.generation import SAMPLING_ONLY, SHORTHAND, apply_shorthand
+
+    opts = {k: gen[k] for k in SHORTHAND if gen.get(k) is not None and k not in ("eos_token_id", "num_return_sequences")}
+    sample = bool(opts.get("do_sample"))
+    if sample and "top_k" not in opts:
+        opts["top_k"] = 50
+    if not sample:
+        opts = {k: v for k, v in opts.items() if k not in SAMPLING_ONLY}
+    if not sample and int(opts.get("num_beams") or 1) <= 1:
+        opts = {k: v for k, v in opts.items() if k not in ("length_penalty", "early_stopping")}
+    opts.setdefault("do_sample", False)
+    if int(opts.get("num_beams") or 1) > 1 and not sample:
+        opts.pop("do_sample")
+    try:
+        decoder, processors = apply_shorthand(opts, {"name": "greedy"}, [])
+    except Exception as exc:
+        raise ConfigError(f"generation_config.json: {exc}") from None
+    return decoder, processors, gen.get("max_new_tokens")
 
 
 def rename(key: str) -> str | None:

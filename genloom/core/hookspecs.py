@@ -18,8 +18,9 @@ def genloom_addhooks(pluginmanager):
     """Add hook specifications of a plugin's own.
 
     Called once for every plugin as soon as it is registered (historic: plugins registered
-    later still see it). Call ``pluginmanager.add_hookspecs(module)``.
-    Returns nothing.
+    later still see it). Call ``pluginmanager.add_hookspecs(module_or_class)``, whose functions
+    are marked with ``pluggy.HookspecMarker("genloom")``. Components call such hooks through
+    ``ctx.hook`` (the build context). Returns nothing.
     """
 
 
@@ -29,7 +30,9 @@ def genloom_component_kinds():
 
     Called when the registry is built. Return a list of
     :class:`~genloom.core.records.ComponentKind`; components of such a kind come from
-    :func:`genloom_components` and get registry look-up, config validation and listing.
+    :func:`genloom_components` or from the kind's own ``hook`` and get registry look-up, config
+    validation and listing. A kind's top-level ``config_key`` node is bound and built by assembly
+    (after the tokenizer) and published as ``ctx.<config_key>``.
     """
 
 

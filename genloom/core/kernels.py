@@ -18,6 +18,7 @@ log = logging.getLogger("genloom.kernels")
 _pins: dict[str, str] = {}  # process-wide pins (kernels.pin)
 _impls: dict[tuple[str, str], object] = {}
 _choice_cache: dict[tuple, object] = {}
+_traced_choices: dict[tuple, object] = {}  # what a compiled region calls: the last eager choice per query
 _logged: set = set()
 _local = threading.local()
 
@@ -57,7 +58,7 @@ def scope(pins: dict[str, str] | None):
     forward: a config's ``kernels:`` pins apply to the model built from it, not to the process.
     Unlike :func:`use`, a scoped backend that cannot run falls back to automatic selection."""
     pins = {op: b for op, b in (pins or {}).items() if b and b != "auto"}
-    if not pins:
+    if not pins or _compiling():  # a compiled region replays the eager choices (see call)
         yield
         return
     old = getattr(_local, "scoped", None)
@@ -156,7 +157,26 @@ def call(op: str, *args, **kwargs):
         query["pattern"] = kwargs["pattern"]
     if kwargs.get("requires_grad") is None and first is not None:
         query["requires_grad"] = bool(getattr(first, "requires_grad", False))
-    return select(op, **query)(*args, **kwargs)
+    key = (op, query.get("device"), query.get("dtype"), query.get("pattern"), query.get("requires_grad"))
+    if _compiling():
+        # torch.compile cannot trace the selection (thread-local pins, logging): a compiled region
+        # calls the backend the same query got in eager mode, e.g. in the prefill before a
+        # compiled decode step (genloom.core.static_decode)
+        impl = _traced_choices.get(key)
+        if impl is None:
+            raise RuntimeError(f"kernel op '{op}' has no backend chosen yet for {query}: run the model once eagerly before compiling it")
+        return impl(*args, **kwargs)
+    impl = select(op, **query)
+    _traced_choices[key] = impl
+    return impl(*args, **kwargs)
+
+
+def _compiling() -> bool:
+    """True while torch.compile traces (without importing torch for the CLI's sake)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.compiler.is_compiling()
 
 
 def _hashable(v):

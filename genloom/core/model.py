@@ -52,6 +52,11 @@ class Backbone(nn.Module):
 
     patterns: frozenset = frozenset({"causal"})
 
+    static_cache: bool = False
+    """True when ``init_state`` gives the core KVCache and the forward reaches it only through
+    ``begin``/``update`` (so a StaticKVCache can stand in and a one-token step can be compiled:
+    ``generate(cache="static", compile=True)``, see :mod:`genloom.core.static_decode`)."""
+
     def forward(self, h: torch.Tensor, *, pattern: AttentionPattern = CAUSAL, state=None, valid=None) -> torch.Tensor:
         raise NotImplementedError
 
@@ -151,16 +156,46 @@ class Built:
     data: Any = None
     decoder: Any = None
     processors: list = field(default_factory=list)
+    declared: dict[str, Any] = field(default_factory=dict)
+    """The built nodes of plugin-declared kinds, by top-level config key (also ``ctx.<key>``)."""
+
+
+def declared_specs(validated) -> dict[str, Any]:
+    """The validated top-level nodes of plugin-declared kinds (``ComponentKind.config_key``), in config order:
+    a :class:`~genloom.core.config.ComponentSpec`, or a list of them for a ``many`` kind."""
+    from genloom.core.config import COMPONENT_KEYS, LIST_KEYS
+
+    out: dict[str, Any] = {k: s for k, s in validated.components.items() if k not in COMPONENT_KEYS}
+    out.update({k: specs for k, specs in validated.lists.items() if k not in LIST_KEYS})
+    return out
+
+
+def _bind_spec(spec, ctx: BuildContext) -> None:
+    if hasattr(spec.config, "bind"):
+        ctx.current = spec.path
+        spec.config.bind(ctx)
 
 
 def bind(validated, ctx: BuildContext) -> None:
-    """Run every config's ``bind(ctx)`` in BIND_ORDER."""
+    """Run every config's ``bind(ctx)`` in BIND_ORDER; the declared kinds' nodes bind right after the tokenizer."""
     for key in BIND_ORDER:
         spec = validated.components.get(key)
-        if spec is not None and hasattr(spec.config, "bind"):
-            ctx.current = key
-            spec.config.bind(ctx)
+        if spec is not None:
+            _bind_spec(spec, ctx)
+        if key == "tokenizer":
+            for node in declared_specs(validated).values():
+                for one in node if isinstance(node, list) else [node]:
+                    _bind_spec(one, ctx)
     ctx.current = None
+
+
+def build_declared(validated, ctx: BuildContext) -> dict[str, Any]:
+    """Build the declared kinds' top-level nodes and publish each as ``ctx.<config_key>``."""
+    built: dict[str, Any] = {}
+    for key, node in declared_specs(validated).items():
+        built[key] = [build_component(s, ctx) for s in node] if isinstance(node, list) else build_component(node, ctx)
+        ctx.set(key, built[key], by=key)
+    return built
 
 
 def build_component(spec, ctx: BuildContext):
@@ -214,6 +249,7 @@ def assemble(validated, registry=None, *, data: bool = True, tokenizer=None, fit
         ctx.setdefault("eos_id", built_tok.eos_id)
     ctx.set("tokenizer", built_tok, by="tokenizer")
     bind(validated, ctx)
+    declared = build_declared(validated, ctx)
     parts = {"tokenizer": built_tok}
     for key in BUILD_ORDER[1:]:
         if key in comps:
@@ -227,4 +263,4 @@ def assemble(validated, registry=None, *, data: bool = True, tokenizer=None, fit
         )
     model = GenerativeModel(built_tok, parts["head"], backbone, objective, ctx, comps.get("decoder"), validated)
     processors = [build_component(spec, ctx) for spec in validated.lists.get("processors", [])]
-    return Built(model=model, ctx=ctx, data=source, decoder=parts.get("decoder"), processors=processors)
+    return Built(model=model, ctx=ctx, data=source, decoder=parts.get("decoder"), processors=processors, declared=declared)

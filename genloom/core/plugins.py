@@ -9,6 +9,7 @@ rest keep working; ``GENLOOM_STRICT_PLUGINS=1`` makes the failure fatal.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata as metadata
 import logging
@@ -68,10 +69,20 @@ class Registry:
                         other = self.kinds[kind.name].plugin
                         raise PluginError(f"declares component kind '{kind.name}', already declared by '{other}'")
                 for kind in kinds:
-                    self.kinds[kind.name] = ComponentKind(kind.name, kind.summary, kind.config_key, kind.many, impl.plugin_name)
+                    self.kinds[kind.name] = dataclasses.replace(kind, plugin=impl.plugin_name)
             except Exception as exc:
                 self._fail(impl.plugin_name, exc)
-        for hook_name, kind in KIND_HOOKS.items():
+        self._check_config_keys()
+        hooks = dict(KIND_HOOKS)
+        for kind in list(self.kinds.values()):
+            if kind.hook:
+                if not hasattr(self.pm.hook, kind.hook):
+                    self._fail(kind.plugin, PluginError(
+                        f"declares component kind '{kind.name}' with hook '{kind.hook}', but no hookspec of that name was added "
+                        f"(add it with pluginmanager.add_hookspecs in genloom_addhooks)"))
+                    continue
+                hooks[kind.hook] = kind.name
+        for hook_name, kind in hooks.items():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 if self._is_failed(impl.plugin_name):
                     continue
@@ -115,6 +126,20 @@ class Registry:
         info = self.plugins.get(plugin)
         return info is not None and info.error is not None
 
+    def _check_config_keys(self) -> None:
+        """A declared kind's top-level key may not reuse a built-in key or another declared kind's."""
+        from genloom.core.config import COMPONENT_KEYS, LIST_KEYS, SECTION_SCHEMAS, RunConfig
+
+        taken = {k: "genloom" for k in [*COMPONENT_KEYS, *LIST_KEYS, *SECTION_SCHEMAS, *(f.name for f in dataclasses.fields(RunConfig))]}
+        for kind in list(self.kinds.values()):
+            if kind.plugin == "genloom" or not kind.config_key:
+                continue
+            if kind.config_key in taken:  # the later plugin is marked failed, like any other broken contract
+                self._fail(kind.plugin, PluginError(f"gives component kind '{kind.name}' the top-level config key '{kind.config_key}', "
+                                                    f"already used by '{taken[kind.config_key]}'"))
+                continue
+            taken[kind.config_key] = kind.plugin
+
     def _fail(self, plugin: str, exc: BaseException) -> None:
         info = self.plugins.get(plugin)
         if info is None:
@@ -157,7 +182,9 @@ class Registry:
         any plugin that failed to load (its error chained).
         """
         if kind not in self.kinds:
-            raise ConfigError(f"unknown component kind '{kind}' (known: {', '.join(self.kinds)})", path=path)
+            guess = closest(kind, self.kinds)
+            hint = f" Did you mean '{guess}'?" if guess else ""
+            raise ConfigError(f"unknown component kind '{kind}'.{hint} Known: {', '.join(self.kinds)}.", path=path)
         plugin = None
         bare = name
         if ":" in name:

@@ -11,6 +11,7 @@ that listing and validating configs never imports torch.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,10 +49,20 @@ class NoConfig:
 class Component:
     """One buildable component of some kind.
 
-    ``factory`` is ``"module:attr"``; ``attr`` is called as ``attr(config, ctx)`` with the
-    validated config dataclass and the :class:`~genloom.core.context.BuildContext`.
-    For kernels, ``op`` names the operation the backend implements and ``priority`` orders
-    automatic selection (higher first).
+    Fields a plugin sets:
+
+    - ``kind``: one of the core kinds or a kind declared with :class:`ComponentKind`;
+    - ``name``: the name a config node gives (``{name: ..., <fields>}``); unique per plugin and kind;
+    - ``factory``: ``"module:attr"``, imported only when the component is built; ``attr`` is called
+      as ``attr(config, ctx)`` with the validated config dataclass and the
+      :class:`~genloom.core.context.BuildContext`, and returns the component;
+    - ``config``: the config dataclass the node is validated against (fields with docstrings;
+      ``__post_init__`` raises ``ValueError`` naming the field; optional ``bind(self, ctx)``);
+    - ``summary``: one line for ``genloom components``; ``paper``: the :class:`Paper`;
+    - ``op`` and ``priority`` (kernels only): the operation the backend implements, and the order
+      of automatic selection (higher first).
+
+    Stamped by the plugin manager (do not set): ``plugin``, ``distribution``, ``version``.
     """
 
     kind: str
@@ -139,11 +150,20 @@ def kernel(op: str, name: str, factory: str, config: type = NoConfig, summary: s
 
 @dataclass(frozen=True)
 class ComponentKind:
-    """A component kind a plugin adds (beside the six core kinds).
+    """A component kind a plugin adds (beside the six core kinds), returned by ``genloom_component_kinds``.
 
-    Its components come from the generic ``genloom_components`` hook with ``kind=name``; the
-    registry, config validation and listing then work for it as for the core kinds.
-    ``config_key`` is the top-level config key holding a node (or list of nodes, if ``many``).
+    - ``name``: the kind (``reward``), as records' ``kind`` and ``genloom components KIND`` name it;
+    - ``summary``: one line for listings;
+    - ``config_key``: the top-level config key holding one node of this kind (or a list of nodes,
+      if ``many``). Assembly validates, binds and builds that node right after the tokenizer,
+      before the head, backbone, objective and decoder, and publishes the built component in the
+      build context as ``ctx.<config_key>`` (a list if ``many``) for the components that use it;
+      ``Built.declared[config_key]`` holds it too. None: the kind is only built on demand
+      (``ctx.build(kind, node)``, or a :func:`node_field` of another component's config);
+    - ``hook``: the name of a hookspec of the plugin's own (added in ``genloom_addhooks``) whose
+      implementations return this kind's records; the registry collects and stamps them like the
+      core kinds' hooks. Records of the kind may also come from the generic ``genloom_components``;
+    - ``plugin``: stamped by the registry with the declaring plugin.
     """
 
     name: str
@@ -151,6 +171,28 @@ class ComponentKind:
     config_key: str | None = None
     many: bool = False
     plugin: str = ""
+    hook: str | None = None
+
+
+#: ``dataclasses.field`` metadata key marking a field as a component node (see :func:`node_field`).
+NODE_KIND = "genloom_kind"
+
+
+def node_field(kind: str, default: Any = None, *, many: bool = False):
+    """A config dataclass field that holds a component node of ``kind`` (or a list of them, if ``many``).
+
+    Config validation checks the node against the registry like a top-level one (unknown names,
+    fields and types are errors naming the nested path, e.g. ``decoder.reward.name``); the field
+    keeps the node as given (a name or ``{name: ..., <fields>}``), and the factory builds it with
+    ``ctx.build(kind, node)``. ``default`` may be None (no node), a name or a node; annotate the
+    field ``dict | str | None`` (or ``list`` if ``many``)::
+
+        base: dict | str = records.node_field("backbone", {"name": "transformer"})
+    """
+    metadata = {NODE_KIND: kind, "genloom_many": many}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass

@@ -83,12 +83,12 @@ from genloom.core.state import State, as_lengths
 
 
 class ConvState(State):
-    """The last kernel_size - 1 inputs of every sequence, with a history for rollback."""
+    """The last kernel_size - 1 inputs of every sequence, with a history of (window, lengths) for rollback."""
 
     def __init__(self, batch_size, d_model, kernel_size, device=None, dtype=None):
         self.window = torch.zeros(batch_size, kernel_size - 1, d_model, device=device, dtype=dtype)
-        self.history = [self.window]
         self._lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.history = [(self.window, self._lengths)]
 
     @property
     def lengths(self):
@@ -96,25 +96,28 @@ class ConvState(State):
 
     def reorder(self, index):
         self.window = self.window.index_select(0, index)
-        self.history = [w.index_select(0, index) for w in self.history]
         self._lengths = self._lengths.index_select(0, index)
+        self.history = [(w.index_select(0, index), n.index_select(0, index)) for w, n in self.history]
 
     def rollback(self, lengths):
         lengths = as_lengths(lengths, self.window.shape[0], self.window.device)
-        back = self._lengths - lengths
-        if bool((back < 0).any()) or int(back.max()) >= len(self.history):
-            raise ValueError("can only roll back within the kept history")
-        rows = [self.history[len(self.history) - 1 - int(b)][i] for i, b in enumerate(back.tolist())]
+        rows = []
+        for b, target in enumerate(lengths.tolist()):
+            # the latest kept window of row b after exactly `target` tokens
+            found = [w[b] for w, n in reversed(self.history) if int(n[b]) == target]
+            if not found:
+                raise ValueError(f"row {{b}} cannot roll back to {{target}} tokens: only the last advance is kept")
+            rows.append(found[0])
         self.window = torch.stack(rows)
-        self.history = [self.window]
         self._lengths = lengths.clone()
+        self.history = [(self.window, self._lengths)]
 
     def snapshot(self):
         return (self.window.clone(), self._lengths.clone())
 
     def restore(self, snap):
         self.window, self._lengths = snap[0].clone(), snap[1].clone()
-        self.history = [self.window]
+        self.history = [(self.window, self._lengths)]
 
 
 class ConvBackbone(Backbone):
@@ -127,22 +130,23 @@ class ConvBackbone(Backbone):
         self.gate = nn.Linear(cfg.d_model, cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
 
-    def _mix(self, padded):
-        # padded: (B, k - 1 + L, D) -> (B, L, D) causal depthwise convolution
-        windows = padded.unfold(1, self.k, 1)  # (B, L, D, k)
-        return (windows * self.weight).sum(-1)
-
     def forward(self, h, *, pattern=None, state=None, valid=None):
         B, L, D = h.shape
-        past = state.window if state is not None else h.new_zeros(B, self.k - 1, D)
-        padded = torch.cat([past, h], 1)
-        y = self._mix(padded) * torch.sigmoid(self.gate(h))
+        window = state.window if state is not None else h.new_zeros(B, self.k - 1, D)
+        lengths = state.lengths if state is not None else torch.zeros(B, dtype=torch.long, device=h.device)
+        keep = torch.ones(B, L, dtype=torch.bool, device=h.device) if valid is None else valid.to(h.device, torch.bool)
+        history, mixed = [], []
+        for t in range(L):
+            full = torch.cat([window, h[:, t : t + 1]], 1)  # (B, k, D): the causal window ending at t
+            mixed.append((full.transpose(1, 2) * self.weight).sum(-1))
+            # a padding token (valid False) neither enters the window nor counts as a token
+            window = torch.where(keep[:, t, None, None], full[:, 1:], window)
+            lengths = lengths + keep[:, t].long()
+            history.append((window, lengths))
+        y = torch.stack(mixed, 1) * torch.sigmoid(self.gate(h))
         if state is not None:
-            for i in range(L):
-                state.history.append(padded[:, i + 1 : i + self.k])
-            state.history = state.history[-(L + 1):]
-            state.window = padded[:, padded.shape[1] - (self.k - 1):]
-            state._lengths = state._lengths + L
+            state.history = [(state.window, state.lengths)] + history
+            state.window, state._lengths = window, lengths
         return h + self.out(y)
 
     def init_state(self, batch_size, capacity=256, device=None, dtype=None):

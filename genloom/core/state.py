@@ -161,3 +161,142 @@ class KVCache(State):
         self.valid = torch.cat([valid, valid.new_zeros(valid.shape[0], extra)], 1) if extra else valid.clone()
         self.pos = torch.cat([pos, pos.new_zeros(pos.shape[0], extra)], 1) if extra else pos.clone()
         self._lengths = lengths.clone()
+
+
+class StaticKVCache(KVCache):
+    """A :class:`KVCache` of fixed shape whose tensors never move: the cache a compiled decode step
+    (``torch.compile``, CUDA graphs) can capture.
+
+    It keeps :class:`KVCache`'s contract and slot layout (append-only columns, per-sequence validity
+    and positions, ``begin``/``update`` for backbones), with three differences:
+
+    - ``update`` returns the whole preallocated store (all ``capacity`` slots) with the validity
+      mask; slots not written yet are invalid, so attention masks them and every step of a decode
+      loop has the same shapes;
+    - the number of used slots lives in a device tensor as well as in a host integer, and every
+      method changes the store in place (``copy_``, ``index_copy_``), so the addresses a CUDA graph
+      recorded stay valid; ``begin`` inside a compiled region reads only the device copy (the
+      caller reserves the slots on the host first with :meth:`reserve`, outside the region);
+    - it never grows: an advance past ``capacity`` first compacts the valid slots to the left
+      (order kept), and raises ``ValueError`` if they still do not fit. Reordering to a different
+      batch size (a decoder that expands each row to k rows) reallocates the store, which a
+      compiled step then captures anew.
+    """
+
+    def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, head_dim: int, capacity: int = 256, *, device=None, dtype=torch.float32):
+        super().__init__(n_layers, batch_size, n_kv_heads, head_dim, capacity, device=device, dtype=dtype)
+        self._used = torch.zeros((), dtype=torch.long, device=self.device)
+        self._slots = torch.arange(self.capacity, device=self.device)
+
+    @classmethod
+    def like(cls, cache: KVCache) -> "StaticKVCache":
+        """An empty static cache with the shapes, capacity, device and dtype of ``cache``."""
+        k = cache.k[0]
+        return cls(cache.n_layers, cache.batch_size, k.shape[1], k.shape[3], cache.capacity, device=k.device, dtype=k.dtype)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self._lengths.clone()  # the store changes in place; callers keep values
+
+    def buffers(self) -> list[torch.Tensor]:
+        """Every tensor of the store."""
+        return [*self.k, *self.v, self.valid, self.pos, self._lengths, self._used, self._slots]
+
+    def mark_static(self) -> None:
+        """Tell ``torch.compile`` that the store's tensors keep their addresses (a CUDA graph then
+        reads them in place instead of copying them in at every replay)."""
+        self._static_marked = True
+        for t in self.buffers():
+            torch._dynamo.mark_static_address(t)
+
+    def reset(self) -> None:
+        """Forget every token; the store stays where it is (a compiled step keeps its graph)."""
+        self.valid.zero_()
+        self.pos.zero_()
+        self._lengths.zero_()
+        self._used.zero_()
+        self.used = 0
+
+    def _grow(self, needed: int) -> None:
+        if needed > self.capacity:
+            raise ValueError(f"the static KV cache holds {self.capacity} slots per sequence; {needed} are needed")
+
+    def reserve(self, length: int) -> None:
+        """Reserve ``length`` slots on the host (capacity check, compaction): what ``begin`` does
+        outside a compiled region, and what the caller of a compiled step does before it."""
+        if self.used + length > self.capacity:
+            self.compact()
+            if self.used + length > self.capacity:
+                raise ValueError(f"the static KV cache holds {self.capacity} slots per sequence and {self.used} are in use: "
+                                 f"{length} more do not fit (give it a larger capacity)")
+        self.used += length
+
+    def compact(self) -> None:
+        """Move every sequence's valid slots to the left, in order, and reclaim the rest."""
+        order = torch.sort((~self.valid).int(), dim=1, stable=True).indices  # valid slots first, order kept
+        for t in (*self.k, *self.v):
+            t.copy_(t.gather(2, order[:, None, :, None].expand_as(t)))
+        self.pos.copy_(self.pos.gather(1, order))
+        self.valid.copy_(self.valid.gather(1, order))
+        self.used = int(self.valid.sum(1).max()) if self.batch_size else 0
+        self._used.fill_(self.used)
+
+    def begin(self, valid: torch.Tensor | None, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if valid is None:
+            valid = torch.ones(self.batch_size, length, dtype=torch.bool, device=self.device)
+        valid = valid.to(self.device, torch.bool)
+        L = valid.shape[1]
+        if not torch.compiler.is_compiling():
+            self.reserve(L)
+        positions = (self._lengths[:, None] + valid.long().cumsum(1) - 1).clamp_min(0)
+        index = self._used + torch.arange(L, device=self.device)
+        self.valid.index_copy_(1, index, valid)
+        self.pos.index_copy_(1, index, positions)
+        self._used.add_(L)
+        self._lengths.add_(valid.long().sum(1))
+        return positions, valid
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Write the current chunk's keys/values; return the whole store, positions and validity."""
+        L = k.shape[2]
+        if self.k[layer].dtype != k.dtype and not torch.compiler.is_compiling():
+            self.k[layer] = self.k[layer].to(k.dtype)  # once, in the eager prefill (autocast)
+            self.v[layer] = self.v[layer].to(v.dtype)
+        index = self._used - L + torch.arange(L, device=self.device)  # the slots begin() reserved
+        self.k[layer].index_copy_(2, index, k)
+        self.v[layer].index_copy_(2, index, v)
+        return self.k[layer], self.v[layer], self.pos, self.valid
+
+    def reorder(self, index: torch.Tensor) -> None:
+        index = index.to(self.device)
+        if index.numel() != self.batch_size:
+            super().reorder(index)  # a new batch size needs a new store
+            if getattr(self, "_static_marked", False):
+                self.mark_static()
+            return
+        for t in (*self.k, *self.v, self.valid, self.pos, self._lengths):
+            t.copy_(t.index_select(0, index))
+
+    def rollback(self, lengths) -> None:
+        lengths = as_lengths(lengths, self.batch_size, self.device)
+        if bool((lengths > self._lengths).any()):
+            raise ValueError(f"cannot roll forward: asked for lengths {lengths.tolist()} but the cache holds {self._lengths.tolist()}")
+        self.valid.copy_(self.valid & (self.valid.long().cumsum(1) <= lengths[:, None]))
+        self._lengths.copy_(lengths)
+        # reclaim trailing slots no sequence uses any more
+        last = torch.where(self.valid.any(0), self._slots + 1, 0).max()
+        self._used.copy_(last)
+        self.used = int(last)
+
+    def snapshot(self):
+        return (self.used, self.valid.clone(), self.pos.clone(), self._lengths.clone())
+
+    def restore(self, snap) -> None:
+        used, valid, pos, lengths = snap
+        if valid.shape != self.valid.shape:
+            raise ValueError(f"the snapshot is of a cache of shape {tuple(valid.shape)}, this one is {tuple(self.valid.shape)}")
+        self.used = used
+        self._used.fill_(used)
+        self.valid.copy_(valid)
+        self.pos.copy_(pos)
+        self._lengths.copy_(lengths)

@@ -20,6 +20,9 @@ Conventions this module owns (written down in docs/training.md):
 - The global torch/numpy/python random states are saved in every checkpoint and restored at
   ``on_train_start``; validation runs under a fixed seed and gives the training random state back
   afterwards, so noise-sampling objectives (masked diffusion...) also resume exactly.
+- Under data parallelism every rank has its own random stream (rank 0 the seed's, rank r > 0 one
+  derived by :func:`seed_rank`), so noise-sampling objectives draw different noise for each
+  rank's samples; checkpoints keep every rank's state.
 - A non-finite loss stops the run with :class:`TrainingDiverged` naming the optimizer step; a
   checkpoint is never written from non-finite parameters, so the last good one stays.
 - Checkpoints are written to a temporary file and renamed (a kill mid-write never leaves a
@@ -141,6 +144,16 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def seed_rank(seed: int, rank: int, batches_seen: int = 0) -> int:
+    """Seed torch (CPU and CUDA), numpy and python for data-parallel rank ``rank`` > 0 from
+    (``seed``, ``rank``, ``batches_seen``); returns the derived seed. Rank 0 keeps ``seed``'s own stream."""
+    derived = (seed * 1_000_003 + rank * 7_919 + batches_seen * 104_729) % (2**63 - 1)
+    torch.manual_seed(derived)
+    np.random.seed(derived % 2**32)
+    random.seed(derived)
+    return derived
+
+
 # ---------------------------------------------------------------------------------------------
 # The LightningModule
 # ---------------------------------------------------------------------------------------------
@@ -220,9 +233,14 @@ class GenloomModule(L.LightningModule):
         return loss
 
     def on_train_start(self):
+        rank = self.global_rank if self._trainer is not None else 0
         if self._rng_to_restore is not None:
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
+        elif rank > 0:
+            # every rank draws its own noise (masking, diffusion time, dropout): rank 0 keeps the
+            # seed's stream, rank r > 0 one derived from (seed, r, batches already trained on)
+            seed_rank(self.seed, rank, self.batches_seen)
         self._tick = None
 
     def configure_optimizers(self):
@@ -317,12 +335,21 @@ class GenloomModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         rng = self._train_rng if self._train_rng is not None else get_rng_state()  # never the validation stream
         checkpoint["genloom"] = {"batches_seen": self.batches_seen, "rng": rng, "config": self.config_dict, "last_val_step": self.last_val_step}
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every rank runs this hook; rank 0 writes the file with every rank's random state
+            by_rank: list = [None] * world
+            torch.distributed.all_gather_object(by_rank, rng)
+            checkpoint["genloom"]["rng_by_rank"] = by_rank
 
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint.get("genloom") or {}
         self.batches_seen = int(state.get("batches_seen", 0))
         self.last_val_step = int(state.get("last_val_step", -1))
-        self._rng_to_restore = state.get("rng")
+        rank = self.global_rank if self._trainer is not None else 0
+        by_rank = state.get("rng_by_rank") or []
+        # a rank's own saved state; ranks the checkpoint has none for (a new world size) derive one at train start
+        self._rng_to_restore = by_rank[rank] if rank < len(by_rank) else (state.get("rng") if rank == 0 else None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,12 +58,14 @@ class Reference(_Backend):
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
         scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+        # the definition: half precision is upcast to float32, float32/float64 are kept as they are
+        work = torch.promote_types(q.dtype, torch.float32)
+        scores = torch.matmul(q.to(work), k.to(work).transpose(-1, -2)) * scale
         mask = dense_mask(pattern, q, k, q_pos, kv_pos, kv_valid)
         scores = scores.masked_fill(~mask, float("-inf"))
         empty = ~mask.any(-1, keepdim=True)
         probs = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
-        return torch.matmul(probs, v.float()).to(q.dtype)
+        return torch.matmul(probs, v.to(work)).to(q.dtype)
 
 
 class Sdpa(_Backend):
@@ -80,7 +82,7 @@ class Sdpa(_Backend):
         mask = dense_mask(pattern, q, k, q_pos, kv_pos, kv_valid)
         empty = ~mask.any(-1, keepdim=True)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | empty, scale=scale, enable_gqa=gqa)
-        return out.masked_fill(empty, 0.0) if bool(empty.any()) else out
+        return out.masked_fill(empty, 0.0)  # unconditional: no host sync, and torch.compile traces it
 
 
 class Flex(_Backend):
@@ -113,7 +115,7 @@ class Flex(_Backend):
         out = flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
         # rows with no allowed key: zeros, as in every backend
         empty = ~dense_mask(pattern, q, k, q_pos, kv_pos, valid).any(-1, keepdim=True)
-        return out.masked_fill(empty, 0.0) if bool(empty.any()) else out
+        return out.masked_fill(empty, 0.0)  # unconditional: no host sync, and torch.compile traces it
 
 
 class Xformers(_Backend):
@@ -155,7 +157,7 @@ class Xformers(_Backend):
             full[..., :Lk].masked_fill_(~mask, float("-inf"))
             bias = full[..., :Lk]
         out = xops.memory_efficient_attention(qt, kt, vt, attn_bias=bias, scale=scale).transpose(1, 2)
-        if empty is not None and bool(empty.any()):
+        if empty is not None:
             out = out.masked_fill(empty, 0.0)
         return out
 

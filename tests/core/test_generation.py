@@ -90,8 +90,9 @@ def test_beam_search_with_one_beam_is_greedy_and_wide_beam_finds_best_sequence(b
         total = 0.0
         hist = [3, 4]
         for i, t in enumerate(seq):
-            lg = procs[0](logits[1 + i][None], torch.tensor([hist]))
-            total += float(torch.log_softmax(lg, -1)[0, t])
+            # beam search applies the processors to the log-probabilities (as transformers does)
+            lg = procs[0](torch.log_softmax(logits[1 + i][None].float(), -1), torch.tensor([hist]))
+            total += float(lg[0, t])
             hist.append(t)
         return total
 

@@ -34,7 +34,8 @@ def _violations(package: str, forbidden: tuple[str, ...]):
 
 @pytest.mark.parametrize(
     ("package", "forbidden"),
-    [("core", ("genloom.toolkit", "genloom.plugins")), ("toolkit", ("genloom.plugins",)), ("kernels", ("genloom.toolkit", "genloom.plugins"))],
+    [("core", ("genloom.toolkit", "genloom.plugins")), ("toolkit", ("genloom.plugins",)), ("kernels", ("genloom.toolkit", "genloom.plugins")),
+     ("reporting", ("genloom.toolkit", "genloom.plugins"))],
 )
 def test_layering(package, forbidden):
     assert _violations(package, forbidden) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from typing import Literal
 
 from genloom.core import hookimpl, records
 from typing import Annotated
@@ -64,8 +65,14 @@ class TransformerConfig:
     dropout: Fraction = 0.0
     final_norm: bool = True
     """RMSNorm after the last block (Llama's model.norm)."""
+    max_positions: PositiveInt | None = None
+    """Positions the model may attend to (prompt + generated tokens); generation refuses to go past
+    it. None: no limit (rotary positions extrapolate, quality permitting). ``genloom import hf`` sets
+    it from max_position_embeddings."""
 
     def __post_init__(self):
+        if self.max_positions is not None and self.max_positions < 1:
+            raise ValueError(f"max_positions must be at least 1 (or null), got {self.max_positions}")
         kv = self.n_kv_heads or self.n_heads
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
@@ -74,6 +81,8 @@ class TransformerConfig:
 
     def bind(self, ctx):
         ctx.set("d_model", self.d_model)
+        if self.max_positions is not None:
+            ctx.set("max_positions", self.max_positions)
 
 
 @dataclass
@@ -105,11 +114,25 @@ class GreedyConfig:
 
 @dataclass
 class BeamConfig:
-    """Beam search over the model's log-probabilities."""
+    """Beam search over the model's log-probabilities (the processors act on the log-probabilities,
+    as in transformers); a finished hypothesis scores ``sum log p / generated_length**length_penalty``."""
 
     num_beams: PositiveInt = 4
     length_penalty: AnyFloat = 1.0
-    """Hypothesis score = log-prob / length**length_penalty."""
+    """Hypothesis score = log-prob / length**length_penalty (length counts generated tokens, EOS included)."""
+    early_stopping: bool | Literal["never"] = False
+    """False: stop once the num_beams-th best finished hypothesis scores at least what the best live
+    beam would score at its current length (transformers' default heuristic); True: stop as soon as
+    num_beams hypotheses have finished; 'never': stop only when no live beam can reach the
+    num_beams-th best finished score within max_new_tokens (an exact bound)."""
+    num_return_sequences: PositiveInt = 1
+    """Hypotheses returned per prompt, best first (at most num_beams)."""
+
+    def __post_init__(self):
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams must be at least 1, got {self.num_beams}")
+        if not 1 <= self.num_return_sequences <= self.num_beams:
+            raise ValueError(f"num_return_sequences must be between 1 and num_beams ({self.num_beams}), got {self.num_return_sequences}")
 
 
 # -- processors ------------------------------------------------------------------------------
@@ -122,29 +145,111 @@ class TemperatureConfig:
             raise ValueError("temperature must be > 0 (use the greedy decoder for temperature 0)")
 
 
+def _check_keep(cfg):
+    if cfg.min_tokens_to_keep < 1:
+        raise ValueError(f"min_tokens_to_keep must be at least 1, got {cfg.min_tokens_to_keep}")
+
+
 @dataclass
 class TopKConfig:
     k: PositiveInt = 50
+    min_tokens_to_keep: PositiveInt = 1
+    """Keep at least this many of the most likely tokens."""
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+        _check_keep(self)
 
 
 @dataclass
 class TopPConfig:
     p: Annotated[float, Interval(gt=0, le=1)] = 0.9
+    """Keep the smallest set of most likely tokens whose mass reaches p (1.0 keeps everything)."""
+    min_tokens_to_keep: PositiveInt = 1
+    """Keep at least this many of the most likely tokens."""
 
     def __post_init__(self):
         if not 0 < self.p <= 1:
             raise ValueError(f"p must be in (0, 1], got {self.p}")
+        _check_keep(self)
 
 
 @dataclass
 class MinPConfig:
-    p: Annotated[float, Interval(gt=0, le=1)] = 0.05
+    p: Probability = 0.05
+    min_tokens_to_keep: PositiveInt = 1
+    """Keep at least this many of the most likely tokens."""
+
+    def __post_init__(self):
+        if not 0 <= self.p <= 1:
+            raise ValueError(f"p must be in [0, 1], got {self.p}")
+        _check_keep(self)
+
+
+@dataclass
+class TypicalConfig:
+    """Locally typical sampling ("Locally Typical Sampling", 2023)."""
+
+    p: Annotated[float, Interval(gt=0, le=1)] = 0.9
+    """Mass of the kept set, chosen by closeness of each token's surprisal to the entropy (1.0 keeps everything)."""
+    min_tokens_to_keep: PositiveInt = 1
+    """Keep at least this many of the most typical tokens."""
+
+    def __post_init__(self):
+        if not 0 < self.p <= 1:
+            raise ValueError(f"p must be in (0, 1], got {self.p}")
+        _check_keep(self)
+
+
+@dataclass
+class EpsilonConfig:
+    """Epsilon sampling ("Truncation Sampling as Language Model Desmoothing", 2022)."""
+
+    epsilon: Annotated[float, Interval(gt=0, lt=1)] = 3e-4
+    """Drop tokens whose probability is below epsilon."""
+    min_tokens_to_keep: PositiveInt = 1
+    """Keep at least this many of the most likely tokens."""
+
+    def __post_init__(self):
+        if not 0 < self.epsilon < 1:
+            raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
+        _check_keep(self)
+
+
+@dataclass
+class EtaConfig:
+    """Eta sampling ("Truncation Sampling as Language Model Desmoothing", 2022)."""
+
+    epsilon: Annotated[float, Interval(gt=0, lt=1)] = 3e-4
+    """Drop tokens whose probability is below min(epsilon, sqrt(epsilon) * exp(-entropy))."""
+    min_tokens_to_keep: PositiveInt = 1
+    """Keep at least this many of the most likely tokens."""
+
+    def __post_init__(self):
+        if not 0 < self.epsilon < 1:
+            raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
+        _check_keep(self)
+
+
+@dataclass
+class NoRepeatNGramConfig:
+    n: PositiveInt = 3
+    """Forbid a token that would repeat an n-gram of prompt + generated text."""
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
 
 
 @dataclass
 class RepetitionPenaltyConfig:
     penalty: PositiveFloat = 1.2
     """Divide positive (multiply negative) logits of tokens already in the sequence by this."""
+
+    def __post_init__(self):
+        if self.penalty <= 0:
+            raise ValueError(f"penalty must be > 0, got {self.penalty}")
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -254,6 +359,10 @@ def genloom_decoders():
     ]
 
 
+_TYPICAL = records.Paper("Locally Typical Sampling", 2023, arxiv="2202.00666")
+_TRUNCATION = records.Paper("Truncation Sampling as Language Model Desmoothing", 2022, arxiv="2210.15191")
+
+
 @hookimpl
 def genloom_logits_processors():
     return [
@@ -262,6 +371,10 @@ def genloom_logits_processors():
         records.processor("top-p", f"{_P}.processors:build_top_p", TopPConfig, "Nucleus: keep the smallest set with probability >= p."),
         records.processor("min-p", f"{_P}.processors:build_min_p", MinPConfig, "Keep tokens with probability >= p x the top probability."),
         records.processor("repetition-penalty", f"{_P}.processors:build_repetition_penalty", RepetitionPenaltyConfig, "Penalise tokens already present in the sequence."),
+        records.processor("no-repeat-ngram", f"{_P}.processors:build_no_repeat_ngram", NoRepeatNGramConfig, "Forbid tokens that would repeat an n-gram of the sequence."),
+        records.processor("typical", f"{_P}.processors:build_typical", TypicalConfig, "Locally typical sampling: keep tokens whose surprisal is close to the entropy.", paper=_TYPICAL),
+        records.processor("epsilon", f"{_P}.processors:build_epsilon", EpsilonConfig, "Epsilon sampling: drop tokens with probability below epsilon.", paper=_TRUNCATION),
+        records.processor("eta", f"{_P}.processors:build_eta", EtaConfig, "Eta sampling: an entropy-dependent probability cut-off.", paper=_TRUNCATION),
     ]
 
 
@@ -296,7 +409,8 @@ class IdsConfig:
     """Token ids as they are (for imported checkpoints without a tokenizer file, and synthetic data)."""
 
     vocab_size: PositiveInt = 256
-    eos_id: NonNegativeInt | None = None
+    eos_id: NonNegativeInt | list[NonNegativeInt] | None = None
+    """End-of-sequence id, or a list of them (generation stops at any; e.g. Llama 3's end-of-turn)."""
 
 
 @hookimpl(specname="genloom_tokenizers")

@@ -4,93 +4,142 @@ from __future__ import annotations
 
 import torch
 
-from genloom.core.generation import Commit, Decoder
+from genloom.core.errors import GenerationError
+from genloom.core.generation import Commit, Decoder, initial_capacity
 
 
 class Sampling(Decoder):
     """Ancestral sampling: the core loop's default behaviour."""
 
+    exact = "sampling"
+
 
 class Greedy(Decoder):
+    exact = "greedy"
+
     def choose(self, session, logits):
         return logits.argmax(-1)
 
 
 class Beam(Decoder):
-    """Beam search. ``propose`` runs the search to the end (reordering the KV cache across the
-    beams each step); ``verify`` commits each sequence's best hypothesis as one block."""
+    """Beam search with transformers' scoring and stopping rule.
+
+    ``propose`` runs the whole search (reordering the incremental state across the beams each step)
+    and ``verify`` commits the returned hypotheses as one block. One step, per prompt:
+
+    1. every live beam's next-token log-probabilities (processors applied to the log-probabilities)
+       are added to its running sum, and the best ``(1 + #EOS ids) * num_beams`` candidates are
+       kept, so that at least ``num_beams`` of them do not end the sequence;
+    2. a candidate among the best ``num_beams`` that ends with an EOS id, or reaches
+       ``max_new_tokens``, becomes a finished hypothesis scored ``sum / generated_length **
+       length_penalty``; the ``num_beams`` best finished hypotheses are kept;
+    3. the best ``num_beams`` candidates that did not finish become the live beams;
+    4. the prompt is done when ``num_beams`` hypotheses have finished and none of the live beams can
+       beat the worst of them any more (:meth:`improvement_possible`, after ``early_stopping``).
+
+    The ``num_return_sequences`` best finished hypotheses are returned, best first. The session
+    holds each prompt ``num_return_sequences`` times in a row (``Generator.generate`` arranges that);
+    row ``j`` of a group gets the ``j``-th best hypothesis, and ``metrics.extra['sequence_scores']``
+    the scores, row by row.
+    """
 
     def __init__(self, config, ctx=None):
         super().__init__(config, ctx)
         self.num_beams = config.num_beams
         self.length_penalty = config.length_penalty
+        self.early_stopping = getattr(config, "early_stopping", False)
+        self.num_return_sequences = getattr(config, "num_return_sequences", 1)
+
+    def _groups(self, session) -> int:
+        n = self.num_return_sequences
+        if session.batch_size % n:
+            raise GenerationError(f"num_return_sequences={n} needs each prompt repeated {n} times in the batch (Generator.generate does that); got a batch of {session.batch_size}")
+        return session.batch_size // n
 
     def start(self, session):
-        B, K = session.batch_size, self.num_beams
-        ids = session.prompt_ids.repeat_interleave(K, 0)
-        valid = session.prompt_valid.repeat_interleave(K, 0)
-        capacity = ids.shape[1] + session.max_new_tokens + 16
+        B, K = self._groups(session), self.num_beams
+        rows = torch.arange(B, device=session.device) * self.num_return_sequences
+        ids = session.prompt_ids[rows].repeat_interleave(K, 0)
+        valid = session.prompt_valid[rows].repeat_interleave(K, 0)
+        capacity = initial_capacity(session)
         session.state = session.model.init_state(B * K, capacity)
         logits = session.forward(ids, state=session.state, valid=valid)
         session.scratch["next_logits"] = logits[:, -1]
+        session.scratch["beam_history"] = session.history()[rows].repeat_interleave(K, 0)
+
+    def improvement_possible(self, best_live: torch.Tensor, finished_scores: list, length: int, max_length: int) -> bool:
+        """Whether the best live beam (running log-prob sum ``best_live`` after ``length`` generated
+        tokens) may still enter the ``num_beams`` best finished hypotheses (``finished_scores``, best
+        first): it must beat the worst of them, the ``num_beams``-th best."""
+        if self.early_stopping == "never" and self.length_penalty > 0:
+            length = max_length  # the sum only falls, so dividing by the longest length bounds it
+        return bool(best_live / (length ** self.length_penalty) > finished_scores[-1])
 
     def propose(self, session):
-        B, K = session.batch_size, self.num_beams
+        B, K = self._groups(session), self.num_beams
         device = session.device
-        eos = session.eos_id
-        scores = torch.zeros(B, K, device=device)
-        scores[:, 1:] = float("-inf")  # all beams start identical: expand from the first only
+        eos = torch.tensor(session.eos_ids, dtype=torch.long, device=device)
+        width = max(2, 1 + len(session.eos_ids)) * K
+        V_all = session.scratch["next_logits"].shape[-1]
+        width = min(width, K * V_all)
+        running = torch.zeros(B, K, device=device)
+        running[:, 1:] = -1e9  # all beams start identical: expand from the first only
         seqs = torch.zeros(B * K, 0, dtype=torch.long, device=device)
-        alive = torch.ones(B, K, dtype=torch.bool, device=device)
-        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+        finished: list[list[tuple[torch.Tensor, list[int]]]] = [[] for _ in range(B)]
+        done = [False] * B
         logits = session.scratch["next_logits"]
-        hist_prompt = session.history().repeat_interleave(K, 0)
-        for step in range(session.max_new_tokens):
-            hist = torch.cat([hist_prompt, seqs], 1) if seqs.numel() else hist_prompt
-            logp = torch.log_softmax(session.process(logits, hist).float(), -1)  # (B*K, V)
+        hist_prompt = session.scratch["beam_history"]
+        max_len = session.max_new_tokens
+        for step in range(max_len):
+            length = step + 1  # generated tokens of every candidate of this step
+            hist = torch.cat([hist_prompt, seqs], 1)
+            logp = session.process(torch.log_softmax(logits.float(), -1), hist)  # (B*K, V)
             V = logp.shape[-1]
-            cand = (scores.reshape(B * K, 1) + logp).reshape(B, K * V)
-            cand = cand.masked_fill(~alive.reshape(B, K, 1).expand(B, K, V).reshape(B, K * V), float("-inf"))
-            top, idx = cand.topk(2 * K, dim=-1)
-            beam_src, tok = idx // V, idx % V
-            new_scores = torch.full((B, K), float("-inf"), device=device)
-            new_src = torch.zeros(B, K, dtype=torch.long, device=device)
-            new_tok = torch.zeros(B, K, dtype=torch.long, device=device)
+            cand = (logp.view(B, K, V) + running[:, :, None]).view(B, K * V)
+            top, idx = cand.topk(width, dim=-1)
+            src, tok = idx // V, idx % V
+            ends = torch.isin(tok, eos) if len(session.eos_ids) else torch.zeros_like(tok, dtype=torch.bool)
+            if length >= max_len:
+                ends = torch.ones_like(ends)
+            scored = top / (length ** self.length_penalty)
             for b in range(B):
-                j = 0
-                for c in range(2 * K):
-                    s = float(top[b, c])
-                    if s == float("-inf"):
-                        break
-                    src, t = int(beam_src[b, c]), int(tok[b, c])
-                    if eos is not None and t == eos:
-                        hyp = seqs[b * K + src].tolist() + [t]
-                        finished[b].append((s / len(hyp) ** self.length_penalty, hyp))
-                        continue
-                    if j < K:
-                        new_scores[b, j], new_src[b, j], new_tok[b, j] = s, src, t
-                        j += 1
-            order = (torch.arange(B, device=device)[:, None] * K + new_src).flatten()
+                full = self.early_stopping is True and len(finished[b]) >= K
+                if done[b] or full:
+                    continue
+                added = False
+                for c in range(K):  # only the best num_beams candidates may finish
+                    if ends[b, c]:
+                        finished[b].append((scored[b, c], seqs[b * K + int(src[b, c])].tolist() + [int(tok[b, c])]))
+                        added = True
+                if added:
+                    finished[b].sort(key=lambda h: -float(h[0]))
+                    del finished[b][K:]
+            # the live beams: the best num_beams candidates that did not finish
+            live_top = top + ends.float() * -1e9
+            pick = live_top.topk(K, dim=-1).indices
+            running = live_top.gather(1, pick)
+            beam_src = src.gather(1, pick)
+            new_tok = tok.gather(1, pick)
+            order = (torch.arange(B, device=device)[:, None] * K + beam_src).flatten()
             seqs = torch.cat([seqs.index_select(0, order), new_tok.flatten()[:, None]], 1)
-            scores = new_scores
-            alive = scores > float("-inf")
-            # stop a sequence when its best finished hypothesis beats every live beam's best possible score
+            hist_prompt = hist_prompt.index_select(0, order)
             for b in range(B):
-                if finished[b] and len(finished[b]) >= K:
-                    best_live = float(scores[b].max()) / (seqs.shape[1] ** self.length_penalty)
-                    if max(f[0] for f in finished[b]) >= best_live:
-                        alive[b] = False
-            if not bool(alive.any()) or step == session.max_new_tokens - 1:
+                if done[b]:
+                    continue
+                if len(finished[b]) >= K:
+                    if self.early_stopping is True or not self.improvement_possible(running[b, 0], [h[0] for h in finished[b]], length, max_len):
+                        done[b] = True
+            if all(done) or length >= max_len:
                 break
             session.state.reorder(order)
             logits = session.forward(new_tok.flatten()[:, None], state=session.state)[:, -1]
-        best = []
+        best, scores = [], []
         for b in range(B):
-            pool = list(finished[b])
-            for k in range(K):
-                if float(scores[b, k]) > float("-inf"):
-                    pool.append((float(scores[b, k]) / seqs.shape[1] ** self.length_penalty, seqs[b * K + k].tolist()))
-            best.append(max(pool, key=lambda x: x[0])[1] if pool else [])
+            for j in range(self.num_return_sequences):
+                hyp = finished[b][j] if j < len(finished[b]) else (torch.tensor(float("-inf")), [])
+                best.append(hyp[1])
+                scores.append(float(hyp[0]))
+        session.metrics.extra["sequence_scores"] = scores
         return best
 
     def verify(self, session, proposal):

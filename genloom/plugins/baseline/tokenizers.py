@@ -146,14 +146,22 @@ def build_bpe(config, ctx):
 class IdsTokenizer(Tokenizer):
     """Ids in, ids out: decode gives the ids as a space-separated string."""
 
-    def __init__(self, vocab_size: int, eos_id: int | None = None):
+    def __init__(self, vocab_size: int, eos_id: int | list[int] | None = None):
         self.vocab_size = vocab_size
-        self.eos_id = eos_id
+        self.eos_ids = tuple(eos_id) if isinstance(eos_id, (list, tuple)) else (() if eos_id is None else (eos_id,))
+        """Every end-of-sequence id; generation stops at any of them."""
+        self.eos_id = self.eos_ids[0] if self.eos_ids else None
 
     def encode(self, data) -> list[int]:
-        if isinstance(data, str):
-            return [int(x) for x in data.split()]
-        return [int(x) for x in data]
+        items = data.split() if isinstance(data, str) else list(data)
+        try:
+            ids = [int(x) for x in items]
+        except (TypeError, ValueError):
+            raise ValueError(f"the ids tokenizer reads whitespace-separated integers, got {data!r}") from None
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+        return ids
 
     def decode(self, ids) -> str:
         return " ".join(str(int(i)) for i in ids)

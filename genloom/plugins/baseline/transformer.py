@@ -105,6 +105,7 @@ class Transformer(Backbone):
     """Pre-norm transformer; serves any attention pattern (the kernels read the pattern value)."""
 
     patterns = frozenset({"any"})
+    static_cache = True  # the cache is reached only through begin/update: StaticKVCache fits
 
     def __init__(self, cfg):
         super().__init__()

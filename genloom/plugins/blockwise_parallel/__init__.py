@@ -47,7 +47,7 @@ PAPER = records.Paper(title="Blockwise Parallel Decoding for Deep Autoregressive
 class BlockwiseHeadConfig:
     """A registered head plus k - 1 proposal heads for the tokens 2..k positions ahead."""
 
-    base: dict[str, Any] = field(default_factory=lambda: {"name": "lm"})
+    base: dict[str, Any] = records.node_field("head", {"name": "lm"})
     """The base head (head 1: embedding, shared output projection), as a component node."""
     block_size: PositiveInt = 4
     """k: the number of heads, head 1 (the base head) included."""

@@ -34,6 +34,11 @@ class BlockwiseParallelDecoder(Decoder):
         self.requested = config.block_size
         self.accept_top_k = config.accept_top_k
 
+    @property
+    def exact(self) -> str | None:
+        """Exact acceptance reproduces greedy decoding; top-k acceptance is approximate."""
+        return "greedy" if self.accept_top_k <= 1 else None
+
     def _head(self, session):
         head = session.model.head
         if not hasattr(head, "proposal_logits"):

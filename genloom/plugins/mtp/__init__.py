@@ -77,7 +77,7 @@ def _bind_nested(ctx, kind: str, node, path: str) -> None:
 class GatedLoRABackboneConfig:
     """Any registered backbone with gated LoRA adapters on its linear layers."""
 
-    base: dict[str, Any] = field(default_factory=lambda: {"name": "transformer"})
+    base: dict[str, Any] = records.node_field("backbone", {"name": "transformer"})
     """The backbone to adapt, as a component node ``{name: ..., <fields>}``."""
     rank: PositiveInt = 8
     """LoRA rank r."""
@@ -106,7 +106,7 @@ class GatedLoRABackboneConfig:
 class MTPHeadConfig:
     """A registered head plus the <mask> embedding and the sampler MLP."""
 
-    base: dict[str, Any] = field(default_factory=lambda: {"name": "lm"})
+    base: dict[str, Any] = records.node_field("head", {"name": "lm"})
     """The head to extend, as a component node ``{name: ..., <fields>}``."""
     sampler_hidden: PositiveInt | None = None
     """Hidden width of the sampler MLP (None: 2 x d_model)."""

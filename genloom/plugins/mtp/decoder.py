@@ -29,6 +29,8 @@ from genloom.core.pattern import CAUSAL
 class MTPSpeculativeDecoder(Decoder):
     """Greedy self-speculative decoding with the gated-LoRA mask tokens."""
 
+    exact = "greedy"
+
     def __init__(self, config, ctx=None):
         super().__init__(config, ctx)
         default = ctx.get("mtp_n_masks") if ctx is not None else None

@@ -26,6 +26,8 @@ from genloom.plugins.spectr.sampling import spectr_block
 class SpecTrDecoder(DraftModelDecoder):
     """``k`` i.i.d. draft sequences per sequence, K-SEQ selection, one target pass per round."""
 
+    exact = "sampling"
+
     def __init__(self, config, ctx=None, draft=None):
         super().__init__(config, ctx, draft)
         self.gamma = config.gamma

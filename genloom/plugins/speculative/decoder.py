@@ -31,6 +31,11 @@ class SpeculativeDecoder(DraftModelDecoder):
         self.gamma = config.gamma
         self.greedy = config.greedy
 
+    @property
+    def exact(self) -> str:
+        """Greedy drafting reproduces greedy decoding; otherwise the output law is the target's."""
+        return "greedy" if self.greedy else "sampling"
+
     # -- helpers -------------------------------------------------------------------------------
     def _probs(self, session: Session, logits: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
         """Processed logits -> probabilities (the distribution the session would sample from)."""

@@ -1,7 +1,7 @@
 """Measure SpecTr against speculative sampling and plain decoding on trained genloom runs.
 
-    python -m genloom.plugins.spectr.benchmark TARGET_RUN DRAFT_RUN [--tokens 128] [--repeats 2]
-    python -m genloom.plugins.spectr.benchmark --lp        # K-SEQ vs the optimal transport LP
+    python benchmarks/spectr_decoding.py TARGET_RUN DRAFT_RUN [--tokens 128] [--repeats 2]
+    python benchmarks/spectr_decoding.py --lp        # K-SEQ vs the optimal transport LP
 
 Every decoder is built through the registry (``sampling``, ``greedy``, ``speculative``,
 ``spectr``) with the run's logits processors; prompts are decoded one at a time (batch 1, the
@@ -90,7 +90,7 @@ def lp_table(seeds=range(5), vocab: int = 4, ks=(2, 3, 4)) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m genloom.plugins.spectr.benchmark", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/spectr_decoding.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("target", nargs="?")
     parser.add_argument("draft", nargs="?")
     parser.add_argument("--tokens", type=int, default=128)

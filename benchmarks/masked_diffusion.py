@@ -1,11 +1,11 @@
 """Measure the masked-diffusion decoders on one tiny trained model (the figures in docs/catalogue).
 
-    /work/venv/bin/python tests/plugins/radd/bench_masked_diffusion.py [--train-steps 400] [--quick]
+    python benchmarks/masked_diffusion.py [--train-steps 400] [--quick]
 
-Trains the synthetic ``prompt | reasoning = answer .`` task (mdiff_task.py) with the ``radd``
-objective, then decodes the same 64 held-out prompts with every decoder and prints markdown
+Trains the synthetic ``prompt | reasoning = answer .`` task (``tests/plugins/radd/mdiff_task.py``,
+shared with the tests) with the ``radd`` objective, then decodes the same 64 held-out prompts with every decoder and prints markdown
 tables: accuracy, network calls, tokens per call, wall clock and its ratio to the baseline
-confidence sampler (``masked-diffusion``) at the same step budget. Not collected by pytest.
+confidence sampler (``masked-diffusion``) at the same step budget.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "plugins", "radd"))
 from mdiff_task import evaluate, prompts_and_targets, train  # noqa: E402
 
 INF = float("inf")
