@@ -13,6 +13,9 @@ Topics:
 
 - :mod:`genloom.toolkit.canvas` / :mod:`~genloom.toolkit.canvas_config` -- masked-canvas
   decoding for masked-diffusion decoders (confidence unmasking, prefix commits).
+- :mod:`genloom.toolkit.forecasting` / :mod:`~genloom.toolkit.forecasting_heads` /
+  :mod:`~genloom.toolkit.forecasting_config` -- the forecasting harness (rolling origins,
+  metrics, baselines, forecast files and plots) and the probabilistic forecasting heads.
 - :mod:`genloom.toolkit.schedules` -- per-position noise schedules (shared, staircase, lines,
   blocks) and the NELBO they define; :mod:`genloom.toolkit.masking` -- complementary masking.
 - :mod:`genloom.toolkit.canvas_cache` -- prefix, finished-block and stale (sub-block) caches for
