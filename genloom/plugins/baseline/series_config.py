@@ -22,8 +22,9 @@ Binding publishes ``lookback``, ``horizon``, ``num_variates`` and ``season`` on 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
-from genloom.core.constraints import Fraction, PositiveInt
+from typing import Annotated, Literal
+
+from genloom.core.constraints import Fraction, Interval, PositiveInt
 
 #: The macrodata columns that are levels of stocks or prices (growth rates make them stationary).
 MACRODATA_LEVELS = ("realgdp", "realcons", "realinv", "realgovt", "realdpi", "cpi", "m1", "pop")
@@ -182,7 +183,7 @@ class StatsmodelsSeriesConfig(SeriesWindowConfig):
 class NamedSeriesConfig(SeriesWindowConfig):
     """A statsmodels series with its natural season (fields shared by co2, elnino, nile, elec-equip, danish-data)."""
 
-    season: int = 12
+    season: PositiveInt = 12
     """Season length (the seasonal-naive and ETS baselines use it)."""
 
     def __post_init__(self):
@@ -201,9 +202,9 @@ class NamedSeriesConfig(SeriesWindowConfig):
 class Co2Config(NamedSeriesConfig):
     """Mauna Loa atmospheric CO2 (ppm), weekly 1958-2001 averaged to 526 months (gaps interpolated); univariate, season 12."""
 
-    lookback: int = 36
+    lookback: PositiveInt = 36
     """Past months each sample shows the model."""
-    horizon: int = 12
+    horizon: PositiveInt = 12
     """Future months each sample asks for."""
 
 
@@ -211,9 +212,9 @@ class Co2Config(NamedSeriesConfig):
 class ElninoConfig(NamedSeriesConfig):
     """Monthly sea-surface temperature of the El Nino region, 1950-2010 (732 months); univariate, season 12."""
 
-    lookback: int = 36
+    lookback: PositiveInt = 36
     """Past months each sample shows the model."""
-    horizon: int = 12
+    horizon: PositiveInt = 12
     """Future months each sample asks for."""
 
 
@@ -221,11 +222,11 @@ class ElninoConfig(NamedSeriesConfig):
 class NileConfig(NamedSeriesConfig):
     """Yearly flow volume of the Nile at Aswan, 1871-1970 (100 years); univariate, no season."""
 
-    lookback: int = 16
+    lookback: PositiveInt = 16
     """Past years each sample shows the model."""
-    horizon: int = 4
+    horizon: PositiveInt = 4
     """Future years each sample asks for."""
-    season: int = 1
+    season: PositiveInt = 1
     """No season (1: the seasonal-naive baseline repeats the last value)."""
 
 
@@ -233,9 +234,9 @@ class NileConfig(NamedSeriesConfig):
 class ElecEquipConfig(NamedSeriesConfig):
     """Euro-area electrical equipment orders index, monthly 1995-2016 (257 months); univariate, season 12."""
 
-    lookback: int = 36
+    lookback: PositiveInt = 36
     """Past months each sample shows the model."""
-    horizon: int = 12
+    horizon: PositiveInt = 12
     """Future months each sample asks for."""
 
 
@@ -243,13 +244,13 @@ class ElecEquipConfig(NamedSeriesConfig):
 class DanishDataConfig(NamedSeriesConfig):
     """Danish money demand data, quarterly 1974-1987 (55 quarters, 5 variates: lrm lry lpy ibo ide); season 4."""
 
-    lookback: int = 8
+    lookback: PositiveInt = 8
     """Past quarters each sample shows the model."""
-    horizon: int = 2
+    horizon: PositiveInt = 2
     """Future quarters each sample asks for."""
-    season: int = 4
+    season: PositiveInt = 4
     """Season length (4 quarters)."""
-    test_fraction: float = 0.25
+    test_fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.25
     """Share of the timeline at its end used for testing (larger than usual: the series is short)."""
 
     def num_variates(self) -> int:
