@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import PositiveFloat, PositiveInt
 
 PAPER = records.Paper(title="Attention as an RNN", year=2024, arxiv="2405.13956")
 
@@ -42,15 +43,15 @@ PAPER = records.Paper(title="Attention as an RNN", year=2024, arxiv="2405.13956"
 class AarenConfig:
     """A stack of Aaren blocks (attention with a learned query, computed as a prefix scan, + FFN)."""
 
-    d_model: int = 128
+    d_model: PositiveInt = 128
     """Model width; published to later components as ``ctx.d_model``."""
-    n_layers: int = 2
+    n_layers: PositiveInt = 2
     """Number of Aaren blocks."""
-    n_heads: int = 4
+    n_heads: PositiveInt = 4
     """Heads; each has its own learned query."""
-    ffn_mult: int = 2
+    ffn_mult: PositiveInt = 2
     """Feed-forward hidden width = ffn_mult x d_model."""
-    norm_eps: float = 1e-5
+    norm_eps: PositiveFloat = 1e-5
     """LayerNorm epsilon."""
 
     def __post_init__(self):

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import NonNegativeInt, PositiveInt
 
 PAPER = records.Paper(title="AbbIE: Autoregressive Block-Based Iterative Encoder for Efficient Sequence Modeling", year=2025, arxiv="2507.08567")
 
@@ -37,17 +38,17 @@ PAPER = records.Paper(title="AbbIE: Autoregressive Block-Based Iterative Encoder
 class AbbIEConfig:
     """Head, iterated body and tail blocks of causal transformer layers."""
 
-    d_model: int = 128
+    d_model: PositiveInt = 128
     """Model width; published to later components as ``ctx.d_model``."""
-    head_layers: int = 1
+    head_layers: NonNegativeInt = 1
     """Layers before the iterated body."""
-    body_layers: int = 2
+    body_layers: PositiveInt = 2
     """Layers of the body block, applied ``iterations`` times with shared weights."""
-    tail_layers: int = 1
+    tail_layers: NonNegativeInt = 1
     """Layers after the body."""
-    iterations: int = 2
+    iterations: PositiveInt = 2
     """r, body applications in training (the paper trains with 2)."""
-    test_iterations: int | None = None
+    test_iterations: PositiveInt | None = None
     """r in evaluation mode (None: ``iterations``); any value works without retraining."""
     block: dict[str, Any] = field(default_factory=lambda: {"name": "transformer", "n_heads": 4})
     """The block component and its fields (d_model and n_layers are set from the fields above)."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import PositiveFloat, PositiveInt
 
 PAPER = records.Paper(title="FutureFill: Fast Generation from Convolutional Sequence Models", year=2024, arxiv="2410.03766")
 
@@ -41,19 +42,19 @@ DECODING = ("futurefill", "naive")
 class FutureFillConfig:
     """Gated long-convolution blocks decoded by FutureFill."""
 
-    d_model: int = 128
+    d_model: PositiveInt = 128
     """Model width; published to later components as ``ctx.d_model``."""
-    n_layers: int = 2
+    n_layers: PositiveInt = 2
     """Number of convolution blocks."""
-    filter_length: int = 1024
+    filter_length: PositiveInt = 1024
     """Length of each channel's explicit filter (lags beyond it are zero)."""
-    block_size: int = 32
+    block_size: PositiveInt = 32
     """FutureFill block: tokens between two FFT flushes of the future buffer."""
     decoding: str = "futurefill"
     """'futurefill' (epoched future buffer) or 'naive' (direct sum over the whole history)."""
-    ffn_mult: int = 2
+    ffn_mult: PositiveInt = 2
     """Feed-forward hidden width = ffn_mult x d_model."""
-    norm_eps: float = 1e-5
+    norm_eps: PositiveFloat = 1e-5
     """LayerNorm epsilon."""
 
     def __post_init__(self):

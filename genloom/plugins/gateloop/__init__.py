@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import PositiveFloat, PositiveInt
 
 PAPER = records.Paper(title="GateLoop: Fully Data-Controlled Linear Recurrence for Sequence Modeling", year=2023, arxiv="2311.01927")
 
@@ -43,18 +44,18 @@ MODES = ("op", "associative-scan")
 class GateLoopConfig:
     """A stack of GateLoop blocks (data-controlled complex linear recurrence + FFN, pre-norm)."""
 
-    d_model: int = 128
+    d_model: PositiveInt = 128
     """Model width; published to later components as ``ctx.d_model``."""
-    n_layers: int = 2
+    n_layers: PositiveInt = 2
     """Number of GateLoop blocks."""
-    n_heads: int = 4
+    n_heads: PositiveInt = 4
     """Heads; each has a (key, value) = (d_model / n_heads)^2 complex state."""
-    ffn_mult: int = 2
+    ffn_mult: PositiveInt = 2
     """Feed-forward hidden width = ffn_mult x d_model."""
     mode: str = "op"
     """Full-sequence form: 'op' (the linear_recurrence kernel op: recurrent, surrogate attention or
     chunkwise backend) or 'associative-scan' (the paper's parallel scan). Decoding is recurrent."""
-    norm_eps: float = 1e-5
+    norm_eps: PositiveFloat = 1e-5
     """LayerNorm / GroupNorm epsilon."""
 
     def __post_init__(self):

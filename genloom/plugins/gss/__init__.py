@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import PositiveFloat, PositiveInt
 
 PAPER = records.Paper(title="Long Range Language Modeling via Gated State Spaces", year=2022, arxiv="2206.13947")
 
@@ -38,21 +39,21 @@ PAPER = records.Paper(title="Long Range Language Modeling via Gated State Spaces
 class GSSConfig:
     """A stack of GSS layers (pre-norm, residual)."""
 
-    d_model: int = 128
+    d_model: PositiveInt = 128
     """Model width E; published to later components as ``ctx.d_model``."""
-    n_layers: int = 2
+    n_layers: PositiveInt = 2
     """Number of GSS layers."""
-    expand: int = 2
+    expand: PositiveInt = 2
     """Gate width F = expand x d_model."""
-    ssm_width: int = 32
+    ssm_width: PositiveInt = 32
     """Reduced width H on which the DSS convolution runs (H < F in the paper)."""
-    state_size: int = 16
+    state_size: PositiveInt = 16
     """N complex modes per DSS channel."""
-    dt_min: float = 0.001
+    dt_min: PositiveFloat = 0.001
     """Smallest initial step Delta (log-uniform between dt_min and dt_max)."""
-    dt_max: float = 0.1
+    dt_max: PositiveFloat = 0.1
     """Largest initial step Delta."""
-    norm_eps: float = 1e-5
+    norm_eps: PositiveFloat = 1e-5
     """LayerNorm epsilon."""
 
     def __post_init__(self):

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import PositiveFloat, PositiveInt
 
 PAPER = records.Paper(title="Hierarchical Autoregressive Transformers: Combining Byte- and Word-Level Processing for Robust, Adaptable Language Models", year=2025, arxiv="2501.10322")
 
@@ -50,7 +51,7 @@ class HatBytesConfig:
 class HatHeadConfig:
     """Byte embeddings (channel 0: the word-end flag) in, logits over the 257 ids out."""
 
-    init_std: float = 0.02
+    init_std: PositiveFloat = 0.02
     """Standard deviation of the embedding and output initialisation."""
 
 
@@ -58,13 +59,13 @@ class HatHeadConfig:
 class HatBackboneConfig:
     """Character encoder, word-level backbone, character decoder."""
 
-    d_model: int = 128
+    d_model: PositiveInt = 128
     """Width of byte and word representations; published as ``ctx.d_model``."""
-    max_word_length: int = 32
+    max_word_length: PositiveInt = 32
     """In-word positions with their own embedding (longer words reuse the last one)."""
     word_backbone: dict[str, Any] = field(default_factory=lambda: {"name": "transformer", "n_layers": 2, "n_heads": 4})
     """The word-level backbone component (d_model is set by this backbone)."""
-    decoder_hidden: int = 256
+    decoder_hidden: PositiveInt = 256
     """Hidden width of the character decoder's MLP."""
 
     def __post_init__(self):

@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import PositiveFloat, PositiveInt
 
 PAPER = records.Paper(title="Laughing Hyena Distillery: Extracting Compact Recurrences From Convolutions", year=2023, arxiv="2310.18780")
 
@@ -44,26 +45,26 @@ FILTERS = ("implicit", "modal")
 class LaughingHyenaConfig:
     """A stack of order-2 Hyena blocks whose long filters are implicit (Hyena) or modal (distilled)."""
 
-    d_model: int = 128
+    d_model: PositiveInt = 128
     """Model width; published to later components as ``ctx.d_model``."""
-    n_layers: int = 2
+    n_layers: PositiveInt = 2
     """Number of Hyena blocks."""
     filter: str = "implicit"
     """'implicit' (Hyena's MLP filter; the state caches the history) or 'modal' (a distilled
     order-``order`` SSM; the state is O(order) per channel)."""
-    filter_heads: int = 4
+    filter_heads: PositiveInt = 4
     """Filters are tied across channels into this many heads (d_model / filter_heads channels each)."""
-    order: int = 8
+    order: PositiveInt = 8
     """Modal filter order d (number of complex poles per head)."""
-    filter_hidden: int = 32
+    filter_hidden: PositiveInt = 32
     """Width of the implicit filter's MLP."""
-    filter_features: int = 8
+    filter_features: PositiveInt = 8
     """Sine/cosine positional features of the implicit filter."""
-    max_length: int = 1024
+    max_length: PositiveInt = 1024
     """Time scale of the implicit filter's positional features (the filter is defined at any length)."""
-    ffn_mult: int = 2
+    ffn_mult: PositiveInt = 2
     """Feed-forward hidden width = ffn_mult x d_model."""
-    norm_eps: float = 1e-5
+    norm_eps: PositiveFloat = 1e-5
     """LayerNorm epsilon."""
 
     def __post_init__(self):

@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import PositiveFloat, PositiveInt
 
 PAPER = records.Paper(title="Mega: Moving Average Equipped Gated Attention", year=2022, arxiv="2209.10655")
 
@@ -43,21 +44,21 @@ PAPER = records.Paper(title="Mega: Moving Average Equipped Gated Attention", yea
 class MegaConfig:
     """A stack of Mega blocks (EMA + single-head gated attention, then an FFN)."""
 
-    d_model: int = 128
+    d_model: PositiveInt = 128
     """Model width; published to later components as ``ctx.d_model``."""
-    n_layers: int = 2
+    n_layers: PositiveInt = 2
     """Number of Mega blocks."""
-    ema_dim: int = 8
+    ema_dim: PositiveInt = 8
     """EMA expansion h: damped EMAs per channel."""
-    qk_dim: int = 64
+    qk_dim: PositiveInt = 64
     """Shared query/key width z."""
-    value_dim: int = 128
+    value_dim: PositiveInt = 128
     """Value width v (the paper uses 2 d_model)."""
-    chunk_size: int | None = None
+    chunk_size: PositiveInt | None = None
     """Mega-chunk: attend only inside chunks of this many tokens (None: the whole sequence)."""
-    ffn_mult: int = 2
+    ffn_mult: PositiveInt = 2
     """Feed-forward hidden width = ffn_mult x d_model."""
-    norm_eps: float = 1e-5
+    norm_eps: PositiveFloat = 1e-5
     """LayerNorm epsilon."""
 
     def __post_init__(self):

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import NonNegativeInt, PositiveFloat, PositiveInt
 
 PAPER = records.Paper(title="SMR: State Memory Replay for Long Sequence Modeling", year=2024, arxiv="2405.17534")
 
@@ -37,21 +38,21 @@ PAPER = records.Paper(title="SMR: State Memory Replay for Long Sequence Modeling
 class SMRConfig:
     """A stack of SMR + diagonal SSM blocks (pre-norm residual, then an FFN)."""
 
-    d_model: int = 128
+    d_model: PositiveInt = 128
     """Model width; published to later components as ``ctx.d_model``."""
-    n_layers: int = 2
+    n_layers: PositiveInt = 2
     """Number of blocks."""
-    memory_steps: int = 4
+    memory_steps: NonNegativeInt = 4
     """SMR memory length m (previous inputs replayed); 0 turns SMR off (the base SSM)."""
-    state_size: int = 16
+    state_size: PositiveInt = 16
     """N complex modes per SSM channel."""
-    dt_min: float = 0.001
+    dt_min: PositiveFloat = 0.001
     """Smallest initial SSM step (log-uniform between dt_min and dt_max)."""
-    dt_max: float = 0.1
+    dt_max: PositiveFloat = 0.1
     """Largest initial SSM step."""
-    ffn_mult: int = 2
+    ffn_mult: PositiveInt = 2
     """Feed-forward hidden width = ffn_mult x d_model."""
-    norm_eps: float = 1e-5
+    norm_eps: PositiveFloat = 1e-5
     """LayerNorm epsilon."""
 
     def __post_init__(self):

@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import PositiveFloat, PositiveInt
 
 PAPER = records.Paper(title="ViR: Towards Efficient Vision Retention Backbones", year=2023, arxiv="2310.19731")
 
@@ -45,19 +46,19 @@ PAPER = records.Paper(title="ViR: Towards Efficient Vision Retention Backbones",
 class ViRConfig:
     """A stack of retention blocks (multi-scale retention + FFN, pre-norm residuals)."""
 
-    d_model: int = 128
+    d_model: PositiveInt = 128
     """Model width; published to later components as ``ctx.d_model``."""
-    n_layers: int = 2
+    n_layers: PositiveInt = 2
     """Number of retention blocks."""
-    n_heads: int = 4
+    n_heads: PositiveInt = 4
     """Retention heads; head h decays with gamma_h = 1 - exp(linspace(log 1/32, log 1/512))[h]."""
-    value_factor: int = 2
+    value_factor: PositiveInt = 2
     """Value width per head = value_factor x key width (RetNet uses 2)."""
-    ffn_mult: int = 2
+    ffn_mult: PositiveInt = 2
     """Feed-forward hidden width = ffn_mult x d_model."""
     rotation: bool = True
     """Relative rotation of queries and keys (xPos-style theta); False: decay only."""
-    norm_eps: float = 1e-5
+    norm_eps: PositiveFloat = 1e-5
     """LayerNorm / GroupNorm epsilon."""
 
     def __post_init__(self):
