@@ -28,8 +28,10 @@ are small tables (parity, a mod-3 counter, a 3-state "ab*" detector).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import Interval, PositiveInt, Seed
 
 PAPER = records.Paper(title="On the Power of Decision Trees in Auto-Regressive Language Modeling", year=2024, arxiv="2409.19150")
 
@@ -42,15 +44,15 @@ class ARDTConfig:
 
     automaton: str = "parity"
     """The automaton whose traces the tree is fitted on: parity, mod3 or ab-star."""
-    input_length: int = 12
+    input_length: PositiveInt = 12
     """n, the length of every input string (the state q_i sits n + 1 tokens after x_i)."""
-    window: int | None = None
+    window: PositiveInt | None = None
     """Previous tokens the tree reads (None: input_length + 2, enough to see x_i and q_{i-1})."""
-    train_strings: int = 400
+    train_strings: PositiveInt = 400
     """Random input strings whose traces the tree is fitted on."""
-    max_depth: int | None = None
+    max_depth: PositiveInt | None = None
     """Tree depth limit (None: grow until the training traces are fitted)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the training strings and the tree."""
 
     def __post_init__(self):
@@ -82,7 +84,7 @@ class ARDTConfig:
 class OneHotHeadConfig:
     """One-hot embeddings of token ids; logits are the log of the backbone's probabilities."""
 
-    floor: float = 1e-6
+    floor: Annotated[float, Interval(gt=0, lt=1)] = 1e-6
     """Probabilities are clamped to at least this before the log (a tree gives exact zeros)."""
 
     def __post_init__(self):

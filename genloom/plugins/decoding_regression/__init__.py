@@ -34,8 +34,10 @@ mean of 64 samples as the point estimate.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import Interval, NonNegativeInt, PositiveInt, Seed
 
 PAPER = records.Paper(
     title="Decoding-based Regression",
@@ -50,9 +52,9 @@ _P = "genloom.plugins.decoding_regression"
 class NumberTokenizerConfig:
     """Sign, exponent and mantissa-digit tokens for a real number."""
 
-    mantissa_digits: int = 3
+    mantissa_digits: PositiveInt = 3
     """K: significant digits kept (relative error <= 0.5 * 10^-(K-1))."""
-    max_exponent: int = 4
+    max_exponent: NonNegativeInt = 4
     """Exponents from -max_exponent to max_exponent are representable; smaller magnitudes become 0."""
 
     def __post_init__(self):
@@ -69,9 +71,9 @@ class NumberTokenizerConfig:
 class NumberDecoderHeadConfig:
     """Features as a prefix token, number tokens embedded; logits restricted to the tokens allowed at each position."""
 
-    features: int | None = None
+    features: PositiveInt | None = None
     """Number of input features (None: the data set's)."""
-    d_model: int | None = None
+    d_model: PositiveInt | None = None
     """Hidden width (None: the backbone's)."""
 
     def __post_init__(self):
@@ -91,7 +93,7 @@ class NumberDecoderHeadConfig:
 class NumberCeConfig:
     """Next-token cross-entropy of the number tokens given the features."""
 
-    num_samples: int = 64
+    num_samples: PositiveInt = 64
     """Decoded samples averaged by ``predict`` for a point estimate."""
 
     def __post_init__(self):
@@ -103,15 +105,15 @@ class NumberCeConfig:
 class DiabetesConfig:
     """scikit-learn's diabetes regression data: 10 standardised features, disease progression after a year."""
 
-    val_fraction: float = 0.1
+    val_fraction: Annotated[float, Interval(ge=0, lt=0.5)] = 0.1
     """Share of the patients used for validation."""
-    test_fraction: float = 0.2
+    test_fraction: Annotated[float, Interval(gt=0, lt=0.5)] = 0.2
     """Share of the patients used for testing."""
-    split_seed: int = 0
+    split_seed: Seed = 0
     """Seed of the random split."""
-    batch_size: int = 64
+    batch_size: PositiveInt = 64
     """Training samples per batch."""
-    eval_batch_size: int | None = None
+    eval_batch_size: PositiveInt | None = None
     """Samples per evaluation batch (None: batch_size)."""
 
     def __post_init__(self):

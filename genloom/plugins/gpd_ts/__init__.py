@@ -29,8 +29,10 @@ beta schedule; windows standardised by the mean/std of their known part; toy siz
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import Ge, Interval, PositiveInt
 
 PAPER = records.Paper(
     title="Generative Pre-Trained Diffusion Paradigm for Zero-Shot Time Series Forecasting",
@@ -45,9 +47,9 @@ _P = "genloom.plugins.gpd_ts"
 class GpdHeadConfig:
     """A noisy window of W values and its diffusion step in, predicted noise out."""
 
-    window: int | None = None
+    window: Annotated[int, Ge(2)] | None = None
     """W: values per window (None: the data set's lookback)."""
-    d_model: int | None = None
+    d_model: Annotated[int, Ge(2)] | None = None
     """Hidden width (None: the backbone's)."""
 
     def __post_init__(self):
@@ -67,9 +69,9 @@ class GpdHeadConfig:
 class GpdMlpConfig:
     """Residual MLP blocks (the paper's straightforward MLP denoiser)."""
 
-    d_model: int = 128
+    d_model: PositiveInt = 128
     """Hidden width; published as ``ctx.d_model``."""
-    n_layers: int = 3
+    n_layers: PositiveInt = 3
     """Residual blocks."""
 
     def __post_init__(self):
@@ -84,17 +86,17 @@ class GpdMlpConfig:
 class GpdObjectiveConfig:
     """Unconditional DDPM training; forecasting by history-overwriting imputation."""
 
-    steps: int = 100
+    steps: Annotated[int, Ge(2)] = 100
     """Diffusion steps T."""
-    beta_start: float = 1e-4
+    beta_start: Annotated[float, Interval(gt=0, lt=1)] = 1e-4
     """First beta of the linear schedule."""
-    beta_end: float = 0.05
+    beta_end: Annotated[float, Interval(gt=0, lt=1)] = 0.05
     """Last beta of the linear schedule."""
-    stride: int | None = None
+    stride: PositiveInt | None = None
     """Unknown values per imputation round (None: a quarter of the window)."""
-    num_samples: int = 32
+    num_samples: PositiveInt = 32
     """Sample paths per forecast."""
-    horizon: int | None = None
+    horizon: PositiveInt | None = None
     """Default forecast horizon of ``predict`` (None: the data set's horizon)."""
 
     def __post_init__(self):

@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import NonNegativeFloat, PositiveFloat, PositiveInt
 
 PAPER = records.Paper(
     title="Generative Modeling of Regular and Irregular Time Series Data via Koopman VAEs",
@@ -46,11 +47,11 @@ _P = "genloom.plugins.kvae"
 class KvaeConfig:
     """Encoder, GRU prior and decoder of a Koopman VAE."""
 
-    d_model: int = 32
+    d_model: PositiveInt = 32
     """Width of the embedded steps and of the decoder's hidden states; published as ``ctx.d_model``."""
-    latent: int = 8
+    latent: PositiveInt = 8
     """Latent size k (A is k x k)."""
-    hidden: int = 32
+    hidden: PositiveInt = 32
     """GRU hidden width of the encoder and the prior."""
 
     def __post_init__(self):
@@ -66,15 +67,15 @@ class KvaeConfig:
 class KvaeObjectiveConfig:
     """The ELBO of the Koopman VAE plus its predictive and spectral terms."""
 
-    beta: float = 0.1
+    beta: NonNegativeFloat = 0.1
     """Weight of the KL term."""
-    alpha: float = 1.0
+    alpha: NonNegativeFloat = 1.0
     """Weight of the Koopman predictive loss ||Z_bar_{t+1} - Z_bar_t A||^2."""
-    gamma: float = 1.0
+    gamma: NonNegativeFloat = 1.0
     """Weight of the spectral penalty on the eigenvalues of A."""
-    max_modulus: float = 1.0
+    max_modulus: PositiveFloat = 1.0
     """Eigenvalue moduli above this are penalised (1: a stable linear system)."""
-    ridge: float = 1e-6
+    ridge: NonNegativeFloat = 1e-6
     """Ridge term of the least-squares solve for A (keeps it defined and differentiable)."""
 
     def __post_init__(self):

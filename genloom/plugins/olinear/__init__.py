@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import Fraction, PositiveFloat, PositiveInt
 
 PAPER = records.Paper(
     title="OLinear: A Linear Model for Time Series Forecasting in Orthogonally Transformed Domain",
@@ -52,11 +53,11 @@ class OrthoTokenizerConfig:
 
     instance_norm: bool = True
     """Normalise each variate of each window by its own lookback mean/std (undone on the forecast)."""
-    eps: float = 1e-5
+    eps: PositiveFloat = 1e-5
     """Added to the variance before the square root (instance_norm only)."""
-    lookback: int | None = None
+    lookback: PositiveInt | None = None
     """Window length transformed by Q_in (None: the data set's lookback)."""
-    horizon: int | None = None
+    horizon: PositiveInt | None = None
     """Forecast length transformed by Q_out (None: the data set's horizon)."""
 
     def __post_init__(self):
@@ -78,17 +79,17 @@ class OrthoTokenizerConfig:
 class OLinearConfig:
     """NormLin blocks over variate tokens (mixing across variates) with per-token feed-forward networks."""
 
-    d_model: int = 64
+    d_model: PositiveInt = 64
     """Width of a variate token; published to later components as ``ctx.d_model``."""
-    n_layers: int = 1
+    n_layers: PositiveInt = 1
     """NormLin blocks."""
-    ffn_hidden: int = 128
+    ffn_hidden: PositiveInt = 128
     """Hidden width of the per-token feed-forward network."""
-    num_variates: int | None = None
+    num_variates: PositiveInt | None = None
     """Variates NormLin mixes (None: the data set's)."""
     normalization: Literal["softplus", "softmax"] = "softplus"
     """How NormLin normalises its weight rows: softplus(W) / row sum, or a row softmax."""
-    dropout: float = 0.0
+    dropout: Fraction = 0.0
     """Dropout after each block's sub-layers."""
 
     def __post_init__(self):

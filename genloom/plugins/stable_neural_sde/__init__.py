@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import PositiveFloat, PositiveInt
 
 PAPER = records.Paper(
     title="Stable Neural Stochastic Differential Equations in Analyzing Irregular Time Series Data",
@@ -52,15 +53,15 @@ class StableSdeConfig:
 
     kind: Literal["langevin", "linear-noise", "geometric"] = "linear-noise"
     """Diffusion class: 'langevin' (sigma(t)), 'linear-noise' (sigma(t) z) or 'geometric' (sigma(t) z, log space)."""
-    d_model: int = 32
+    d_model: PositiveInt = 32
     """Latent width; published as ``ctx.d_model``."""
-    hidden: int = 64
+    hidden: PositiveInt = 64
     """Hidden width of the drift network."""
-    dt: float = 0.1
+    dt: PositiveFloat = 0.1
     """Time between consecutive steps of the integration grid."""
-    horizon: int | None = None
+    horizon: PositiveInt | None = None
     """Future steps integrated after the observations (None: the data set's horizon)."""
-    eval_paths: int = 8
+    eval_paths: PositiveInt = 8
     """Sample paths averaged at evaluation (1 while training)."""
 
     def __post_init__(self):

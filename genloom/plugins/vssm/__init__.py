@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import NonNegativeFloat, PositiveInt, Seed
 
 PAPER = records.Paper(title="Parallelizing Autoregressive Generation with Variational State Space Models", year=2024, arxiv="2407.08415")
 
@@ -38,11 +39,11 @@ PAPER = records.Paper(title="Parallelizing Autoregressive Generation with Variat
 class VSSMObjectiveConfig:
     """Negative ELBO of a VAE with an SSM encoder and the model's backbone as SSM decoder."""
 
-    latent_dim: int = 16
+    latent_dim: PositiveInt = 16
     """Latent size per time step."""
-    encoder_modes: int = 16
+    encoder_modes: PositiveInt = 16
     """Complex modes per channel of the encoder's diagonal SSM."""
-    beta: float = 1.0
+    beta: NonNegativeFloat = 1.0
     """Weight of the KL term (1: the ELBO)."""
 
     def __post_init__(self):
@@ -57,9 +58,9 @@ class VSSMObjectiveConfig:
 class VSSMDecoderConfig:
     """Parallel generation from prior latents through the decoder SSM's state."""
 
-    block: int | None = None
+    block: PositiveInt | None = None
     """Tokens generated per parallel pass (None: all remaining at once)."""
-    seed: int | None = None
+    seed: Seed | None = None
     """Seed of the latent samples (None: the session's generator)."""
 
     def __post_init__(self):
