@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from genloom.core.constraints import PositiveInt, Seed
+
 
 @dataclasses.dataclass
 class TreeDraftConfig:
@@ -17,14 +19,14 @@ class TreeDraftConfig:
     """The draft model: a run directory, a weights file inside one or a config .yaml (str), or a
     nested model config {tokenizer, head, backbone, ...}. Its vocabulary must be the target's, and
     its backbone must serve the tree attention pattern (a transformer does)."""
-    branching: tuple[int, ...] = (2, 2, 1)
+    branching: tuple[PositiveInt, ...] = (2, 2, 1)
     """Children per node at each depth: [2, 2, 1] drafts a tree of depth 3 with 4 leaves (9 nodes
     with the root). Every root-to-leaf path has ``len(branching)`` drafted tokens."""
     greedy: bool = False
     """Draft the top-k children and verify with the target's argmax: the output equals the target's
     greedy decoding. Otherwise children are drawn i.i.d. from the draft and verified by multi-draft
     rejection sampling: the output law is the target's."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed for the initial weights of a draft built from a nested config."""
 
     def __post_init__(self):

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import NonNegativeFloat, PositiveInt
 
 _P = "genloom.plugins.aded"
 
@@ -40,9 +41,9 @@ PAPER = records.Paper(
 class AdedConfig:
     """ADED decoding: tri-gram drafts from the target's own outputs, verified as a token tree."""
 
-    branching: tuple[int, ...] = (3, 2, 2, 1)
+    branching: tuple[PositiveInt, ...] = (3, 2, 2, 1)
     """Children per node at each depth of the draft tree (every path drafts ``len(branching)`` tokens)."""
-    exploration: float = 0.5
+    exploration: NonNegativeFloat = 0.5
     """Weight of the exploration bonus in the PUCT score (0: always the most frequent continuations)."""
     persist: bool = True
     """Keep the tri-gram table across ``generate`` calls of this decoder (it adapts over requests)."""

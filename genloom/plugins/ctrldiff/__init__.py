@@ -26,8 +26,10 @@ classifier is a fixed per-token likelihood, not a trained classifier.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import AnyFloat, Interval, PositiveInt
 from genloom.toolkit.canvas_config import CanvasDecoderConfig
 
 PAPER = records.Paper(title="CtrlDiff: Boosting Large Diffusion Language Models with Dynamic Block Prediction and Controllable Generation",
@@ -38,17 +40,17 @@ PAPER = records.Paper(title="CtrlDiff: Boosting Large Diffusion Language Models 
 class CtrlDiffConfig(CanvasDecoderConfig):
     """Semi-autoregressive decoding with policy-chosen block lengths and classifier guidance."""
 
-    block_sizes: tuple[int, ...] = (2, 4, 8)
+    block_sizes: tuple[PositiveInt, ...] = (2, 4, 8)
     """The block lengths the policy chooses from."""
-    steps_per_block: int = 2
+    steps_per_block: PositiveInt = 2
     """Denoising steps per block (larger blocks: fewer steps per token)."""
     policy_path: str | None = None
     """A policy trained with genloom.plugins.ctrldiff.policy.train_policy (.safetensors); None: block_length (or the first size) always."""
-    gamma: float = 0.0
+    gamma: AnyFloat = 0.0
     """Guidance strength: p(x0|xt) * p(y|x0)^gamma; 0 is unguided, exactly."""
     attribute_tokens: str = ""
     """The attribute y: text whose tokens the classifier favours (empty: no classifier)."""
-    attribute_strength: float = 0.9
+    attribute_strength: Annotated[float, Interval(gt=0, lt=1)] = 0.9
     """p(y | x0^i = v) for a token v of the attribute (1 - this for the others)."""
 
     def __post_init__(self):

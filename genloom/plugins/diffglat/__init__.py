@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
 from genloom.toolkit.canvas_config import CanvasDecoderConfig
+from genloom.core.constraints import PositiveInt, Probability
 
 PAPER = records.Paper(title="Diffusion Glancing Transformer for Parallel Sequence to Sequence Learning", year=2022, arxiv="2212.10240")
 
@@ -42,9 +43,9 @@ _P = "genloom.plugins.diffglat"
 class DiffGLATConfig:
     """Modality-diffusion corruption indexed by decoding step, with GLAT's glancing sampling."""
 
-    steps: int = 4
+    steps: PositiveInt = 4
     """K: decoding steps of the modality diffusion process (published to the decoder)."""
-    glance_ratio: float = 0.5
+    glance_ratio: Probability = 0.5
     """Reference tokens revealed = ceil(glance_ratio * Hamming distance of the glancing prediction)."""
 
     def __post_init__(self):

@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import NonNegativeFloat, PositiveFloat, PositiveInt
 
 PAPER = records.Paper(title="Cognitively Inspired Energy-Based World Models", year=2024, arxiv="2406.08862")
 
@@ -39,17 +40,17 @@ PAPER = records.Paper(title="Cognitively Inspired Energy-Based World Models", ye
 class EBTHeadConfig:
     """Next-token prediction by gradient descent on a learned energy."""
 
-    steps: int = 3
+    steps: PositiveInt = 3
     """Gradient steps per prediction in training (and in evaluation without a threshold)."""
-    step_size: float = 1.0
+    step_size: PositiveFloat = 1.0
     """Initial value of the learnable step size alpha."""
-    energy_hidden: int = 64
+    energy_hidden: PositiveInt = 64
     """Hidden width of the energy MLP."""
-    energy_threshold: float | None = None
+    energy_threshold: NonNegativeFloat | None = None
     """Evaluation only: stop when the mean energy improves by less than this (adaptive steps)."""
-    max_steps: int = 16
+    max_steps: PositiveInt = 16
     """Evaluation only: most steps when ``energy_threshold`` is set."""
-    init_std: float = 0.02
+    init_std: PositiveFloat = 0.02
     """Standard deviation of the embedding initialisation."""
 
     def __post_init__(self):

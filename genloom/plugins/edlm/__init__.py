@@ -26,9 +26,10 @@ AR log-probability is of the whole candidate (prompt-conditioned), one causal pa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import Interval, NonNegativeInt, PositiveFloat, PositiveInt, Seed
 
 PAPER = records.Paper(title="Energy-Based Diffusion Language Models for Text Generation", year=2024, arxiv="2410.21357")
 
@@ -37,21 +38,21 @@ PAPER = records.Paper(title="Energy-Based Diffusion Language Models for Text Gen
 class EDLMConfig:
     """Ancestral masked-diffusion sampling with parallel importance sampling under an AR energy."""
 
-    steps: int = 16
+    steps: PositiveInt = 16
     """Reverse-process steps from t = 1 to 0."""
-    candidates: int = 8
+    candidates: PositiveInt = 8
     """k: candidates drawn from the diffusion proposal per importance-sampled step."""
-    importance_steps: int | None = None
+    importance_steps: NonNegativeInt | None = None
     """Importance-sample the first this many steps (None: all of them)."""
     energy: Literal["ar", "none"] = "ar"
     """'ar': E = log q - log p_AR (needs energy_model); 'none': E = 0 (uniform resampling)."""
     energy_model: str | dict[str, Any] | None = None
     """The AR model: a run directory, weights file, config .yaml or nested config (vocabulary without the mask)."""
-    energy_seed: int = 0
+    energy_seed: Seed = 0
     """Seed for the weights of an energy model built from a nested config."""
-    temperature: float = 1.0
+    temperature: PositiveFloat = 1.0
     """Divide the clean-data logits by this before drawing candidates."""
-    eps: float = 1e-5
+    eps: Annotated[float, Interval(gt=0, lt=1)] = 1e-5
     """Last time before 0 in the time grid."""
 
     def __post_init__(self):

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import PositiveInt, Seed
 from genloom.toolkit.canvas_config import CanvasDecoderConfig
 
 PAPER = records.Paper(
@@ -46,12 +47,12 @@ PAPER = records.Paper(
 class FreeCacheConfig(CanvasDecoderConfig):
     """Confidence-based block decoding with FreeCache's key/value reuse and optional AR guidance."""
 
-    refresh_every: int = 4
+    refresh_every: PositiveInt = 4
     """Full pass every this many steps (and at every block start); 1: every step (exact, uncached)."""
     guide: str | dict[str, Any] | None = None
     """An AR guide model (run directory, weights file, config .yaml or nested config) with the
     diffusion model's vocabulary minus the mask token; None: no guidance."""
-    guide_seed: int = 0
+    guide_seed: Seed = 0
     """Seed for the weights of a guide built from a nested config."""
 
     def __post_init__(self):

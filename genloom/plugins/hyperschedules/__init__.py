@@ -39,9 +39,10 @@ tokens are emitted only at the end when correction is on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import Fraction, Interval, NonNegativeFloat, PositiveFloat, PositiveInt
 
 PAPER = records.Paper(title="Unifying Autoregressive and Diffusion-Based Sequence Generation", year=2025, arxiv="2504.06416",
                       url="https://hdlm-colm.github.io/")
@@ -55,11 +56,11 @@ class HyperscheduleFields:
 
     schedule: Literal["shared", "staircase", "line", "block"] = "shared"
     """The hyperschedule: one level for all positions (MDLM), the AR staircase, AR-Diffusion-like lines, or blocks."""
-    steps: int | None = None
+    steps: PositiveInt | None = None
     """Steps T of the schedule (None: the number of positions; the staircase needs at least that many)."""
-    width: float = 4.0
+    width: PositiveFloat = 4.0
     """Width of the noise front of the 'line' schedule (1: staircase-like, large: shared-like)."""
-    block_size: int = 4
+    block_size: PositiveInt = 4
     """Positions per block of the 'block' schedule."""
     attention: Literal["full", "causal"] = "full"
     """'full': bidirectional denoiser; 'causal': AR shift under causal attention (KV-cache compatible)."""
@@ -80,7 +81,7 @@ class HyperscheduleFields:
 class HyperschedulesObjectiveConfig(HyperscheduleFields):
     """The per-position-schedule NELBO, optionally with hybrid absorbing/uniform noise."""
 
-    epsilon: float = 0.0
+    epsilon: Fraction = 0.0
     """Hybrid noise: a noised token becomes a uniform random token (not the mask) with this probability."""
     antithetic: bool = True
     """Spread the per-sequence steps evenly over 1..T."""
@@ -96,13 +97,13 @@ class HyperschedulesObjectiveConfig(HyperscheduleFields):
 class HyperschedulesDecoderConfig(HyperscheduleFields):
     """The reverse walk of a hyperschedule, with a prefix KV cache and optional correction."""
 
-    temperature: float = 0.0
+    temperature: NonNegativeFloat = 0.0
     """0: argmax predictions; > 0: Gumbel-noised draws at this temperature."""
     cache: bool = True
     """With causal attention, keep the fixed clean prefix in a KV cache (exact)."""
     correct: bool = False
     """Revise decoded tokens the model confidently replaces (needs cache: false with causal attention)."""
-    correct_threshold: float = 0.9
+    correct_threshold: Annotated[float, Interval(gt=0, le=1)] = 0.9
     """Probability the model must give another token to revise a decoded one."""
 
     def __post_init__(self):

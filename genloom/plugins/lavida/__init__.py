@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import NonNegativeFloat, PositiveFloat, PositiveInt, Probability
 
 PAPER = records.Paper(title="LaViDa: A Large Diffusion Language Model for Multimodal Understanding", year=2025, arxiv="2505.16839")
 
@@ -43,15 +44,15 @@ _P = "genloom.plugins.lavida"
 class LaViDaObjectiveConfig:
     """Image-prefix masked diffusion on the answer with complementary masking."""
 
-    image_side: int = 8
+    image_side: PositiveInt = 8
     """Side of the square image (pixels); the prompt is image_side**2 pixel tokens."""
-    patch: int = 4
+    patch: PositiveInt = 4
     """Side of a square patch: the image becomes (image_side / patch)**2 prefix embeddings."""
-    levels: int = 17
+    levels: PositiveInt = 17
     """Pixel intensity levels (pixel tokens 0 .. levels - 1)."""
-    mask_rate_min: float = 0.0
+    mask_rate_min: Probability = 0.0
     """Lower end of the first view's masking rate (the second view masks the rest)."""
-    mask_rate_max: float = 1.0
+    mask_rate_max: Probability = 1.0
     """Upper end of the first view's masking rate."""
 
     def __post_init__(self):
@@ -68,11 +69,11 @@ class LaViDaObjectiveConfig:
 class LaViDaDecoderConfig:
     """Answer unmasking against a cached image prefix, with timestep shifting."""
 
-    steps: int | None = None
+    steps: PositiveInt | None = None
     """Unmasking steps (None: one token per step)."""
-    timestep_shift: float = 1.0
+    timestep_shift: PositiveFloat = 1.0
     """s in shift(t) = s t / (1 + (s - 1) t): > 1 keeps more masks early (fewer tokens first), 1 is linear."""
-    temperature: float = 0.0
+    temperature: NonNegativeFloat = 0.0
     """0: argmax predictions; > 0: Gumbel-noised draws."""
     cache: bool = True
     """Compute the image prefix's keys/values once (False: recompute the prefix every step)."""

@@ -33,8 +33,10 @@ feeds the filter the confidences of the block); labels come from the greedy base
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import Interval
 from genloom.toolkit.canvas_config import CanvasDecoderConfig
 
 PAPER = records.Paper(title="Learning to Parallel: Accelerating Diffusion Large Language Models via Adaptive Parallel Decoding", year=2025, arxiv="2509.25188")
@@ -46,7 +48,7 @@ class Learn2PDConfig(CanvasDecoderConfig):
 
     filter_path: str | None = None
     """A filter trained with ``genloom.plugins.learn2pd.filter.train_filter`` (.safetensors); None: no filter."""
-    filter_threshold: float = 0.9
+    filter_threshold: Annotated[float, Interval(gt=0, le=1)] = 0.9
     """Unmask a masked position when the filter's probability that its prediction is final is >= this."""
     end_of_text: bool = True
     """End-of-Text Prediction: fill the masks after a fixed EOS with EOS (no step is spent on them)."""

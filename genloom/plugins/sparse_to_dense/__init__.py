@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import PositiveInt
 
 _P = "genloom.plugins.sparse_to_dense"
 
@@ -41,9 +42,9 @@ PAPER = records.Paper(
 class SparseToDenseConfig:
     """Self-speculative decoding: a top-K sparse attention draft, dense verification."""
 
-    gamma: int = 4
+    gamma: PositiveInt = 4
     """Tokens drafted by the sparse model per round (the dense pass verifies gamma + 1 positions)."""
-    top_k: int = 8
+    top_k: PositiveInt = 8
     """Keys each query attends to in the sparse draft passes."""
 
     def __post_init__(self):
