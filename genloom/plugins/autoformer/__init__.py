@@ -40,6 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import Fraction, NonNegativeInt, PositiveFloat, PositiveInt
 
 PAPER = records.Paper(
     title="Autoformer: Decomposition Transformers with Auto-Correlation for Long-Term Series Forecasting",
@@ -55,25 +56,25 @@ _P = "genloom.plugins.autoformer"
 class AutoformerConfig:
     """Encoder-decoder with series decomposition blocks and Auto-Correlation over time-step tokens."""
 
-    d_model: int = 32
+    d_model: PositiveInt = 32
     """Model width; published to later components as ``ctx.d_model``."""
-    n_heads: int = 2
+    n_heads: PositiveInt = 2
     """Auto-Correlation heads (d_model must be divisible by it)."""
-    encoder_layers: int = 1
+    encoder_layers: PositiveInt = 1
     """Encoder layers."""
-    decoder_layers: int = 1
+    decoder_layers: PositiveInt = 1
     """Decoder layers."""
-    ffn_hidden: int = 64
+    ffn_hidden: PositiveInt = 64
     """Hidden width of the feed-forward sub-layers."""
-    moving_average: int = 5
+    moving_average: PositiveInt = 5
     """Kernel of the decomposition's moving average (odd; the paper uses 25 on long inputs)."""
-    factor: float = 1.0
+    factor: PositiveFloat = 1.0
     """c in k = int(c * ln L): how many lags the time-delay aggregation keeps."""
-    label_len: int | None = None
+    label_len: NonNegativeInt | None = None
     """Known steps the decoder starts from (None: half the lookback)."""
-    horizon: int | None = None
+    horizon: PositiveInt | None = None
     """Future steps the decoder adds (None: the data set's horizon)."""
-    dropout: float = 0.0
+    dropout: Fraction = 0.0
     """Dropout after the sub-layers."""
 
     def __post_init__(self):

@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import NonNegativeFloat, PositiveInt, Probability
 
 PAPER = records.Paper(title="Fast-dLLM v2: Efficient Block-Diffusion LLM", year=2025, arxiv="2509.26328")
 
@@ -45,11 +46,11 @@ _P = "genloom.plugins.fast_dllm_v2"
 class FastDLLMv2ObjectiveConfig:
     """Block diffusion with complementary masking on an AR-converted model."""
 
-    block_size: int = 4
+    block_size: PositiveInt = 4
     """Tokens per block."""
-    mask_rate_min: float = 0.0
+    mask_rate_min: Probability = 0.0
     """Lower end of the per-block masking rate of the first view (the second view masks the rest)."""
-    mask_rate_max: float = 1.0
+    mask_rate_max: Probability = 1.0
     """Upper end of the per-block masking rate of the first view."""
     ar_run: str | None = None
     """A trained next-token run directory to convert before the first step (same backbone and tokenizer)."""
@@ -69,14 +70,14 @@ class FastDLLMv2ObjectiveConfig:
 class FastDLLMv2DecoderConfig:
     """Block decoding with the block-level and sub-block caches and parallel threshold commits."""
 
-    block_size: int | None = None
+    block_size: PositiveInt | None = None
     """Tokens per block (None: the objective's block_size)."""
-    sub_block_size: int | None = None
+    sub_block_size: PositiveInt | None = None
     """Positions decoded per sub-block with the block's keys/values reused (None: the whole block,
     recomputed every step; exact)."""
-    threshold: float = 0.9
+    threshold: Probability = 0.9
     """Commit every masked position of the sub-block whose confidence is >= threshold (at least one per step)."""
-    temperature: float = 0.0
+    temperature: NonNegativeFloat = 0.0
     """0: argmax predictions; > 0: Gumbel-noised draws at this temperature."""
     cache: bool = True
     """Keep finished blocks' keys/values (False: recompute the whole context every step; needs sub_block_size None)."""

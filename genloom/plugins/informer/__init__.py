@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import Fraction, NonNegativeInt, PositiveFloat, PositiveInt
 
 PAPER = records.Paper(
     title="Informer: Beyond Efficient Transformer for Long Sequence Time-Series Forecasting",
@@ -53,25 +54,25 @@ _P = "genloom.plugins.informer"
 class InformerConfig:
     """ProbSparse-attention encoder (with distilling) and generative decoder over time-step tokens."""
 
-    d_model: int = 32
+    d_model: PositiveInt = 32
     """Model width; published to later components as ``ctx.d_model``."""
-    n_heads: int = 2
+    n_heads: PositiveInt = 2
     """Attention heads (d_model must be divisible by it)."""
-    encoder_layers: int = 2
+    encoder_layers: PositiveInt = 2
     """Encoder attention layers (a distilling layer sits between consecutive ones)."""
-    decoder_layers: int = 1
+    decoder_layers: PositiveInt = 1
     """Decoder layers."""
-    ffn_hidden: int = 64
+    ffn_hidden: PositiveInt = 64
     """Hidden width of the feed-forward sub-layers."""
-    factor: float = 5.0
+    factor: PositiveFloat = 5.0
     """c in u = min(L, ceil(c * ln L)): active queries, and keys sampled to estimate M."""
     distil: bool = True
     """Halve the sequence between encoder layers (self-attention distilling)."""
-    label_len: int | None = None
+    label_len: NonNegativeInt | None = None
     """Known steps the decoder starts from (None: half the lookback)."""
-    horizon: int | None = None
+    horizon: PositiveInt | None = None
     """Future steps the decoder adds (None: the data set's horizon)."""
-    dropout: float = 0.0
+    dropout: Fraction = 0.0
     """Dropout after the sub-layers."""
 
     def __post_init__(self):

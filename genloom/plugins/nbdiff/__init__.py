@@ -30,8 +30,10 @@ training steps; logits processors are not applied inside a block.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import Interval, NonNegativeFloat, NonNegativeInt, PositiveInt, Probability
 
 PAPER = records.Paper(title="From Next-Token to Next-Block: A Principled Adaptation Path for Diffusion LLMs", year=2025, arxiv="2512.06776")
 
@@ -42,17 +44,17 @@ _P = "genloom.plugins.nbdiff"
 class NBDiffObjectiveConfig:
     """Context-causal block diffusion with an auxiliary AR loss and a growing block size."""
 
-    block_sizes: tuple[int, ...] = (1, 2, 4)
+    block_sizes: tuple[PositiveInt, ...] = (1, 2, 4)
     """Block sizes used in turn during training (the last one is the target, published to the decoder)."""
-    growth_steps: tuple[int, ...] = (200, 400)
+    growth_steps: tuple[NonNegativeInt, ...] = (200, 400)
     """Training steps at which the block size moves to the next entry (one fewer than block_sizes)."""
-    ar_weight: float = 1.0
+    ar_weight: NonNegativeFloat = 1.0
     """Weight of the auxiliary next-token loss on the clean half."""
-    mask_rate_min: float = 0.0
+    mask_rate_min: Probability = 0.0
     """Lower end of the per-block masking rate."""
-    mask_rate_max: float = 1.0
+    mask_rate_max: Probability = 1.0
     """Upper end of the per-block masking rate."""
-    min_rate: float = 1e-3
+    min_rate: Annotated[float, Interval(gt=0, le=1)] = 1e-3
     """Rates are clamped to at least this (finite 1/t)."""
     ar_run: str | None = None
     """A trained next-token run directory to convert before the first step."""
@@ -78,11 +80,11 @@ class NBDiffObjectiveConfig:
 class NBDiffDecoderConfig:
     """Context-causal block decoding with threshold commits."""
 
-    block_size: int | None = None
+    block_size: PositiveInt | None = None
     """Tokens per block (None: the objective's target block size)."""
-    threshold: float = 0.9
+    threshold: Probability = 0.9
     """Commit every masked position of the block whose confidence is >= threshold (at least one per step)."""
-    temperature: float = 0.0
+    temperature: NonNegativeFloat = 0.0
     """0: argmax predictions; > 0: Gumbel-noised draws at this temperature."""
     cache: bool = True
     """Keep the causal context's keys/values (False: recompute the context every step)."""

@@ -34,8 +34,10 @@ processors are not applied inside a block. A generation finishes whole blocks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import Interval, NonNegativeFloat, PositiveInt, Probability
 
 PAPER = records.Paper(
     title="SDAR: A Synergistic Diffusion-AutoRegression Paradigm for Scalable Sequence Generation",
@@ -50,13 +52,13 @@ _P = "genloom.plugins.sdar"
 class SDARObjectiveConfig:
     """Block diffusion on an AR-converted model, predictions read with the AR shift."""
 
-    block_size: int = 4
+    block_size: PositiveInt = 4
     """Tokens per block (1: the AR model's own next-token loss when every token is masked)."""
-    mask_rate_min: float = 0.0
+    mask_rate_min: Probability = 0.0
     """Lower end of the per-block masking rate t_b ~ U[mask_rate_min, mask_rate_max]."""
-    mask_rate_max: float = 1.0
+    mask_rate_max: Probability = 1.0
     """Upper end of the per-block masking rate."""
-    min_rate: float = 1e-3
+    min_rate: Annotated[float, Interval(gt=0, le=1)] = 1e-3
     """Rates are clamped to at least this (the 1/t weight stays finite)."""
     antithetic: bool = True
     """Stratify the per-block rates over the batch (same expectation, lower variance)."""
@@ -80,11 +82,11 @@ class SDARObjectiveConfig:
 class SDARDecoderConfig:
     """Block-by-block decoding with parallel threshold commits and a cache of finished blocks."""
 
-    block_size: int | None = None
+    block_size: PositiveInt | None = None
     """Tokens per block (None: the objective's block_size)."""
-    threshold: float = 0.9
+    threshold: Probability = 0.9
     """Commit every masked position of the block whose confidence is >= threshold (at least one per step)."""
-    temperature: float = 0.0
+    temperature: NonNegativeFloat = 0.0
     """0: argmax predictions; > 0: Gumbel-noised draws at this temperature."""
     cache: bool = True
     """Keep finished blocks' keys/values (False: recompute the whole context every step)."""
