@@ -127,8 +127,8 @@ def test_api_errors_carry_the_config_path():
 
 
 #: Where every numeric config field must declare its range: the core's sections, the toolkit's
-#: shared configs and the baseline plugin (technique plugins are asked to by the plugin guide).
-RANGED_MODULES = ("genloom.core.", "genloom.toolkit.", "genloom.plugins.baseline.")
+#: shared configs and every built-in plugin.
+RANGED_MODULES = ("genloom.core.", "genloom.toolkit.", "genloom.plugins.")
 
 
 def _unconstrained_number(tp) -> bool:
@@ -145,22 +145,68 @@ def _unconstrained_number(tp) -> bool:
     return False
 
 
-def test_every_numeric_field_of_the_core_toolkit_and_baseline_declares_its_range():
-    """Sizes >= 1, probabilities in [0, 1]...: the range is declared once in the annotation (or
-    AnyInt/AnyFloat where every value is meaningful), so the core checks it before anything runs."""
+def _fields_without_range(classes) -> dict[str, list[str]]:
+    """``{module.Class: [numeric fields without a declared range]}`` for the built-in classes among ``classes``
+    (inherited fields count: a subclass's config is checked with its base's fields)."""
     import dataclasses
     import typing
 
-    from genloom.core.plugins import get_registry
-
     missing = {}
-    configs = {rec.config for rec in get_registry().components() if rec.distribution == "genloom"}
-    configs |= {config_mod.TrainerConfig, config_mod.OptimizerConfig, config_mod.GenerateConfig, config_mod.RunConfig}
-    for cls in configs:
+    for cls in classes:
         if not dataclasses.is_dataclass(cls) or not cls.__module__.startswith(RANGED_MODULES):
             continue
         hints = typing.get_type_hints(cls, include_extras=True)
         bad = [f.name for f in dataclasses.fields(cls) if _unconstrained_number(hints.get(f.name))]
         if bad:
             missing[f"{cls.__module__}.{cls.__name__}"] = bad
+    return missing
+
+
+def _built_in_configs() -> set:
+    from genloom.core.plugins import get_registry
+
+    configs = {rec.config for rec in get_registry().components() if rec.distribution == "genloom"}
+    return configs | {config_mod.TrainerConfig, config_mod.OptimizerConfig, config_mod.GenerateConfig, config_mod.RunConfig}
+
+
+def test_every_numeric_field_of_every_built_in_component_declares_its_range():
+    """Sizes >= 1, probabilities in [0, 1]...: the range is declared once in the annotation (or
+    AnyInt/AnyFloat where every value is meaningful), so the core checks it before anything runs.
+    Covers the core, the toolkit and every plugin package under genloom/plugins."""
+    import pathlib
+
+    import genloom.plugins
+    from genloom.core.plugins import get_registry
+
+    # every built-in plugin package registers components, so its configs are among those checked
+    packages = {p.name for p in pathlib.Path(genloom.plugins.__file__).parent.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    registered = {rec.factory.split(":")[0].split(".")[2] for rec in get_registry().components()
+                  if isinstance(rec.factory, str) and rec.factory.startswith("genloom.plugins.")}
+    assert packages <= registered, f"plugin packages with no registered component: {sorted(packages - registered)}"
+    missing = _fields_without_range(_built_in_configs())
     assert not missing, f"numeric config fields without a declared range (see docs/config.md#value-constraints): {missing}"
+
+
+def test_the_range_scan_flags_a_numeric_field_that_lost_its_range():
+    """The scan above can fail: a built-in config whose field is a bare int, float, Optional, list or
+    tuple of them is reported, inherited fields included; annotated and non-numeric fields are not."""
+    import dataclasses
+
+    from genloom.core.constraints import AnyFloat, PositiveInt, Probability
+    from genloom.plugins.aaren import AarenConfig
+
+    # built with real annotation objects (this module's annotations are strings) in a built-in module
+    where = "genloom.plugins.example"
+    stripped = dataclasses.make_dataclass("Stripped", [("n_heads", int, 4)], bases=(AarenConfig,))
+    mixed = dataclasses.make_dataclass("Mixed", [
+        ("a", PositiveInt, 1), ("b", float | None, None), ("c", tuple[int, ...], (1,)),
+        ("d", list[Probability], dataclasses.field(default_factory=list)), ("e", AnyFloat, 0.0), ("f", str, "x"), ("g", bool, True),
+    ])
+    child = dataclasses.make_dataclass("Child", [("h", PositiveInt, 1)], bases=(mixed,))
+    for cls in (stripped, mixed, child):
+        cls.__module__ = where
+    assert _fields_without_range({AarenConfig}) == {}
+    assert _fields_without_range({stripped}) == {f"{where}.Stripped": ["n_heads"]}
+    assert _fields_without_range({mixed, child}) == {f"{where}.Mixed": ["b", "c"], f"{where}.Child": ["b", "c"]}
+    mixed.__module__ = "thirdparty.plugin"  # third-party configs are asked to declare ranges, not forced
+    assert _fields_without_range({mixed}) == {}
