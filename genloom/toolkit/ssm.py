@@ -161,3 +161,38 @@ def dense_recurrence(a_bar: torch.Tensor, b_bar: torch.Tensor, c: torch.Tensor, 
         x = torch.einsum("hnm,bhm->bhn", a_bar, x) + b_bar * u[:, k, :, None]
         outputs.append(torch.einsum("hn,bhn->bh", c, x) + skip * u[:, k])
     return torch.stack(outputs, 1), x
+
+
+def companion(a: torch.Tensor) -> torch.Tensor:
+    """The companion matrix ``A = S + a e_p^T`` (ones on the sub-diagonal, last column ``a``): a (H, p) -> (H, p, p)."""
+    p = a.shape[-1]
+    shift = torch.diag(torch.ones(p - 1, dtype=a.dtype, device=a.device), -1)
+    last = torch.zeros(p, dtype=a.dtype, device=a.device)
+    last[-1] = 1.0
+    return shift + a[..., :, None] * last
+
+
+def companion_kernel(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, length: int) -> torch.Tensor:
+    """``K[h, k] = c_h A_h^k b_h`` for the companion matrices ``A_h = S + a_h e_p^T``, k < length: (H, length).
+
+    Without matrix powers per lag: at the L-th roots of unity ``z`` the truncated generating
+    function is ``sum_(k<L) K_k z^k = c (I - A^L) (I - z A)^-1 b``; ``(I - z S)^-1`` is the
+    geometric lower-triangular sum ``x_i -> sum_(j<=i) z^(i-j) x_j`` and the rank-one last column
+    is added by Sherman-Morrison, so each frequency costs O(p); an inverse FFT returns K. ``A^L``
+    takes O(log L) matrix products. a, b, c: (H, p).
+    """
+    dtype = torch.complex128 if a.dtype == torch.float64 else torch.complex64
+    p = a.shape[-1]
+    z = torch.exp(-2j * math.pi * torch.arange(length, device=a.device, dtype=torch.float64) / length).to(dtype)  # (L,)
+    powers = z[:, None] ** torch.arange(p, device=a.device)  # (L, p): z^i
+
+    def shift_solve(x):  # (I - zS)^-1 x for x (..., H, p), every z: (L, H, p)
+        return powers[:, None, :] * torch.cumsum(x.to(dtype) / powers[:, None, :], dim=-1)
+
+    w = shift_solve(b.expand_as(a))
+    q = shift_solve(z[:, None, None] * a.to(dtype))
+    resolvent_b = w + q * (w[..., -1:] / (1 - q[..., -1:]))  # (I - zA)^-1 b
+    power = torch.linalg.matrix_power(companion(a), length)
+    c_tilde = (c[..., None, :] @ (torch.eye(p, dtype=a.dtype, device=a.device) - power))[..., 0, :]
+    spectrum = torch.einsum("hp,lhp->hl", c_tilde.to(dtype), resolvent_b)
+    return torch.fft.ifft(spectrum, dim=-1).real.to(a.dtype)
