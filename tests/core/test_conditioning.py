@@ -129,7 +129,7 @@ def test_source_needs_a_conditioned_model():
 
 
 # -- embedded data --------------------------------------------------------------------------------
-@pytest.mark.parametrize("task", ["reverse", "sort", "addition", "words-to-digits", "digits-to-words"])
+@pytest.mark.parametrize("task", ["reverse", "sort", "letter-set", "addition", "words-to-digits", "digits-to-words"])
 def test_synthetic_tasks_are_exact_deterministic_and_split_by_source(task):
     from genloom.plugins.baseline.seq2seq import synthetic_splits
 

@@ -49,6 +49,9 @@ def synthetic_pair(task: str, rng: random.Random, cfg) -> tuple[str, str]:
     if task == "sort":
         s = _letters(rng, cfg)
         return s, "".join(sorted(s))
+    if task == "letter-set":
+        s = _letters(rng, cfg)
+        return s, "".join(dict.fromkeys(s))  # the distinct letters, in order of first appearance (a set)
     top = 10**cfg.max_digits
     if task == "addition":
         a, b = rng.randrange(top), rng.randrange(top)

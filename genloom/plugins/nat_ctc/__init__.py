@@ -10,7 +10,7 @@ the best path (argmax per position), collapsed. No target length has to be predi
 What this implementation does.
 
 - head ``ctc`` (``head.py``): the token embedding, the upsampling projection (each source
-  position's vector -> ``upsample_ratio`` decoder inputs, plus a learnt embedding per output position), the output
+  position's vector -> ``upsample_ratio`` decoder inputs, plus a learnt vector per slot), the output
   projection over the vocabulary and the reserved ``blank`` id, and the distribution: CTC negative
   log-likelihood (``genloom.toolkit.ctc``) and best-path collapse. ``parallel_logits(model, source)``
   is the one forward pass: the backbone reads ``[source block | upsampled states]`` under the

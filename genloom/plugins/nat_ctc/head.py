@@ -1,9 +1,8 @@
 """The NAT-CTC head and the one parallel forward pass.
 
 ``parallel_logits(model, source)``: embed the (B, S) source block, upsample each position into k
-decoder inputs (Libovický & Helcl's state splitting: a linear map D -> k x D), add a learnt
-absolute position embedding per output position (the paper's decoder states carry the encoder's
-absolute positions; rotary attention alone gives none), run the backbone once over ``[source | upsampled]``
+decoder inputs (Libovický & Helcl's state splitting: a linear map D -> k x D, plus a learnt
+vector per slot so the k copies differ), run the backbone once over ``[source | upsampled]``
 under the ``full`` pattern and score the k x S upsampled positions over the vocabulary + blank.
 """
 
@@ -19,15 +18,15 @@ from genloom.toolkit.ctc import ctc_loss, greedy_decode
 
 
 class CtcHead(Head):
-    def __init__(self, vocab_size: int, d_model: int, blank_id: int, upsample_ratio: int, source_length: int, tie_weights: bool = True, init_std: float = 0.02):
+    def __init__(self, vocab_size: int, d_model: int, blank_id: int, upsample_ratio: int, tie_weights: bool = True, init_std: float = 0.02):
         super().__init__()
         self.vocab_size, self.blank_id, self.upsample_ratio = vocab_size, blank_id, upsample_ratio
         self.embed_tokens = nn.Embedding(vocab_size, d_model)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         self.upsample = nn.Linear(d_model, upsample_ratio * d_model)
-        self.output_position = nn.Parameter(torch.zeros(upsample_ratio * source_length, d_model))
+        self.slot = nn.Parameter(torch.zeros(upsample_ratio, d_model))
         nn.init.normal_(self.embed_tokens.weight, std=init_std)
-        nn.init.normal_(self.output_position, std=init_std)
+        nn.init.normal_(self.slot, std=init_std)
         if tie_weights:
             self.lm_head.weight = self.embed_tokens.weight
         else:
@@ -39,7 +38,7 @@ class CtcHead(Head):
     def upsampled(self, source_h: torch.Tensor) -> torch.Tensor:
         """(B, S, D) -> (B, k x S, D): position s gives decoder inputs k s .. k s + k - 1."""
         B, S, D = source_h.shape
-        return self.upsample(source_h).view(B, S * self.upsample_ratio, D) + self.output_position[: S * self.upsample_ratio]
+        return (self.upsample(source_h).view(B, S, self.upsample_ratio, D) + self.slot).reshape(B, S * self.upsample_ratio, D)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.lm_head(h)
@@ -69,4 +68,4 @@ def build(config, ctx):
     source_length = ctx.get("source_length")
     if not source_length:
         raise ConfigError("the ctc head needs source-conditioned data (a data set that publishes source_length, e.g. 'seq2seq')", path="head")
-    return CtcHead(ctx.vocab_size, ctx.d_model, ctx.blank_id, config.upsample_ratio, int(source_length), config.tie_weights, config.init_std)
+    return CtcHead(ctx.vocab_size, ctx.d_model, ctx.blank_id, config.upsample_ratio, config.tie_weights, config.init_std)
