@@ -34,7 +34,7 @@ _P = "genloom.plugins.otseq2set"
 PAPER = records.Paper(
     title="OTSeq2Set: An Optimal Transport Enhanced Sequence-to-Set Model for Extreme Multi-label Text Classification",
     year=2022,
-    url="https://github.com/caojie54/OTSeq2Set",
+    arxiv="2210.14523",
 )
 
 
