@@ -192,6 +192,25 @@ def cmd_generate(args):
     return generate_cli.main(args)
 
 
+def cmd_evaluate(args):
+    """Hand the run to its objective's ``evaluate_run(gen, options)``; print what it returns."""
+    import genloom
+    from genloom.core.errors import ConfigError
+
+    options = {}
+    for item in args.options:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"'{item}' is not of the form key=value")
+        options[key] = value
+    gen = genloom.load(args.run)
+    evaluate = getattr(gen.model.objective, "evaluate_run", None)
+    if evaluate is None:
+        raise ConfigError(f"objective '{type(gen.model.objective).__name__}' has no evaluation procedure (evaluate_run)", path="objective")
+    print(evaluate(gen, options))
+    return 0
+
+
 def cmd_report(args):
     from genloom.reporting import report
 

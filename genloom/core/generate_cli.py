@@ -165,12 +165,15 @@ def main(args) -> int:
     n = opts.num_samples if opts.num_samples is not None else (defaults.num_samples if defaults else 1)
     seed = opts.seed if opts.seed is not None else (defaults.seed if defaults else None)
     shorthand = {k: getattr(opts, k) for k in _SHORTHAND_OPTIONS if getattr(opts, k) is not None}
-    if hasattr(gen.tokenizer, "generate_samples"):
-        # non-text tokenizers (images, series) decide how a sample is generated and written
+    # a component whose output is not text (an image tokenizer, a forecasting objective) decides how
+    # a sample is generated and written: the tokenizer first, then the objective
+    writer = getattr(gen.tokenizer, "generate_samples", None) or getattr(gen.model.objective, "generate_samples", None)
+    if writer is not None:
         ignored = [k for k in ("prompt", "source", "max_new_tokens", *shorthand) if getattr(opts, k) is not None]
         if ignored:
-            raise GenerationError(f"option(s) {', '.join(ignored)} do not apply to this {type(gen.tokenizer).__name__} model (it writes samples with: num_samples, seed, out, decoder, decoder.FIELD)")
-        path = gen.tokenizer.generate_samples(gen, n=n, seed=seed, out=opts.out, decoder=None)
+            owner = type(gen.tokenizer if hasattr(gen.tokenizer, "generate_samples") else gen.model.objective).__name__
+            raise GenerationError(f"option(s) {', '.join(ignored)} do not apply to this {owner} model (it writes samples with: num_samples, seed, out, decoder, decoder.FIELD)")
+        path = writer(gen, n=n, seed=seed, out=opts.out, decoder=None)
         print(f"wrote {path}")
         return 0
     prompt = opts.prompt if opts.prompt is not None else (defaults.prompt if defaults else "")

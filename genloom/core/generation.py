@@ -148,7 +148,7 @@ class Session:
 
     def __init__(self, model, prompts, *, max_new_tokens: int, processors=(), generator=None, eos_id=None, stop_strings=(), tokenizer=None, device=None, pad_id: int = 0):
         self.model = model
-        self.device = device or next(model.parameters()).device
+        self.device = device or model_device(model)
         prompts = [list(p) for p in prompts]
         if not prompts:
             raise GenerationError("no prompts to continue (pass one list of ids, or a list of them)")
@@ -317,6 +317,14 @@ class Decoder:
         session.scratch["next_logits"] = logits[:, -1]
 
 
+def model_device(model) -> torch.device:
+    """The device of a model's first parameter, else of its first buffer, else the CPU (a model
+    need not have parameters: e.g. a backbone that is a fitted decision tree)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 def fresh_seed() -> int:
     """A seed drawn from the operating system's entropy (leaves every random state untouched)."""
     import os
@@ -332,7 +340,7 @@ def run(model, prompts, decoder: Decoder, *, max_new_tokens: int = 64, processor
     of fixed shape and ``compile=True`` runs each one-token step through ``torch.compile``
     (:mod:`genloom.core.static_decode`).
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     if cache != "dynamic" or compile:
         from genloom.core import static_decode
 

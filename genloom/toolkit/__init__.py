@@ -13,6 +13,15 @@ Topics:
 
 - :mod:`genloom.toolkit.canvas` / :mod:`~genloom.toolkit.canvas_config` -- masked-canvas
   decoding for masked-diffusion decoders (confidence unmasking, prefix commits).
+- :mod:`genloom.toolkit.forecasting` / :mod:`~genloom.toolkit.forecasting_heads` /
+  :mod:`~genloom.toolkit.forecasting_config` -- the forecasting harness (rolling origins,
+  metrics, baselines, forecast files and plots) and the probabilistic forecasting heads.
+- :mod:`genloom.toolkit.schedules` -- per-position noise schedules (shared, staircase, lines,
+  blocks) and the NELBO they define; :mod:`genloom.toolkit.masking` -- complementary masking.
+- :mod:`genloom.toolkit.canvas_cache` -- prefix, finished-block and stale (sub-block) caches for
+  masked canvases; :mod:`genloom.toolkit.commit` -- parallel commit rules.
+- :mod:`genloom.toolkit.blocks` -- block diffusion adapted from an AR model (shifted read-out,
+  [x_t, x_0] pattern, conversion, the block decoder).
 - :mod:`genloom.toolkit.draft` / :mod:`~genloom.toolkit.draft_config` -- draft-model loading for
   decoders that draft with a second model (speculative sampling, SpecTr).
 """

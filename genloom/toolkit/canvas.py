@@ -5,8 +5,13 @@ Prophet, ...) decode over a fixed canvas: the left-padded prompt followed by ``m
 mask tokens, attended with the ``full`` pattern. Each step reveals some masked positions; the loop
 commits the newly completed left prefix, so EOS, stop strings and the session's metrics work
 unchanged. :class:`ConfidenceCanvasDecoder` is the confidence-based baseline; subclasses override
-:meth:`~ConfidenceCanvasDecoder.score` (which positions to reveal first) or
-:meth:`~ConfidenceCanvasDecoder.step`.
+:meth:`~ConfidenceCanvasDecoder.score` (which positions to reveal first),
+:meth:`~ConfidenceCanvasDecoder.network` (e.g. a cached network call, :mod:`genloom.toolkit.canvas_cache`)
+or :meth:`~ConfidenceCanvasDecoder.step`. The parallel commit rules of :mod:`genloom.toolkit.commit`
+are options of the constructor: ``threshold`` (reveal every position above it, at least one per
+step; blocks then advance when they are fully decoded), ``eos_id`` (End-of-Text Prediction: fill the
+masks after a fixed EOS), ``guidance`` (a callable ``(session, logits) -> log p(y | x0)`` with
+``gamma``: classifier-guided reweighting).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch
 
 from genloom.core.generation import Commit, Decoder
 from genloom.core.pattern import FULL
+from genloom.toolkit.commit import fill_after_eos, guided_logits, threshold_positions
 
 
 def transfer_schedule(n_masked: torch.Tensor, steps: int) -> torch.Tensor:
@@ -92,9 +98,14 @@ class ConfidenceCanvasDecoder(Decoder):
     Subclasses override :meth:`score` (which masked positions to reveal) or :meth:`step`.
     """
 
-    def __init__(self, config, ctx, mask_id: int):
+    def __init__(self, config, ctx, mask_id: int, *, threshold: float | None = None, eos_id: int | None = None,
+                 guidance=None, gamma: float = 0.0):
         super().__init__(config, ctx)
         self.mask_id = int(mask_id)
+        self.threshold = threshold
+        self.eos_id = eos_id
+        self.guidance = guidance
+        self.gamma = float(gamma)
 
     # -- set-up ---------------------------------------------------------------------------------
     def start(self, session) -> None:
@@ -110,12 +121,24 @@ class ConfidenceCanvasDecoder(Decoder):
         return canvas_logits(session, session.scratch["canvas"])
 
     def region(self, session) -> torch.Tensor:
-        """(1, L) positions of the current block."""
+        """(1, L) positions of the current block ((B, L) with a threshold: each row's first block with masks)."""
         s = session.scratch
+        if self.threshold is not None:
+            return self.first_open_block(session)
         block = s["step_index"] // s["steps_per_block"]
         start = s["gen_start"] + block * s["block_length"]
         pos = torch.arange(s["canvas"].shape[1], device=s["canvas"].device)
         return ((pos >= start) & (pos < start + s["block_length"])).reshape(1, -1)
+
+    def first_open_block(self, session) -> torch.Tensor:
+        """(B, L): per row, the generated block that holds its first masked position."""
+        s = session.scratch
+        canvas, start, size = s["canvas"], s["gen_start"], s["block_length"]
+        gen_masked = canvas[:, start:] == self.mask_id
+        first = torch.where(gen_masked.any(-1), gen_masked.long().argmax(-1), torch.zeros_like(gen_masked[:, 0], dtype=torch.long))
+        block = torch.div(first, size, rounding_mode="floor").reshape(-1, 1)
+        pos = torch.arange(canvas.shape[1], device=canvas.device).reshape(1, -1) - start
+        return (pos >= 0) & (torch.div(pos.clamp_min(0), size, rounding_mode="floor") == block)
 
     def n_transfer(self, session, masked: torch.Tensor) -> torch.Tensor:
         s = session.scratch
@@ -126,6 +149,8 @@ class ConfidenceCanvasDecoder(Decoder):
 
     def done(self, session) -> bool:
         s = session.scratch
+        if self.threshold is not None:  # steps are not budgeted: decode until nothing is masked
+            return not bool((s["canvas"] == self.mask_id).any())
         return s["step_index"] >= s["total_steps"] or not bool((s["canvas"] == self.mask_id).any())
 
     # -- one step -------------------------------------------------------------------------------
@@ -133,14 +158,26 @@ class ConfidenceCanvasDecoder(Decoder):
         """Which masked positions to reveal first (higher first); the baseline: the confidence."""
         return confidence
 
+    def choose(self, session, score: torch.Tensor, allowed: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """Which allowed positions this step reveals: every one above the threshold (at least one),
+        or the scheduled number with the highest score."""
+        if self.threshold is not None:
+            return threshold_positions(score, allowed, self.threshold)
+        return top_k_positions(score, allowed, self.n_transfer(session, masked))
+
     def step(self, session) -> None:
         s = session.scratch
         logits = self.network(session)
+        if self.guidance is not None and self.gamma != 0:
+            logits = guided_logits(logits, self.guidance(session, logits), self.gamma)
         tokens, confidence, probs = predict(logits, self.mask_id, self.config.temperature, session.generator)
         masked = s["canvas"] == self.mask_id
         allowed = masked & self.region(session)
-        chosen = top_k_positions(self.score(session, tokens, confidence, probs), allowed, self.n_transfer(session, masked))
+        chosen = self.choose(session, self.score(session, tokens, confidence, probs), allowed, masked)
         s["canvas"] = torch.where(chosen, tokens, s["canvas"])
+        if self.eos_id is not None:
+            s["canvas"], filled = fill_after_eos(s["canvas"], s["gen_start"], self.eos_id, self.mask_id)
+            s["eos_filled"] = s.get("eos_filled", 0) + int(filled.sum())
         s["step_index"] += 1
 
     # -- the loop -------------------------------------------------------------------------------

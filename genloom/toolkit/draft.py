@@ -10,7 +10,7 @@ from genloom.core.errors import ConfigError
 from genloom.core.generation import Decoder, load_model
 from genloom.toolkit.draft_config import DraftModelConfig
 
-__all__ = ["DraftModelConfig", "DraftModelDecoder", "load_draft"]
+__all__ = ["DraftModelConfig", "DraftModelDecoder", "load_draft", "load_guide"]
 
 
 def load_draft(draft, ctx, seed: int = 0, path: str = "decoder.draft"):
@@ -25,6 +25,25 @@ def load_draft(draft, ctx, seed: int = 0, path: str = "decoder.draft"):
         model = load_model(draft if isinstance(draft, str) else dict(draft), seed=seed, expect_vocab_size=ctx.get("vocab_size"), registry=ctx.registry)
     except ConfigError as exc:
         raise ConfigError(str(exc).removeprefix("config error: "), path=path) from exc
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_guide(source, ctx, seed: int = 0, path: str = "decoder.guide"):
+    """A frozen second model that scores or guides a diffusion decoder (an AR guide, an energy model).
+
+    Like :func:`load_draft` but its vocabulary may lack the diffusion model's added special tokens
+    (the mask): it must not be larger than ``ctx.vocab_size``.
+    """
+    if source is None:
+        raise ConfigError("a guide model is required: a run directory, a weights file in one, a config .yaml, or a nested model config", path=path)
+    try:
+        model = load_model(source if isinstance(source, str) else dict(source), seed=seed, registry=ctx.registry if ctx is not None else None)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).removeprefix("config error: "), path=path) from exc
+    if ctx is not None and ctx.get("vocab_size") is not None and model.ctx.vocab_size > ctx.get("vocab_size"):
+        raise ConfigError(f"the guide has {model.ctx.vocab_size} tokens but the model only {ctx.get('vocab_size')}: they must share the tokenizer", path=path)
     for p in model.parameters():
         p.requires_grad_(False)
     return model

@@ -216,7 +216,7 @@ def test_load_plugins_and_disable_plugin_control_loading():
     r = run_cli("components", "--json", env={"GENLOOM_LOAD_PLUGINS": "baseline"})
     assert {c["plugin"] for c in json.loads(r.stdout)} == {"baseline"}
     r = run_cli("--disable-plugin", "kernels", "components", "kernel", "--json")
-    assert json.loads(r.stdout) == []
+    assert not [c for c in json.loads(r.stdout) if c["plugin"] == "kernels"]  # technique plugins may add kernels of their own
 
 
 def test_listing_commands_do_not_import_torch(tmp_path):

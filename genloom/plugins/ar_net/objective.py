@@ -10,6 +10,7 @@ import torch
 
 from genloom.core.model import Objective
 from genloom.plugins.ar_net import ArNetObjectiveConfig
+from genloom.toolkit.forecasting import ForecastOutputs
 
 
 def sparsity_regularizer(weights: torch.Tensor, c1: float = 3.0, c2: float = 3.0) -> torch.Tensor:
@@ -26,7 +27,7 @@ def regularization_strength(sparsity: float | None, c_lambda: float = 0.1) -> fl
     return c_lambda * (1.0 / sparsity - 1.0)
 
 
-class ArNetObjective(Objective):
+class ArNetObjective(ForecastOutputs, Objective):
     """``mse`` (from the registry) plus the sparsity regulariser on ``model.head.ar_layer.weight``."""
 
     def __init__(self, forecast_objective: Objective, lam: float, c1: float = 3.0, c2: float = 3.0, delay_steps: int = 0, ramp_steps: int = 0):

@@ -358,6 +358,15 @@ class SampleCallbackConfig:
     max_new_tokens: int = 64
 
 
+def _toolkit_configs(*names: str):
+    """Config classes of the torch-free forecasting toolkit config, or None while it is not present."""
+    try:
+        mod = importlib.import_module("genloom.toolkit.forecasting_config")
+    except ImportError:
+        return None
+    return tuple(getattr(mod, n) for n in names)
+
+
 def _optional(module: str, *names: str):
     """Config classes from a sibling module, or None while that module is not present."""
     try:
@@ -372,7 +381,15 @@ def genloom_tokenizers():
     return [
         records.tokenizer("bytes", f"{_P}.tokenizers:build_bytes", BytesConfig, "Byte-level tokenizer (exact round trip of any bytes)."),
         records.tokenizer("bpe", f"{_P}.tokenizers:build_bpe", BpeConfig, "Byte-level BPE trained with Hugging Face tokenizers on the training split."),
-    ]
+    ] + _time_step_tokenizer()
+
+
+def _time_step_tokenizer():
+    cfgs = _toolkit_configs("TimeStepTokenizerConfig")
+    if not cfgs:
+        return []
+    return [records.tokenizer("time-step", "genloom.toolkit.forecasting_heads:build_time_step_tokenizer", cfgs[0],
+                              "One token per time step (its V values), optional per-window normalisation; the last horizon outputs are the forecast.")]
 
 
 @hookimpl
@@ -386,6 +403,12 @@ def genloom_heads():
     cfgs = _optional("series_config", "ForecastHeadConfig")
     if cfgs:
         out.append(records.head("forecast", f"{_P}.forecast:build_forecast_head", cfgs[0], "Projects each variate token's hidden state to the forecast horizon."))
+    probabilistic = _toolkit_configs("GaussianHeadConfig", "MixtureHeadConfig", "QuantileHeadConfig")
+    if probabilistic:
+        heads = "genloom.toolkit.forecasting_heads"
+        out.append(records.head("gaussian", f"{heads}:build_gaussian", probabilistic[0], "Gaussian forecast per value (mean and scale), trained by its NLL."))
+        out.append(records.head("mixture", f"{heads}:build_mixture", probabilistic[1], "Mixture of K Gaussians per forecast value, trained by its NLL."))
+        out.append(records.head("quantile", f"{heads}:build_quantile", probabilistic[2], "Non-crossing forecast quantiles, trained by the pinball loss."))
     return out
 
 
@@ -395,6 +418,10 @@ def genloom_objectives():
     cfgs = _optional("series_config", "MseObjectiveConfig")
     if cfgs:
         out.append(records.objective("mse", f"{_P}.forecast:build_mse_objective", cfgs[0], "Mean squared forecasting error (MAE reported)."))
+    nll = _toolkit_configs("NllObjectiveConfig")
+    if nll:
+        out.append(records.objective("nll", "genloom.toolkit.forecasting_heads:build_nll_objective", nll[0],
+                                     "A probabilistic forecasting head's own loss (NLL or pinball); MSE/MAE of its mean reported."))
     return out
 
 
@@ -442,6 +469,13 @@ def genloom_datasets():
         out.append(records.dataset("statsmodels-series", f"{_P}.series:build_statsmodels_series", series[2], "Any statsmodels data set's columns as a (multivariate) series."))
         out.append(records.dataset("macrodata", f"{_P}.series:build_macrodata", series[0], "statsmodels' US macroeconomic quarterly series (multivariate)."))
         out.append(records.dataset("sunspots", f"{_P}.series:build_sunspots", series[1], "statsmodels' yearly sunspot numbers (univariate)."))
+    named = _optional("series_config", "Co2Config", "ElninoConfig", "NileConfig", "ElecEquipConfig", "DanishDataConfig")
+    if named:
+        out.append(records.dataset("co2", f"{_P}.series:build_co2", named[0], "Mauna Loa CO2, monthly 1958-2001 (univariate, season 12)."))
+        out.append(records.dataset("elnino", f"{_P}.series:build_elnino", named[1], "El Nino sea-surface temperature, monthly 1950-2010 (univariate, season 12)."))
+        out.append(records.dataset("nile", f"{_P}.series:build_nile", named[2], "Nile flow volume, yearly 1871-1970 (univariate)."))
+        out.append(records.dataset("elec-equip", f"{_P}.series:build_elec_equip", named[3], "Euro-area electrical equipment orders, monthly 1995-2016 (univariate, season 12)."))
+        out.append(records.dataset("danish-data", f"{_P}.series:build_danish_data", named[4], "Danish money demand, quarterly 1974-1987 (5 variates, season 4)."))
     return out
 
 

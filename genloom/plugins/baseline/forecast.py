@@ -34,6 +34,7 @@ from torch import nn
 from genloom.core.model import Head, Objective
 from genloom.core.pattern import AttentionPattern
 from genloom.plugins.baseline.series_config import ForecastHeadConfig, MseObjectiveConfig
+from genloom.toolkit.forecasting import ForecastOutputs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,8 +94,8 @@ def decode_series(tokenizer, outputs: torch.Tensor, stats) -> torch.Tensor:
     return outputs.transpose(1, 2)
 
 
-class MseObjective(Objective):
-    """Mean squared error of the forecast window; MAE as a metric."""
+class MseObjective(ForecastOutputs, Objective):
+    """Mean squared error of the forecast window; MAE as a metric (``genloom generate``/``evaluate`` from the harness)."""
 
     def __init__(self, pattern: str = "full"):
         super().__init__()

@@ -23,6 +23,11 @@ import torch
 from genloom.core.data import DataSource
 from genloom.plugins.baseline.series_config import (
     MACRODATA_LEVELS,
+    Co2Config,
+    DanishDataConfig,
+    ElecEquipConfig,
+    ElninoConfig,
+    NileConfig,
     MacrodataConfig,
     SeriesWindowConfig,
     StatsmodelsSeriesConfig,
@@ -213,3 +218,46 @@ def build_statsmodels_series(config: StatsmodelsSeriesConfig, ctx=None) -> Serie
     if config.expected_variates is not None and values.shape[1] != config.expected_variates:
         raise ValueError(f"expected_variates is {config.expected_variates} but '{config.dataset}' gives {values.shape[1]} columns")
     return SeriesData(values, [str(c) for c in frame.columns], config, name=config.dataset, season=config.season)
+
+
+def build_co2(config: Co2Config, ctx=None) -> SeriesData:
+    import statsmodels.api as sm
+
+    weekly = sm.datasets.co2.load_pandas().data["co2"].interpolate(limit_direction="both")
+    monthly = weekly.resample("MS").mean().interpolate(limit_direction="both")
+    return SeriesData(monthly.to_numpy(), ["co2"], config, name="co2", season=config.season,
+                      index=[f"{d.year}-{d.month:02d}" for d in monthly.index])
+
+
+def build_elnino(config: ElninoConfig, ctx=None) -> SeriesData:
+    import statsmodels.api as sm
+
+    frame = sm.datasets.elnino.load_pandas().data
+    months = [c for c in frame.columns if c != "YEAR"]
+    values = frame[months].to_numpy(dtype=float).reshape(-1)  # year by year, January to December
+    index = [f"{int(y)}-{m + 1:02d}" for y in frame["YEAR"] for m in range(12)]
+    return SeriesData(values[:, None], ["temperature"], config, name="elnino", season=config.season, index=index)
+
+
+def build_nile(config: NileConfig, ctx=None) -> SeriesData:
+    import statsmodels.api as sm
+
+    frame = sm.datasets.nile.load_pandas().data
+    return SeriesData(frame["volume"].to_numpy(dtype=float)[:, None], ["volume"], config, name="nile", season=config.season,
+                      index=[int(y) for y in frame["year"]])
+
+
+def build_elec_equip(config: ElecEquipConfig, ctx=None) -> SeriesData:
+    from statsmodels.datasets import elec_equip
+
+    frame = elec_equip.load().data
+    return SeriesData(frame.iloc[:, 0].to_numpy(dtype=float)[:, None], ["orders"], config, name="elec-equip", season=config.season,
+                      index=[f"{d.year}-{d.month:02d}" for d in frame.index])
+
+
+def build_danish_data(config: DanishDataConfig, ctx=None) -> SeriesData:
+    from statsmodels.datasets import danish_data
+
+    frame = danish_data.load().data
+    return SeriesData(frame.to_numpy(dtype=float), [str(c) for c in frame.columns], config, name="danish-data", season=config.season,
+                      index=[f"{d.year}Q{(d.month - 1) // 3 + 1}" for d in frame.index])

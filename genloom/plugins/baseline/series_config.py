@@ -178,15 +178,93 @@ class StatsmodelsSeriesConfig(SeriesWindowConfig):
 
 
 @dataclass
+class NamedSeriesConfig(SeriesWindowConfig):
+    """A statsmodels series with its natural season (fields shared by co2, elnino, nile, elec-equip, danish-data)."""
+
+    season: int = 12
+    """Season length (the seasonal-naive and ETS baselines use it)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.season < 1:
+            raise ValueError(f"season must be at least 1, got {self.season}")
+
+    def num_variates(self) -> int:
+        return 1
+
+    def season_length(self) -> int:
+        return self.season
+
+
+@dataclass
+class Co2Config(NamedSeriesConfig):
+    """Mauna Loa atmospheric CO2 (ppm), weekly 1958-2001 averaged to 526 months (gaps interpolated); univariate, season 12."""
+
+    lookback: int = 36
+    """Past months each sample shows the model."""
+    horizon: int = 12
+    """Future months each sample asks for."""
+
+
+@dataclass
+class ElninoConfig(NamedSeriesConfig):
+    """Monthly sea-surface temperature of the El Nino region, 1950-2010 (732 months); univariate, season 12."""
+
+    lookback: int = 36
+    """Past months each sample shows the model."""
+    horizon: int = 12
+    """Future months each sample asks for."""
+
+
+@dataclass
+class NileConfig(NamedSeriesConfig):
+    """Yearly flow volume of the Nile at Aswan, 1871-1970 (100 years); univariate, no season."""
+
+    lookback: int = 16
+    """Past years each sample shows the model."""
+    horizon: int = 4
+    """Future years each sample asks for."""
+    season: int = 1
+    """No season (1: the seasonal-naive baseline repeats the last value)."""
+
+
+@dataclass
+class ElecEquipConfig(NamedSeriesConfig):
+    """Euro-area electrical equipment orders index, monthly 1995-2016 (257 months); univariate, season 12."""
+
+    lookback: int = 36
+    """Past months each sample shows the model."""
+    horizon: int = 12
+    """Future months each sample asks for."""
+
+
+@dataclass
+class DanishDataConfig(NamedSeriesConfig):
+    """Danish money demand data, quarterly 1974-1987 (55 quarters, 5 variates: lrm lry lpy ibo ide); season 4."""
+
+    lookback: int = 8
+    """Past quarters each sample shows the model."""
+    horizon: int = 2
+    """Future quarters each sample asks for."""
+    season: int = 4
+    """Season length (4 quarters)."""
+    test_fraction: float = 0.25
+    """Share of the timeline at its end used for testing (larger than usual: the series is short)."""
+
+    def num_variates(self) -> int:
+        return 5
+
+
+@dataclass
 class ForecastHeadConfig:
     """Linear forecasting head: a token's lookback series -> d_model (embed), hidden state -> horizon (output)."""
 
     d_model: int | None = None
     """Hidden width (None: the backbone's d_model from the build context)."""
     lookback: int | None = None
-    """Features per input token (None: the data set's lookback)."""
+    """Features per input token (None: the tokenizer's ``token_features`` if it publishes them, else the data set's lookback)."""
     horizon: int | None = None
-    """Forecast steps per token (None: the data set's horizon)."""
+    """Forecast values per token (None: the tokenizer's ``token_outputs`` if it publishes them, else the data set's horizon)."""
     bias: bool = True
     """Add a bias to the embedding and projection."""
 
@@ -200,9 +278,9 @@ class ForecastHeadConfig:
         if self.d_model is None:
             self.d_model = ctx.d_model
         if self.lookback is None:
-            self.lookback = ctx.lookback
+            self.lookback = ctx.get("token_features", None) or ctx.lookback
         if self.horizon is None:
-            self.horizon = ctx.horizon
+            self.horizon = ctx.get("token_outputs", None) or ctx.horizon
 
 
 @dataclass

@@ -1,0 +1,118 @@
+"""Config of the probabilistic forecasting heads and the ``nll`` objective (torch-free).
+
+The heads and the objective live in :mod:`genloom.toolkit.forecasting_heads`; the baseline plugin
+registers them (heads ``gaussian``, ``mixture``, ``quantile``; objective ``nll``) so every
+forecaster can swap its point head for a distribution without code of its own.
+
+Every head embeds a token's ``lookback`` features into ``d_model`` (like the point ``forecast``
+head) and maps a hidden state to the parameters of a distribution over each of the ``horizon``
+future values of its token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class TimeStepTokenizerConfig:
+    """One token per time step: the V values measured at that step (the usual Transformer view of a series).
+
+    Binding publishes ``token_features`` and ``token_outputs`` (both V), so a ``forecast`` or
+    probabilistic head embeds V values per token and predicts V values per token; the tokenizer's
+    decode keeps the last ``horizon`` output tokens as the forecast.
+    """
+
+    instance_norm: bool = True
+    """Normalise each variate of each window by its own lookback mean/std and undo it on the forecast."""
+    eps: float = 1e-5
+    """Added to the variance before the square root (instance_norm only)."""
+    horizon: int | None = None
+    """Output tokens kept as the forecast (None: the data set's horizon)."""
+
+    def __post_init__(self):
+        if self.eps <= 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+        if self.horizon is not None and self.horizon < 1:
+            raise ValueError(f"horizon must be at least 1, got {self.horizon}")
+
+    def bind(self, ctx) -> None:
+        if self.horizon is None:
+            self.horizon = ctx.horizon
+        if "num_variates" in ctx:  # without a data set the head's lookback/horizon fields must say V
+            ctx.set("token_features", ctx.num_variates)
+            ctx.set("token_outputs", ctx.num_variates)
+
+
+@dataclass
+class ProbabilisticHeadConfig:
+    """Fields every probabilistic forecasting head shares."""
+
+    d_model: int | None = None
+    """Hidden width (None: the backbone's d_model from the build context)."""
+    lookback: int | None = None
+    """Features per input token (None: the tokenizer's ``token_features``, else the data set's lookback)."""
+    horizon: int | None = None
+    """Forecast values per token (None: the tokenizer's ``token_outputs``, else the data set's horizon)."""
+    min_scale: float = 1e-3
+    """Lower bound added to every predicted scale (keeps the likelihood finite)."""
+
+    def __post_init__(self):
+        for name in ("d_model", "lookback", "horizon"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.min_scale <= 0:
+            raise ValueError(f"min_scale must be > 0, got {self.min_scale}")
+
+    def bind(self, ctx) -> None:
+        if self.d_model is None:
+            self.d_model = ctx.d_model
+        if self.lookback is None:
+            self.lookback = ctx.get("token_features", None) or ctx.lookback
+        if self.horizon is None:
+            self.horizon = ctx.get("token_outputs", None) or ctx.horizon
+
+
+@dataclass
+class GaussianHeadConfig(ProbabilisticHeadConfig):
+    """A Gaussian N(mu, sigma^2) per forecast value; trained by its negative log-likelihood."""
+
+
+@dataclass
+class MixtureHeadConfig(ProbabilisticHeadConfig):
+    """A mixture of ``components`` Gaussians per forecast value; trained by its negative log-likelihood."""
+
+    components: int = 3
+    """Number of mixture components K."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.components < 1:
+            raise ValueError(f"components must be at least 1, got {self.components}")
+
+
+@dataclass
+class QuantileHeadConfig(ProbabilisticHeadConfig):
+    """Non-crossing quantiles per forecast value; trained by the pinball (quantile) loss."""
+
+    levels: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.9])
+    """Quantile levels in (0, 1), strictly increasing."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.levels:
+            raise ValueError("levels must name at least one quantile level")
+        if any(not 0.0 < q < 1.0 for q in self.levels):
+            raise ValueError(f"levels must lie in (0, 1), got {self.levels}")
+        if any(b <= a for a, b in zip(self.levels, self.levels[1:])):
+            raise ValueError(f"levels must be strictly increasing, got {self.levels}")
+
+
+@dataclass
+class NllObjectiveConfig:
+    """The probabilistic head's own loss (negative log-likelihood or pinball) of the target window."""
+
+    pattern: Literal["full", "causal"] = "full"
+    """Attention pattern over the tokens: variate tokens see each other ('full'); 'causal' for causal mixers."""
