@@ -119,3 +119,96 @@ def prefix(prefix_length: int) -> AttentionPattern:
 
 def sliding_window(window: int) -> AttentionPattern:
     return AttentionPattern("sliding_window", window=window)
+
+
+@dataclass(frozen=True, eq=False)
+class TreePattern(AttentionPattern):
+    """Token-tree attention (tree speculative decoding): a tree of ``N`` nodes follows a committed prefix.
+
+    ``parents[i]`` is the parent node of node ``i`` (-1 for a root, which hangs off the prefix);
+    a parent always comes before its child. In row b the prefix holds layout positions
+    ``0..start[b]-1`` and node i sits at layout position ``start[b] + i``. A node attends to the
+    whole prefix and to its own ancestors and itself, never to a sibling branch; a prefix query is
+    causal. The model position of node i (for positional encodings) is ``start[b] + depth[i]``, so
+    every root-to-leaf path is encoded exactly as the sequence it stands for.
+
+    The pattern depends on the row (``start`` is per row), so it sets :attr:`per_row` and kernels
+    call ``allowed(q_pos, kv_pos, row=...)`` with the batch index of each pair.
+    """
+
+    kind: str = "tree"
+    parents: tuple[int, ...] = ()
+    start: torch.Tensor | None = None
+    """(B,) layout position of node 0 in each row (the committed prefix length)."""
+
+    per_row = True
+
+    def __post_init__(self):
+        for i, p in enumerate(self.parents):
+            if not -1 <= p < i:
+                raise ValueError(f"tree parents must point to an earlier node or be -1: node {i} has parent {p}")
+        if self.start is None:
+            raise ValueError("a tree pattern needs start (the committed length per row)")
+
+    @property
+    def is_causal(self) -> bool:
+        return True  # a node never sees a later layout position
+
+    @property
+    def size(self) -> int:
+        return len(self.parents)
+
+    def _tables(self, device):
+        """(ancestor matrix, depths, start) on ``device``, computed once per device."""
+        tables = self.__dict__.setdefault("_tables_by_device", {})
+        key = str(torch.device(device))
+        if key not in tables:
+            anc, depth = tree_ancestors(self.parents)
+            tables[key] = (anc.to(device), depth.to(device), self.start.to(device).long())
+        return tables[key]
+
+    def allowed(self, q_pos: torch.Tensor, kv_pos: torch.Tensor, row: torch.Tensor | None = None) -> torch.Tensor:
+        anc, _, start = self._tables(q_pos.device)
+        if row is None:
+            if start.numel() != 1:
+                raise ValueError("a tree pattern over several rows needs the row index (per_row)")
+            row = torch.zeros((), dtype=torch.long, device=q_pos.device)
+        s = start[row]
+        n = anc.shape[0]
+        qi, ki = q_pos - s, kv_pos - s
+        in_tree = (qi >= 0) & (ki >= 0) & (qi < n) & (ki < n)
+        ancestor = anc[qi.clamp(0, n - 1), ki.clamp(0, n - 1)]
+        return torch.where(qi < 0, kv_pos <= q_pos, (ki < 0) | (in_tree & ancestor))
+
+    def mask_mod(self):
+        def mod(b, h, q_idx, kv_idx):
+            return self.allowed(q_idx, kv_idx, row=b)
+
+        return mod
+
+    def positions(self, index: torch.Tensor) -> torch.Tensor:
+        """Layout index -> model position: prefix unchanged, node i at ``start + depth[i]``. ``index`` is (B, L)."""
+        _, depth, start = self._tables(index.device)
+        s = start.view(-1, *([1] * (index.dim() - 1))) if index.dim() > 1 else start[:1]
+        i = index - s
+        inside = (i >= 0) & (i < depth.numel())
+        return torch.where(inside, s + depth[i.clamp(0, depth.numel() - 1)], index)
+
+
+def tree_ancestors(parents) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ancestor (N, N) bool, depth (N,))``: ``ancestor[i, j]`` when node j is node i or one of its
+    ancestors; roots have depth 0."""
+    n = len(parents)
+    anc = torch.eye(n, dtype=torch.bool)
+    depth = torch.zeros(n, dtype=torch.long)
+    for i, p in enumerate(parents):
+        if p >= 0:
+            anc[i] |= anc[p]
+            depth[i] = depth[p] + 1
+    return anc, depth
+
+
+def tree(parents, start) -> TreePattern:
+    """A :class:`TreePattern` for nodes with ``parents`` after ``start`` committed positions (int or (B,))."""
+    start = torch.as_tensor(start, dtype=torch.long).reshape(-1)
+    return TreePattern(parents=tuple(int(p) for p in parents), start=start)

@@ -39,6 +39,15 @@ class State:
         """
         raise NotImplementedError
 
+    def keep(self, keep: torch.Tensor) -> None:
+        """Keep only the tokens of the most recent advance flagged in ``keep`` (B, L) and forget the
+        rest, as if the kept tokens alone had been consumed (a token tree's accepted path).
+
+        Optional: a state that cannot do it raises ``NotImplementedError`` (the core's
+        :class:`KVCache` can; tree decoders then verify each root-to-leaf path as a batch row).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot keep a subset of its last advance")
+
     def snapshot(self):
         """An opaque value :meth:`restore` accepts to return to this point."""
         raise NotImplementedError
@@ -116,6 +125,7 @@ class KVCache(State):
         self.valid[:, sl] = valid
         self.pos[:, sl] = positions
         self._start = self.used
+        self._last_advance_slots = (self.used, L)
         self.used += L
         self._lengths = self._lengths + valid.long().sum(1)
         return positions, valid
@@ -151,6 +161,50 @@ class KVCache(State):
         # reclaim trailing slots no sequence uses any more
         any_valid = keep[:, : self.used].any(0).nonzero()
         self.used = int(any_valid.max()) + 1 if any_valid.numel() else 0
+
+    def _last_advance(self, keep: torch.Tensor) -> tuple[int, int, torch.Tensor]:
+        """(first slot, slot count, keep mask on the device) of the most recent advance."""
+        start, L = getattr(self, "_last_advance_slots", (None, None))
+        if start is None or start + L != self.used:
+            raise ValueError("keep() applies to the most recent advance, right after it (no rollback or restore in between)")
+        keep = torch.as_tensor(keep, device=self.device).to(torch.bool)
+        if keep.shape != (self.batch_size, L):
+            raise ValueError(f"keep must be (batch, slots of the last advance) = {(self.batch_size, L)}, got {tuple(keep.shape)}")
+        return start, L, keep
+
+    def _kept_layout(self, start: int, L: int, keep: torch.Tensor):
+        """Gather order, new validity, new positions and new lengths for :meth:`keep`."""
+        window = self.valid[:, start:start + L]
+        keep = keep & window
+        before = self._lengths - window.long().sum(1)  # tokens each row held before the advance
+        order = torch.sort((~keep).int(), dim=1, stable=True).indices  # kept slots first, order kept
+        count = keep.long().sum(1)
+        slot = torch.arange(L, device=self.device)[None]
+        valid = slot < count[:, None]
+        pos = torch.where(valid, before[:, None] + slot, 0)
+        return order, valid, pos, before + count
+
+    def keep(self, keep: torch.Tensor) -> None:
+        """Keep only the slots of the most recent advance flagged in ``keep`` (B, L) and drop the rest.
+
+        The kept slots of each row move to the front of that advance's columns, in order, and get
+        the positions that follow the row's earlier tokens (what a token tree's accepted root-to-leaf
+        path needs: its nodes become one contiguous continuation); the columns past the longest kept
+        run are reclaimed, so rejected drafts take no memory. Keys keep the positional encoding they
+        were computed with: the caller makes sure it is the position they get here (a tree pattern's
+        ``positions`` gives node i the position ``start + depth[i]``).
+        """
+        start, L, keep = self._last_advance(keep)
+        order, valid, pos, lengths = self._kept_layout(start, L, keep)
+        sl = slice(start, start + L)
+        for store in (self.k, self.v):
+            for t in store:
+                t[:, :, sl] = t[:, :, sl].gather(2, order[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3]))
+        self.valid[:, sl] = valid
+        self.pos[:, sl] = pos
+        self._lengths = lengths
+        self.used = start + int(valid.long().sum(1).max()) if self.batch_size else start
+        self._last_advance_slots = (start, self.used - start)
 
     def snapshot(self):
         return (self.used, self.valid.clone(), self.pos.clone(), self._lengths.clone())
@@ -248,6 +302,7 @@ class StaticKVCache(KVCache):
         L = valid.shape[1]
         if not torch.compiler.is_compiling():
             self.reserve(L)
+            self._last_advance_slots = (self.used - L, L)
         positions = (self._lengths[:, None] + valid.long().cumsum(1) - 1).clamp_min(0)
         index = self._used + torch.arange(L, device=self.device)
         self.valid.index_copy_(1, index, valid)
@@ -287,6 +342,20 @@ class StaticKVCache(KVCache):
         last = torch.where(self.valid.any(0), self._slots + 1, 0).max()
         self._used.copy_(last)
         self.used = int(last)
+
+    def keep(self, keep: torch.Tensor) -> None:
+        """:meth:`KVCache.keep`, in place (the store keeps its addresses)."""
+        start, L, keep = self._last_advance(keep)
+        order, valid, pos, lengths = self._kept_layout(start, L, keep)
+        sl = slice(start, start + L)
+        for t in (*self.k, *self.v):
+            t[:, :, sl].copy_(t[:, :, sl].gather(2, order[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3])))
+        self.valid[:, sl].copy_(valid)
+        self.pos[:, sl].copy_(pos)
+        self._lengths.copy_(lengths)
+        self.used = start + int(valid.long().sum(1).max()) if self.batch_size else start
+        self._used.fill_(self.used)
+        self._last_advance_slots = (start, self.used - start)
 
     def snapshot(self):
         return (self.used, self.valid.clone(), self.pos.clone(), self._lengths.clone())

@@ -8,6 +8,8 @@ Signature shared by every backend::
 attention). ``q_pos`` (B, Lq) and ``kv_pos`` (B, Lk) are sequence positions (default: the queries
 are the last Lq of Lk contiguous positions); ``kv_valid`` (B, Lk) marks real keys (padding and
 rolled-back cache slots are False). A query row with no allowed key returns zeros in every backend.
+A pattern with ``per_row = True`` (a token tree, whose prefix length differs per row) is called as
+``pattern.allowed(q_pos, kv_pos, row=batch_index)``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ def _positions(q, k, q_pos, kv_pos):
 def dense_mask(pattern: AttentionPattern, q, k, q_pos=None, kv_pos=None, kv_valid=None) -> torch.Tensor:
     """(B, 1, Lq, Lk) boolean mask of allowed (query, key) pairs."""
     q_pos, kv_pos = _positions(q, k, q_pos, kv_pos)
-    mask = pattern.allowed(q_pos[:, :, None], kv_pos[:, None, :])
+    if getattr(pattern, "per_row", False):  # a pattern that depends on the row (token trees)
+        rows = torch.arange(q.shape[0], device=q.device)[:, None, None]
+        mask = pattern.allowed(q_pos[:, :, None], kv_pos[:, None, :], row=rows)
+    else:
+        mask = pattern.allowed(q_pos[:, :, None], kv_pos[:, None, :])
     if kv_valid is not None:
         mask = mask & kv_valid[:, None, :].to(torch.bool)
     return mask[:, None]
@@ -108,7 +114,11 @@ class Flex(_Backend):
         kv_pos = kv_pos.expand(B, Lk).contiguous()
         valid = kv_valid.to(torch.bool) if kv_valid is not None else torch.ones(B, Lk, dtype=torch.bool, device=q.device)
 
+        per_row = getattr(pattern, "per_row", False)
+
         def mask_mod(b, h, q_idx, kv_idx):
+            if per_row:
+                return pattern.allowed(q_pos[b, q_idx], kv_pos[b, kv_idx], row=b) & valid[b, kv_idx]
             return pattern.allowed(q_pos[b, q_idx], kv_pos[b, kv_idx]) & valid[b, kv_idx]
 
         block_mask = create_block_mask(mask_mod, B, None, Lq, Lk, device=q.device)

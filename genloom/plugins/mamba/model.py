@@ -103,11 +103,13 @@ class MambaState(State):
         return self._lengths.device
 
     def _begin_advance(self, counts: torch.Tensor) -> None:
+        self._tree = None
         self._lengths_before = self._lengths
         self._lengths = self._lengths + counts
 
     def reorder(self, index: torch.Tensor) -> None:
         index = index.to(self.device)
+        self._tree = None
         self.conv = [t.index_select(0, index) for t in self.conv]
         self.ssm = [t.index_select(0, index) for t in self.ssm]
         self._lengths = self._lengths.index_select(0, index)
@@ -140,6 +142,28 @@ class MambaState(State):
             _, self.ssm[i] = selective_scan(advance.u, delta, advance.A, advance.B, advance.C, initial_state=advance.ssm_before)
         self._lengths = lengths.clone()
 
+    def keep(self, keep: torch.Tensor) -> None:
+        """Keep one root-to-node path of the token tree the last advance (``Mamba.forward_tree``)
+        consumed: the state becomes the state at that path's last node, exactly as if the path alone
+        had been consumed (``keep`` (B, N) flags the path's nodes, root included)."""
+        tree = getattr(self, "_tree", None)
+        if tree is None:
+            raise NotImplementedError("a Mamba state keeps a subset of its last advance only after a token tree (Mamba.forward_tree)")
+        ancestors, depth, conv_index, sources, states = tree
+        keep = torch.as_tensor(keep, device=self.device).to(torch.bool)
+        node = (keep.long() * torch.arange(keep.shape[1], device=self.device)).argmax(1)  # breadth first: the deepest kept node
+        if not bool((ancestors.to(self.device)[node] == keep).all()):
+            raise ValueError("a Mamba state keeps a root-to-node path of the tree, not an arbitrary subset")
+        window = conv_index.to(self.device)[node, 1:]  # (B, d_conv - 1): the path's last inputs
+        for i in range(len(self.conv)):
+            src = sources[i]
+            self.conv[i] = src.gather(-1, window[:, None, :].expand(-1, src.shape[1], -1))
+            self.ssm[i] = states[i][torch.arange(node.numel(), device=self.device), :, node]
+        self._lengths = self._lengths_before + depth.to(self.device)[node] + 1
+        self._lengths_before = None  # nothing to roll back into: the tree is gone
+        self._advances = [None] * len(self.conv)
+        self._tree = None
+
     def snapshot(self):
         advances = [a.clone() if a is not None else None for a in self._advances]
         before = self._lengths_before.clone() if self._lengths_before is not None else None
@@ -153,6 +177,7 @@ class MambaState(State):
         self._advances = [a.clone() if a is not None else None for a in advances]
         self._lengths_before = before.clone() if before is not None else None
         self.batch_size = int(lengths.numel())
+        self._tree = None
 
 
 class MambaMixer(nn.Module):
@@ -213,6 +238,23 @@ class MambaMixer(nn.Module):
         return self.out_proj(y)
 
 
+    def forward_tree(self, h: torch.Tensor, state: MambaState, parents, conv_index: torch.Tensor):
+        """The mixer over a token tree ``h`` (B, N, d_model) continuing ``state`` (breadth-first nodes,
+        ``parents[i]`` = -1 for the root). Each node's causal convolution reads its own path
+        (``conv_index`` (N, d_conv) into ``[state window, nodes]``) and the scan runs through the
+        ``tree_selective_scan`` op. Returns the output and (conv sources, every node's SSM state)."""
+        x, z = self.in_proj(h).chunk(2, dim=-1)
+        i = self.layer_index
+        src = torch.cat([state.conv[i].to(x.dtype), x.transpose(1, 2)], dim=-1)  # (B, E, d_conv-1+N)
+        taps = src[:, :, conv_index]  # (B, E, N, d_conv), oldest to newest along each path
+        u = F.silu((taps * self.conv1d.weight[:, None, 0, :]).sum(-1) + (self.conv1d.bias[:, None] if self.conv1d.bias is not None else 0)).transpose(1, 2)
+        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(F.linear(dt, self.dt_proj.weight) + self.dt_proj.bias)
+        A = -torch.exp(self.A_log)
+        y, states = kernels.call("tree_selective_scan", u, delta, A, B, C, D=self.D, z=z, parents=tuple(parents), initial_state=state.ssm[i])
+        return self.out_proj(y), (src.detach(), states.detach())
+
+
 class MambaLayer(nn.Module):
     """Pre-norm residual block: ``h + mixer(norm(h))``."""
 
@@ -259,6 +301,41 @@ class Mamba(Backbone):
         if order is not None:
             h = torch.empty_like(h).scatter(1, order[..., None].expand_as(h), h)
         return h
+
+    def serves_trees(self) -> bool:
+        """True when a ``tree_selective_scan`` kernel is installed (the ``stree`` plugin), so
+        :meth:`forward_tree` can verify a token tree in one pass."""
+        return bool(kernels.status("tree_selective_scan"))
+
+    def forward_tree(self, h: torch.Tensor, *, parents, state: MambaState) -> torch.Tensor:
+        """Hidden states (B, N, d_model) of a token tree's nodes continuing ``state``, each node as if
+        its root-to-node path alone followed the state (STree). ``parents`` (breadth first; -1 for a
+        root). The state then holds the tree until :meth:`MambaState.keep` picks one path."""
+        from genloom.core.pattern import tree_ancestors
+
+        ancestors, depth = tree_ancestors(parents)
+        d_conv, n = self.cfg.d_conv, len(parents)
+        conv_index = torch.empty(n, d_conv, dtype=torch.long)
+        for node in range(n):  # the last d_conv inputs along the path, past the root into the window
+            chain, u, back = [], node, 0
+            for _ in range(d_conv):
+                if u >= 0:
+                    chain.append(d_conv - 1 + u)
+                    u = parents[u]
+                else:
+                    back += 1
+                    chain.append(d_conv - 1 - back)
+            conv_index[node] = torch.tensor(chain[::-1])
+        conv_index = conv_index.to(h.device)
+        sources, states = [], []
+        state._begin_advance(torch.zeros(h.shape[0], dtype=torch.long, device=h.device))
+        for layer in self.layers:
+            out, (src, st) = layer.mixer.forward_tree(layer.norm(h), state, parents, conv_index)
+            h = h + out
+            sources.append(src)
+            states.append(st)
+        state._tree = (ancestors, depth, conv_index, sources, states)
+        return self.norm(h)
 
     def init_state(self, batch_size: int, capacity: int = 256, device=None, dtype=None) -> MambaState:
         """A fresh state; ``capacity`` is ignored (the state does not grow with length)."""

@@ -13,7 +13,14 @@ Each step feeds one chunk ``[pending, d_1 .. d_m, <mask> x m]`` to the model wit
   runs without drafts.
 
 The cache is rolled back to the committed tokens (``state.rollback``), which drops the rejected
-drafts and the masks. Ordinary positions never attend to a mask (masks come last, the pattern is
+drafts and the masks.
+
+Quadratic decoding (``quadratic: true``, the paper's variant) feeds ``[y, M^m, d_1, M^m, ..., d_m,
+M^m]`` instead: a block of ``m`` masks after *every* chain token, each block seeing only its own
+chain prefix (the chunk is a token tree under the core's tree attention pattern, with the masks'
+positions following their chain token). Whatever prefix of the drafts is accepted, the block after
+the last accepted token followed exactly the committed context, so every step has fresh drafts;
+the KV cache keeps the accepted chain only (``KVCache.keep``) and drops the rest. Ordinary positions never attend to a mask (masks come last, the pattern is
 causal) and their gate is off, so every verified token is the base model's greedy choice: the
 output equals plain greedy decoding token for token.
 """
@@ -23,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from genloom.core.generation import Commit, Decoder, Session
-from genloom.core.pattern import CAUSAL
+from genloom.core.pattern import CAUSAL, tree
 
 
 class MTPSpeculativeDecoder(Decoder):
@@ -35,6 +42,7 @@ class MTPSpeculativeDecoder(Decoder):
         super().__init__(config, ctx)
         default = ctx.get("mtp_n_masks") if ctx is not None else None
         self.n_masks = int(config.n_masks or default or 4)
+        self.quadratic = bool(getattr(config, "quadratic", False))
 
     # -- helpers --------------------------------------------------------------------------
     def _head(self, session):
@@ -43,9 +51,9 @@ class MTPSpeculativeDecoder(Decoder):
             raise TypeError("the mtp decoder needs the 'mtp' head (mask token, sampler)")
         return head
 
-    def _hidden(self, session: Session, ids, valid=None):
+    def _hidden(self, session: Session, ids, valid=None, pattern=CAUSAL):
         session.metrics.count_forward("target")
-        return session.model.hidden(ids, pattern=CAUSAL, state=session.state, valid=valid)
+        return session.model.hidden(ids, pattern=pattern, state=session.state, valid=valid)
 
     def _greedy(self, session: Session, logits: torch.Tensor, chunk: torch.Tensor | None = None) -> torch.Tensor:
         """Greedy tokens (B,) or (B, k) from processed base logits (processors see the chunk so far)."""
@@ -82,8 +90,43 @@ class MTPSpeculativeDecoder(Decoder):
         s = session.scratch
         return s["pending"], s["drafts"], s["has_drafts"]
 
+    def quadratic_layout(self) -> tuple[tuple[int, ...], torch.Tensor]:
+        """Parents of the quadratic chunk ``[y, M^m, d_1, M^m, ..., d_m, M^m]`` as a token tree, and the
+        chunk indices of the chain ``y, d_1..d_m``: each chain token continues the previous one, each
+        mask block hangs off its chain token (so it sees that token's prefix only)."""
+        m = self.n_masks
+        parents = []
+        for j in range(m + 1):
+            parents.append((j - 1) * (m + 1) if j else -1)
+            parents += [j * (m + 1) + i for i in range(m)]  # mask i + 1 follows mask i (or the chain token)
+        return tuple(parents), torch.arange(m + 1) * (m + 1)
+
+    def verify_quadratic(self, session: Session, pending, drafts) -> Commit:
+        """One pass over the quadratic chunk under the tree pattern; keep the accepted chain only."""
+        head, m, B = self._head(session), self.n_masks, session.batch_size
+        parents, chain_at = self.quadratic_layout()
+        chain_at = chain_at.to(session.device)
+        chain = torch.cat([pending[:, None], drafts], 1)  # (B, 1 + m)
+        ids = self._masks(session, B).new_full((B, len(parents)), self._head(session).mask_id)
+        ids[:, chain_at] = chain
+        h = self._hidden(session, ids, pattern=tree(parents, session.state.lengths))
+        greedy = self._greedy(session, head(h[:, chain_at]), chain)  # g_0..g_m
+        accepted = (drafts == greedy[:, :m]).long().cumprod(1).sum(1)
+        next_pending = greedy.gather(1, accepted[:, None])[:, 0]
+        # the mask block after the last accepted token followed exactly the committed context
+        block = (chain_at[accepted] + 1)[:, None] + torch.arange(m, device=session.device)
+        new_drafts = head.draft(h.gather(1, block[..., None].expand(B, m, h.shape[-1])), next_pending)
+        keep = torch.zeros(B, len(parents), dtype=torch.bool, device=session.device)
+        keep[:, chain_at] = torch.arange(m + 1, device=session.device)[None] <= accepted[:, None]
+        session.state.keep(keep)  # drop the rejected drafts and every mask block
+        session.metrics.record_acceptance(accepted, m, active=~session.finished)
+        session.scratch.update(pending=next_pending, drafts=new_drafts)
+        return Commit(chain, 1 + accepted)
+
     def verify(self, session: Session, proposal) -> Commit:
         pending, drafts, has_drafts = proposal
+        if self.quadratic:
+            return self.verify_quadratic(session, pending, drafts)
         head, m, B = self._head(session), self.n_masks, session.batch_size
         before = session.state.lengths.clone()
         chunk = torch.cat([pending[:, None], drafts], 1)  # (B, 1 + m)

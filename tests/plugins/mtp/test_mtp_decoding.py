@@ -120,3 +120,23 @@ def test_runnable_config_assembles_trains_and_decodes():
     assert "next_token" in out  # the config trains base and MTP parts jointly
     greedy = run(built.model, PROMPTS, built.ctx.build("decoder", "greedy"), max_new_tokens=8)
     assert run(built.model, PROMPTS, built.decoder, max_new_tokens=8).ids == greedy.ids
+
+
+def test_quadratic_decoding_keeps_drafts_fresh_and_stays_exact(trained, monkeypatch):
+    """Quadratic (a mask block after every draft, one tree-pattern pass, KVCache.keep) vs linear:
+    both equal greedy; quadratic never runs a step without drafts, so it needs no more passes.
+    Broken variant: the same chunk under the plain causal pattern lets chain tokens attend to the
+    mask blocks before them, and the output leaves greedy decoding."""
+    built, _ = trained
+    greedy = run(built.model, PROMPTS, built.ctx.build("decoder", "greedy"), max_new_tokens=MAX_NEW)
+    linear = run(built.model, PROMPTS, built.ctx.build("decoder", {"name": "mtp", "quadratic": False}), max_new_tokens=MAX_NEW)
+    quadratic = run(built.model, PROMPTS, built.ctx.build("decoder", {"name": "mtp", "quadratic": True}), max_new_tokens=MAX_NEW)
+    assert linear.ids == greedy.ids and quadratic.ids == greedy.ids
+    assert quadratic.metrics.forward_passes["target"] <= linear.metrics.forward_passes["target"]
+    assert len(quadratic.metrics.acceptance_lengths) == quadratic.metrics.steps * len(PROMPTS)  # drafts every step
+    import genloom.plugins.mtp.decoder as decoder_module
+    from genloom.core.pattern import CAUSAL
+
+    monkeypatch.setattr(decoder_module, "tree", lambda parents, start: CAUSAL)
+    broken = run(built.model, PROMPTS, built.ctx.build("decoder", {"name": "mtp", "quadratic": True}), max_new_tokens=MAX_NEW)
+    assert broken.ids != greedy.ids
