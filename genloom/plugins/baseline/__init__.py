@@ -15,7 +15,7 @@ from typing import Literal
 
 from genloom.core import hookimpl, records
 from typing import Annotated
-from genloom.core.constraints import AnyFloat, Fraction, Interval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability
+from genloom.core.constraints import AnyFloat, Fraction, Interval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Seed
 
 _P = "genloom.plugins.baseline"
 
@@ -305,27 +305,27 @@ class Seq2SeqConfig:
     task: Literal["reverse", "sort", "letter-set", "addition", "words-to-digits", "digits-to-words", "docstring-signature"] = "reverse"
     """reverse / sort a string of letters; its set of distinct letters (letter-set); a+b -> the sum; number words <-> digits; a standard-library
     function's docstring summary -> its signature (split by source file)."""
-    source_length: int = 24
+    source_length: PositiveInt = 24
     """Tokens of the source block (shorter sources are left-padded); published as ``ctx.source_length``."""
-    target_length: int = 25
+    target_length: Annotated[int, Interval(ge=2)] = 25
     """Tokens of the target including its end-of-sequence id; published as ``ctx.target_length``."""
-    min_length: int = 3
+    min_length: PositiveInt = 3
     """Shortest letter string (reverse, sort)."""
-    max_length: int = 12
+    max_length: PositiveInt = 12
     """Longest letter string (reverse, sort)."""
-    max_digits: int = 3
+    max_digits: Annotated[int, Interval(ge=1, le=6)] = 3
     """Numbers below 10**max_digits (addition, number words; at most 6)."""
-    train_size: int = 20000
+    train_size: PositiveInt = 20000
     """Training pairs (fewer when the task has fewer distinct sources)."""
-    eval_size: int = 500
+    eval_size: PositiveInt = 500
     """Pairs in each of the validation and test splits."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the synthetic pairs (the splits depend on the source text only)."""
-    val_fraction: float = 0.05
-    test_fraction: float = 0.05
-    batch_size: int = 64
-    eval_batch_size: int | None = None
-    num_workers: int = 0
+    val_fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.05
+    test_fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.05
+    batch_size: PositiveInt = 64
+    eval_batch_size: PositiveInt | None = None
+    num_workers: NonNegativeInt = 0
 
     def __post_init__(self):
         if self.source_length < 1 or self.target_length < 2:

@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import PositiveFloat, PositiveInt
 
 _P = "genloom.plugins.nat_ctc"
 
@@ -52,11 +53,11 @@ def _reserve_blank(ctx) -> None:
 class CtcHeadConfig:
     """The NAT-CTC head: embedding, upsampling and output projection over the vocabulary + blank."""
 
-    upsample_ratio: int = 2
+    upsample_ratio: PositiveInt = 2
     """Decoder states per source position (the paper's k); the output length is k x source_length."""
     tie_weights: bool = True
     """Share the embedding and output projection matrices."""
-    init_std: float = 0.02
+    init_std: PositiveFloat = 0.02
 
     def __post_init__(self):
         if self.upsample_ratio < 1:

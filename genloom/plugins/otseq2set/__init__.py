@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import NonNegativeFloat, PositiveFloat
 
 _P = "genloom.plugins.otseq2set"
 
@@ -42,9 +43,9 @@ PAPER = records.Paper(
 class OTSeq2SetConfig:
     """Student forcing, Hungarian matching loss and an optimal-transport term."""
 
-    ot_weight: float = 1.0
+    ot_weight: NonNegativeFloat = 1.0
     """Weight of the optimal-transport term (0 turns it off)."""
-    epsilon: float = 0.05
+    epsilon: PositiveFloat = 0.05
     """Entropic regularisation of the Sinkhorn transport (smaller: closer to exact OT, slower to converge)."""
 
     def __post_init__(self):
