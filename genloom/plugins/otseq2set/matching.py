@@ -43,3 +43,20 @@ def sinkhorn_distance(cost: torch.Tensor, epsilon: float = 0.05, iterations: int
         g = epsilon * (log_b - torch.logsumexp((f[:, None] - cost) / epsilon, dim=0))
     plan = torch.exp((f[:, None] + g[None, :] - cost) / epsilon)
     return (plan * cost).sum()
+
+
+def sinkhorn_distances(cost: torch.Tensor, sizes: torch.Tensor, epsilon: float = 0.05, iterations: int = 100) -> torch.Tensor:
+    """:func:`sinkhorn_distance` for a batch: ``cost`` (B, K, K) of which row b uses the top-left
+    ``sizes[b]`` x ``sizes[b]`` block (uniform masses there, none elsewhere); 0 where a size is 0."""
+    B, K, _ = cost.shape
+    sizes = sizes.to(cost.device)
+    inside = torch.arange(K, device=cost.device)[None, :] < sizes.clamp_min(1)[:, None]  # (B, K)
+    log_mass = torch.where(inside, -torch.log(sizes.clamp_min(1).to(cost.dtype))[:, None], torch.full_like(cost[:, 0], -float("inf")))
+    cost = cost.masked_fill(~(inside[:, :, None] & inside[:, None, :]), 0.0)
+    f = torch.zeros(B, K, dtype=cost.dtype, device=cost.device)
+    g = torch.zeros(B, K, dtype=cost.dtype, device=cost.device)
+    for _ in range(iterations):
+        f = epsilon * (log_mass - torch.logsumexp((g[:, None, :] - cost) / epsilon, dim=2))
+        g = epsilon * (log_mass - torch.logsumexp((f[:, :, None] - cost) / epsilon, dim=1))
+    plan = torch.exp((f[:, :, None] + g[:, None, :] - cost) / epsilon)
+    return (plan * cost).sum((1, 2)) * (sizes > 0).to(cost.dtype)

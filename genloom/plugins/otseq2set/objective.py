@@ -26,7 +26,7 @@ from genloom.core.errors import ConfigError
 from genloom.core.model import Objective
 from genloom.core.pattern import prefix
 
-from .matching import hungarian, sinkhorn_distance
+from .matching import hungarian, sinkhorn_distance, sinkhorn_distances
 
 
 def student_forcing_inputs(model, source: torch.Tensor, steps: int, pattern) -> torch.Tensor:
@@ -45,7 +45,7 @@ def student_forcing_inputs(model, source: torch.Tensor, steps: int, pattern) -> 
 def set_loss(logits: torch.Tensor, labels: torch.Tensor, eos_id: int, embeddings: torch.Tensor | None, ot_weight: float, epsilon: float) -> dict[str, torch.Tensor]:
     """One row: ``logits`` (>= k+1, V) and its ``labels`` (k,): matching, end-of-sequence and OT terms."""
     k = labels.shape[0]
-    log_probs = logits.float().log_softmax(-1)
+    log_probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
     cost = -log_probs[:k][:, labels]  # (k, k): predicted position i against label j
     if k:
         rows, cols = hungarian(cost)
@@ -55,8 +55,8 @@ def set_loss(logits: torch.Tensor, labels: torch.Tensor, eos_id: int, embeddings
     eos = -log_probs[k, eos_id]
     ot = log_probs.new_zeros(())
     if ot_weight and k and embeddings is not None:
-        expected = log_probs[:k].exp() @ embeddings.float()  # (k, D)
-        distance = 1 - F.cosine_similarity(expected[:, None], embeddings[labels].float()[None], dim=-1)
+        expected = log_probs[:k].exp() @ embeddings.to(log_probs.dtype)  # (k, D)
+        distance = 1 - F.cosine_similarity(expected[:, None], embeddings[labels].to(expected.dtype)[None], dim=-1)
         ot = sinkhorn_distance(distance, epsilon)
     return {"match": match, "eos": eos, "ot": ot}
 
@@ -75,22 +75,32 @@ class OTSeq2Set(Objective):
         source = ids[:, :S]
         own = student_forcing_inputs(model, source, steps, self.pattern)
         logits = model(torch.cat([source, own], 1), pattern=self.pattern)[:, S - 1 :]  # (B, steps, V)
-        V = logits.shape[-1]
-        embeddings = model.head.embed(torch.arange(V, device=ids.device)) if self.ot_weight else None
-        totals = {"match": 0.0, "eos": 0.0, "ot": 0.0}
+        B, V = ids.shape[0], logits.shape[-1]
+        K = steps - 1
+        log_probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+        labels = ids[:, S : S + K]  # (B, K); row b's labels are its first sizes[b]
+        cost = -log_probs[:, :K].gather(-1, labels[:, None, :].expand(B, K, K))  # cost[b, i, j] = -log p_i(l_j)
+        match = log_probs.new_zeros(())
         exact = 0
-        for b in range(ids.shape[0]):
+        for b in range(B):
             k = int(sizes[b])
-            labels = ids[b, S : S + k]
-            terms = set_loss(logits[b], labels, self.eos_id, embeddings, self.ot_weight, self.epsilon)
-            for key in totals:
-                totals[key] = totals[key] + terms[key]
+            if k:
+                rows, cols = hungarian(cost[b, :k, :k])
+                match = match + cost[b, rows, cols].sum()
             predicted = logits[b, : k + 1].argmax(-1).tolist()
-            exact += int(sorted(predicted[:k]) == sorted(labels.tolist()) and predicted[k] == self.eos_id)
+            exact += int(sorted(predicted[:k]) == sorted(labels[b, :k].tolist()) and predicted[k] == self.eos_id)
+        eos = -log_probs[torch.arange(B), sizes, self.eos_id].sum()
+        ot = log_probs.new_zeros(B)
+        if self.ot_weight and K:
+            embeddings = model.head.embed(torch.arange(V, device=ids.device)).to(log_probs.dtype)
+            expected = log_probs[:, :K].exp() @ embeddings  # (B, K, D)
+            distance = 1 - F.cosine_similarity(expected[:, :, None], embeddings[labels][:, None], dim=-1)
+            ot = sinkhorn_distances(distance, sizes, self.epsilon)
+        totals = {"match": match, "eos": eos, "ot": ot.sum()}
         positions = (sizes + 1).sum().float()
         nll = totals["match"] + totals["eos"]
         loss = (nll + self.ot_weight * totals["ot"]) / positions
-        return {"loss": loss, "ot": (totals["ot"] / ids.shape[0]).detach() if torch.is_tensor(totals["ot"]) else torch.tensor(0.0),
+        return {"loss": loss, "ot": (totals["ot"] / B).detach(),
                 "set_exact_match": torch.tensor(exact / ids.shape[0]), "_nats": nll.detach(), "_tokens": positions}
 
 

@@ -78,6 +78,23 @@ def test_the_ot_term_vanishes_when_predictions_equal_the_targets():
     assert float(set_loss(wrong, labels, 256, embeddings, 1.0, 0.05)["ot"]) > 1e-2
 
 
+def test_the_batched_loss_equals_the_per_row_definition():
+    """The objective's batched terms (one Sinkhorn over padded blocks) equal :func:`set_loss` row by row."""
+    b = _built()
+    pairs = [(list(b"cabba"), list(b"abc")), (list(b"yyx"), list(b"xy")), (list(b"q"), list(b"q"))]
+    batch = _batch(pairs)
+    out = b.model.loss(batch)
+    objective = b.model.objective
+    own = student_forcing_inputs(b.model, batch["ids"][:, :S], 4, objective.pattern)
+    with torch.no_grad():
+        logits = b.model(torch.cat([batch["ids"][:, :S], own], 1), pattern=objective.pattern)[:, S - 1 :]
+        embeddings = b.model.head.embed(torch.arange(257))
+        rows = [set_loss(logits[i], torch.tensor(t), 256, embeddings, 1.0, 0.05) for i, (_, t) in enumerate(pairs)]
+    total = sum(float(r["match"] + r["eos"] + r["ot"]) for r in rows) / sum(len(t) + 1 for _, t in pairs)
+    assert abs(float(out["loss"]) - total) < 1e-9
+    assert abs(float(out["ot"]) - sum(float(r["ot"]) for r in rows) / 3) < 1e-9
+
+
 def test_sinkhorn_tends_to_the_assignment_cost():
     g = torch.Generator().manual_seed(0)
     cost = torch.rand(4, 4, generator=g, dtype=torch.float64)
