@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from genloom.core import kernels
 from genloom.core.model import Backbone
 from genloom.core.pattern import CAUSAL, AttentionPattern
 from genloom.core.state import State, as_lengths
@@ -130,6 +131,17 @@ class RecurrentState(State):
     def restore(self, snap) -> None:
         layers, self._lengths, self._before, self._records, self._steps, self._lengths_before, self.batch_size = snap
         self.layers = [dict(layer) for layer in layers]
+
+
+def replay_linear_recurrence(before: torch.Tensor, record: dict, keep: torch.Tensor) -> torch.Tensor:
+    """The ``linear_recurrence`` state after feeding, from ``before``, only the steps where ``keep``
+    (B, L) is True; ``record`` holds the advance's ``k``, ``v`` and log transitions ``g``
+    (B, H, L, .). Dropped steps become identity steps (g = 0, k = 0)."""
+    mask = keep[:, None, :, None]
+    g = torch.where(mask, record["g"], torch.zeros_like(record["g"]))
+    k = torch.where(mask, record["k"], torch.zeros_like(record["k"]))
+    _, final = kernels.call("linear_recurrence", k, k, record["v"], g, initial_state=before)
+    return final
 
 
 def complex_dtype_for(dtype: torch.dtype) -> torch.dtype:

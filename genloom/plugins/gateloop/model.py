@@ -21,7 +21,7 @@ from torch import nn
 
 from genloom.core import kernels
 from genloom.plugins.gateloop.scan import associative_scan_gateloop
-from genloom.toolkit.recurrent import PreNormResidualBlock, RecurrentBackbone, RecurrentState, complex_dtype_for
+from genloom.toolkit.recurrent import PreNormResidualBlock, RecurrentBackbone, RecurrentState, complex_dtype_for, replay_linear_recurrence
 
 
 class GateLoopMixer(nn.Module):
@@ -75,11 +75,7 @@ class GateLoopMixer(nn.Module):
         return self.out_proj(F.silu(self.gate(x)) * o)
 
     def replay(self, before: dict, record: dict, keep: torch.Tensor) -> dict:
-        mask = keep[:, None, :, None]
-        g = torch.where(mask, record["g"], torch.zeros_like(record["g"]))
-        k = torch.where(mask, record["k"], torch.zeros_like(record["k"]))
-        _, final = kernels.call("linear_recurrence", k, k, record["v"], g, initial_state=before["h"])
-        return {"h": final}
+        return {"h": replay_linear_recurrence(before["h"], record, keep)}
 
 
 class GateLoop(RecurrentBackbone):

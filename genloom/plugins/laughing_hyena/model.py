@@ -27,7 +27,7 @@ from genloom.core.model import Backbone
 from genloom.core.pattern import CAUSAL, AttentionPattern
 from genloom.core.state import KVCache
 from genloom.plugins.laughing_hyena.filters import ImplicitFilter, ModalFilter
-from genloom.toolkit.recurrent import RecurrentState
+from genloom.toolkit.recurrent import RecurrentState, replay_linear_recurrence
 
 
 def conv_by_positions(u_keys, pos_keys, valid_keys, pos_queries, kernel):
@@ -103,11 +103,7 @@ class HyenaOperator(nn.Module):
         return self.out_proj(x2 * self.long_conv(x1 * v, state=state, steps=steps, positions=positions))
 
     def replay(self, before: dict, record: dict, keep: torch.Tensor) -> dict:
-        mask = keep[:, None, :, None]
-        g = torch.where(mask, record["g"], torch.zeros_like(record["g"]))
-        k = torch.where(mask, record["k"], torch.zeros_like(record["k"]))
-        _, final = kernels.call("linear_recurrence", k, k, record["v"], g, initial_state=before["s"])
-        return {"s": final}
+        return {"s": replay_linear_recurrence(before["s"], record, keep)}
 
 
 class HyenaBlock(nn.Module):

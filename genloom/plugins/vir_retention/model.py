@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genloom.core import kernels
-from genloom.toolkit.recurrent import PreNormResidualBlock, RecurrentBackbone, RecurrentState, complex_dtype_for
+from genloom.toolkit.recurrent import PreNormResidualBlock, RecurrentBackbone, RecurrentState, complex_dtype_for, replay_linear_recurrence
 
 
 def head_decays(n_heads: int) -> torch.Tensor:
@@ -113,11 +113,7 @@ class MultiScaleRetention(nn.Module):
 
     def replay(self, before: dict, record: dict, keep: torch.Tensor) -> dict:
         """The state after feeding only the kept steps of the last advance."""
-        mask = keep[:, None, :, None]
-        g = torch.where(mask, record["g"], torch.zeros_like(record["g"]))
-        k = torch.where(mask, record["k"], torch.zeros_like(record["k"]))
-        _, final = kernels.call("linear_recurrence", k, k, record["v"], g, initial_state=before["S"])
-        return {"S": final}
+        return {"S": replay_linear_recurrence(before["S"], record, keep)}
 
 
 class ViR(RecurrentBackbone):
