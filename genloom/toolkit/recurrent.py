@@ -152,8 +152,9 @@ def complex_dtype_for(dtype: torch.dtype) -> torch.dtype:
 class PreNormResidualBlock(nn.Module):
     """``h + mixer(LN(h))`` then ``h + FFN(LN(h))`` (GELU FFN of width ``ffn_mult * d_model``).
 
-    ``mixer(x, state=, steps=)`` is a recurrent token mixer with a ``replay(before, record, keep)``
-    method; it is registered under ``mixer_name`` (the name its parameters carry)."""
+    ``mixer(x, **kw)`` is a token mixer called with the block's keyword arguments (``state=``,
+    ``steps=``...), with a ``replay(before, record, keep)`` method when it keeps a recurrent state;
+    it is registered under ``mixer_name`` (the name its parameters carry)."""
 
     def __init__(self, d_model: int, ffn_mult: int, eps: float, mixer: nn.Module, mixer_name: str = "mixer"):
         super().__init__()
@@ -163,8 +164,8 @@ class PreNormResidualBlock(nn.Module):
         self.norm2 = nn.LayerNorm(d_model, eps=eps)
         self.ffn = nn.Sequential(nn.Linear(d_model, ffn_mult * d_model), nn.GELU(), nn.Linear(ffn_mult * d_model, d_model))
 
-    def forward(self, h, state=None, steps=None):
-        h = h + getattr(self, self.mixer_name)(self.norm1(h), state=state, steps=steps)
+    def forward(self, h, **kw):
+        h = h + getattr(self, self.mixer_name)(self.norm1(h), **kw)
         return h + self.ffn(self.norm2(h))
 
     def replay(self, before: dict, record: dict, keep: torch.Tensor) -> dict:
