@@ -52,6 +52,24 @@ def _select(value, index):
     return value
 
 
+def rollback_within_advance(lengths: torch.Tensor, current: torch.Tensor, before: torch.Tensor | None, what: str) -> bool:
+    """Check a rollback of a state that returns only inside its most recent advance: ``lengths``
+    (B,) asked for, ``current`` held, ``before`` held before the advance (None: no advance yet).
+    Raises ``ValueError`` (naming ``what``) for a roll forward or a target before the advance;
+    returns False when nothing is to be done (``lengths == current``)."""
+    if bool((lengths > current).any()):
+        raise ValueError(f"cannot roll forward: asked for lengths {lengths.tolist()} but the state holds {current.tolist()}")
+    if bool((lengths == current).all()):
+        return False
+    if before is None or bool((lengths < before).any()):
+        floor = before.tolist() if before is not None else current.tolist()
+        raise ValueError(
+            f"{what} rolls back only within its most recent advance (to lengths >= {floor}), asked for {lengths.tolist()}; "
+            "take a snapshot() before advancing to go further back"
+        )
+    return True
+
+
 class RecurrentState(State):
     """Per-layer fixed-size states (dicts of batch-first tensors) with replay-based rollback.
 
@@ -109,18 +127,9 @@ class RecurrentState(State):
 
     def rollback(self, lengths) -> None:
         lengths = as_lengths(lengths, self.batch_size, self.device)
-        if bool((lengths > self._lengths).any()):
-            raise ValueError(f"cannot roll forward: asked for lengths {lengths.tolist()} but the state holds {self._lengths.tolist()}")
-        if bool((lengths == self._lengths).all()):
+        if not rollback_within_advance(lengths, self._lengths, self._lengths_before, "a recurrent state"):
             return
-        before = self._lengths_before
-        if before is None or bool((lengths < before).any()):
-            floor = before.tolist() if before is not None else self._lengths.tolist()
-            raise ValueError(
-                f"a recurrent state rolls back only within its most recent advance (to lengths >= {floor}), asked for {lengths.tolist()}; "
-                "take a snapshot() before advancing to go further back"
-            )
-        kept = lengths - before
+        kept = lengths - self._lengths_before
         keep = self._steps & (self._steps.long().cumsum(1) <= kept[:, None])
         self.layers = [self._replay(i, self._before[i], self._records[i], keep) for i in range(len(self.layers))]
         self._lengths = lengths.clone()
