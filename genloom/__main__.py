@@ -1,3 +1,6 @@
-from genloom.core.cli import main
+try:
+    from genloom.core.cli import main
+except KeyboardInterrupt:  # Ctrl-C while Python imports the CLI
+    raise SystemExit(130) from None
 
 raise SystemExit(main())

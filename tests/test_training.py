@@ -166,7 +166,9 @@ def test_validation_bits_per_byte_is_the_exact_sum_over_the_whole_split(tiny_run
 def test_existing_checkpoints_need_resume_or_overwrite(tiny_run):
     from genloom.core.training import train
 
-    with pytest.raises(ConfigError, match="--resume"):
+    from genloom.core.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="--resume"):
         train(tiny(), run_dir=tiny_run.run_dir)
 
 

@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("source", choices=["hf"])
     s.add_argument("src_dir")
     s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true", help="replace a run directory that already holds a run")
 
     s = sub.add_parser("new-plugin", help="scaffold a pip-installable plugin package with tests")
     s.add_argument("name")
@@ -81,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while starting up (commands handle it themselves once running)
+        print("genloom: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     train_at = _command_index(argv, "train")
@@ -114,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        from genloom.core.train_cli import os_error_message
+
+        print(f"genloom: {os_error_message(exc)}", file=sys.stderr)
+        return 2
 
 
 def _command_index(argv: list[str], command: str) -> int | None:

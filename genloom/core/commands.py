@@ -111,7 +111,7 @@ def cmd_config(args):
     from genloom.core import config as config_mod
 
     validated = config_mod.load(args.config, args.overrides)
-    tree = validated.to_container()
+    tree = validated.to_saved()  # values from the environment stay ${oc.env:...}
     if args.json:
         print(json.dumps(tree, indent=2, default=str))
     else:
@@ -232,7 +232,7 @@ def cmd_compare(args):
 def cmd_import(args):
     from genloom.core import hf
 
-    out = hf.import_llama(args.src_dir, args.out)
+    out = hf.import_llama(args.src_dir, args.out, overwrite=getattr(args, "overwrite", False))
     print(f"wrote genloom run directory {out}")
     return 0
 

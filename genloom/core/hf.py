@@ -121,16 +121,25 @@ def rename(key: str) -> str | None:
     raise CheckpointError(f"unexpected tensor '{key}' in a Llama checkpoint")
 
 
-def import_llama(src_dir, out_dir) -> Path:
+def import_llama(src_dir, out_dir, *, overwrite: bool = False) -> Path:
+    """Convert ``src_dir`` into the run directory ``out_dir``; an existing run there is refused unless ``overwrite``."""
+    from genloom.core import runio
+
+    src, out = Path(src_dir), Path(out_dir)
+    if not src.is_dir():
+        raise CheckpointError(f"'{src}' is not a directory (expected a directory written by save_pretrained)")
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"--out '{out}' exists and is not a directory")
+    if runio.run_content(out) and not overwrite:  # checked before any work; checked again under the lock
+        raise CheckpointError(f"'{out}' already holds files ({', '.join(runio.run_content(out)[:6])}); nothing was changed. "
+                              f"Pass --overwrite to replace it, or choose another --out")
+
     import torch
     from safetensors.torch import load_file
 
     from genloom.core import config as config_mod
-    from genloom.core import runio
     from genloom.core.model import assemble
     from genloom.core.plugins import get_registry
-
-    src, out = Path(src_dir), Path(out_dir)
     cfg = llama_config(src)
     validated = config_mod.validate(config_mod.compose(None, None, base=cfg))
     built = assemble(validated, data=False)
@@ -155,6 +164,7 @@ def import_llama(src_dir, out_dir) -> Path:
     with torch.no_grad():
         for k, v in model_sd.items():
             v.copy_(state[k])
-    runio.save_config(out, validated, get_registry())
-    runio.save_weights(out, built.model)
+    with runio.prepare_run_dir(out, overwrite=overwrite):
+        runio.save_weights(out, built.model)
+        runio.save_config(out, validated, get_registry())  # last: a directory with config.yaml is a complete run
     return out

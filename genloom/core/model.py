@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from genloom.core.context import BIND_ORDER, BUILD_ORDER, BuildContext
-from genloom.core.errors import ConfigError
+from genloom.core.errors import ConfigError, PluginError
 from genloom.core.pattern import CAUSAL, AttentionPattern
 
 
@@ -202,11 +202,25 @@ def build_component(spec, ctx: BuildContext):
     ctx.current = spec.path
     try:
         factory = spec.record.load_factory()
+    except PluginError as exc:
+        raise ConfigError(str(exc), path=spec.path) from exc
     except Exception as exc:
         raise ConfigError(f"could not import {spec.record.kind} '{spec.record.name}' from plugin '{spec.record.plugin}' ({spec.record.distribution} {spec.record.version}): {type(exc).__name__}: {exc}", path=spec.path) from exc
-    obj = factory(spec.config, ctx)
+    try:
+        obj = factory(spec.config, ctx)
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        raise ConfigError(f"building {spec.record.kind} '{spec.record.name}' needs more memory than is available "
+                          f"({str(exc).splitlines()[0][:200]}); check its sizes", path=spec.path) from None
     ctx.current = None
     return obj
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure (a size in the config far too large), as opposed to a bug."""
+    text = str(exc)
+    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()
 
 
 def assemble(validated, registry=None, *, data: bool = True, tokenizer=None, fit_tokenizer: bool = True) -> Built:

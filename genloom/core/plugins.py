@@ -55,37 +55,52 @@ class Registry:
 
     # -- building -----------------------------------------------------------------------
     def _collect(self) -> None:
+        """Gather the records of every hook. A plugin whose hook raises, returns something that is
+        not a list of records, or offers a component of a kind nobody declared is marked failed
+        (one line on stderr, like an import failure) and its components are withdrawn; the other
+        plugins keep working. ``GENLOOM_STRICT_PLUGINS=1`` makes each of these fatal."""
         for impl in self.pm.hook.genloom_component_kinds.get_hookimpls():
-            for kind in impl.function() or []:
-                if kind.name in self.kinds:
-                    other = self.kinds[kind.name].plugin
-                    raise PluginError(f"plugin '{impl.plugin_name}' declares component kind '{kind.name}', already declared by '{other}'")
-                self.kinds[kind.name] = dataclasses.replace(kind, plugin=impl.plugin_name)
+            if self._is_failed(impl.plugin_name):
+                continue
+            try:
+                kinds = self._records(impl, "genloom_component_kinds", ComponentKind)
+                for kind in kinds:
+                    if kind.name in self.kinds:
+                        other = self.kinds[kind.name].plugin
+                        raise PluginError(f"declares component kind '{kind.name}', already declared by '{other}'")
+                for kind in kinds:
+                    self.kinds[kind.name] = dataclasses.replace(kind, plugin=impl.plugin_name)
+            except Exception as exc:
+                self._fail(impl.plugin_name, exc)
         self._check_config_keys()
         hooks = dict(KIND_HOOKS)
-        for kind in self.kinds.values():
+        for kind in list(self.kinds.values()):
             if kind.hook:
                 if not hasattr(self.pm.hook, kind.hook):
-                    raise PluginError(f"plugin '{kind.plugin}' declares component kind '{kind.name}' with hook '{kind.hook}', but no hookspec "
-                                      f"of that name was added (add it with pluginmanager.add_hookspecs in genloom_addhooks)")
+                    self._fail(kind.plugin, PluginError(
+                        f"declares component kind '{kind.name}' with hook '{kind.hook}', but no hookspec of that name was added "
+                        f"(add it with pluginmanager.add_hookspecs in genloom_addhooks)"))
+                    continue
                 hooks[kind.hook] = kind.name
         for hook_name, kind in hooks.items():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                if self._is_failed(impl.plugin_name):
+                    continue
                 info = self.plugins.get(impl.plugin_name)
                 dist = info.distribution if info else impl.plugin_name
                 version = info.version if info else ""
                 try:
-                    records = impl.function() or []
+                    records = self._records(impl, hook_name, Component)
+                    for rec in records:
+                        if kind is not None and rec.kind != kind:
+                            raise PluginError(f"hook {hook_name} returned a record of kind '{rec.kind}', expected '{kind}'")
+                        if rec.kind not in self.kinds:
+                            raise PluginError(f"offers {rec.kind} '{rec.name}', but no loaded plugin declares the component kind "
+                                              f"'{rec.kind}'{_missing_provider_hint()} (known kinds: {', '.join(self.kinds)})")
                 except Exception as exc:  # a broken hook is reported like a broken import
                     self._fail(impl.plugin_name, exc)
                     continue
                 for rec in records:
-                    if not isinstance(rec, Component):
-                        raise PluginError(f"plugin '{impl.plugin_name}' hook {hook_name} returned {type(rec).__name__}, expected a genloom.core.records.Component")
-                    if kind is not None and rec.kind != kind:
-                        raise PluginError(f"plugin '{impl.plugin_name}' hook {hook_name} returned a record of kind '{rec.kind}', expected '{kind}'")
-                    if rec.kind not in self.kinds:
-                        raise PluginError(f"plugin '{impl.plugin_name}' offers '{rec.name}' of unknown kind '{rec.kind}' (known: {', '.join(self.kinds)})")
                     rec = rec.stamped(impl.plugin_name, dist, version)
                     self._by_kind[rec.kind][rec.key].append(rec)
                     if info is not None:
@@ -93,25 +108,53 @@ class Registry:
                 if info is not None and hook_name not in info.hooks:
                     info.hooks.append(hook_name)
 
+    @staticmethod
+    def _records(impl, hook_name: str, record_type: type) -> list:
+        out = impl.function()
+        if out is None:
+            return []
+        if not isinstance(out, (list, tuple)):
+            raise PluginError(f"hook {hook_name} returned {_short_repr(out)} ({type(out).__name__}), expected a list of "
+                              f"{record_type.__module__}.{record_type.__name__} records")
+        for rec in out:
+            if not isinstance(rec, record_type):
+                raise PluginError(f"hook {hook_name} returned a list holding {_short_repr(rec)} ({type(rec).__name__}), "
+                                  f"expected {record_type.__module__}.{record_type.__name__} records")
+        return list(out)
+
+    def _is_failed(self, plugin: str) -> bool:
+        info = self.plugins.get(plugin)
+        return info is not None and info.error is not None
+
     def _check_config_keys(self) -> None:
         """A declared kind's top-level key may not reuse a built-in key or another declared kind's."""
         from genloom.core.config import COMPONENT_KEYS, LIST_KEYS, SECTION_SCHEMAS, RunConfig
 
         taken = {k: "genloom" for k in [*COMPONENT_KEYS, *LIST_KEYS, *SECTION_SCHEMAS, *(f.name for f in dataclasses.fields(RunConfig))]}
-        for kind in self.kinds.values():
+        for kind in list(self.kinds.values()):
             if kind.plugin == "genloom" or not kind.config_key:
                 continue
-            if kind.config_key in taken:
-                raise PluginError(f"plugin '{kind.plugin}' gives component kind '{kind.name}' the top-level config key '{kind.config_key}', "
-                                  f"already used by '{taken[kind.config_key]}'")
+            if kind.config_key in taken:  # the later plugin is marked failed, like any other broken contract
+                self._fail(kind.plugin, PluginError(f"gives component kind '{kind.name}' the top-level config key '{kind.config_key}', "
+                                                    f"already used by '{taken[kind.config_key]}'"))
+                continue
             taken[kind.config_key] = kind.plugin
 
     def _fail(self, plugin: str, exc: BaseException) -> None:
         info = self.plugins.get(plugin)
-        if info is not None:
-            info.error = f"{type(exc).__name__}: {exc}"
-            info.components.clear()
-        _report_failure(plugin, info.distribution if info else plugin, info.version if info else "", exc)
+        if info is None:
+            info = self.plugins[plugin] = PluginInfo(name=plugin, distribution=plugin, version="", module="")
+        info.error = f"{type(exc).__name__}: {exc}"
+        info.exception = exc  # type: ignore[attr-defined]
+        info.components.clear()
+        for by_name in self._by_kind.values():  # withdraw what the plugin offered before it failed
+            for key in list(by_name):
+                by_name[key] = [r for r in by_name[key] if r.plugin != plugin]
+                if not by_name[key]:
+                    del by_name[key]
+        for name in [k for k, v in self.kinds.items() if v.plugin == plugin]:
+            del self.kinds[name]
+        _report_failure(plugin, info.distribution, info.version, exc)
 
     # -- queries ------------------------------------------------------------------------
     def components(self, kind: str | None = None) -> list[Component]:
@@ -175,6 +218,25 @@ class Registry:
         return self.pm.hook
 
 
+def _short_repr(value, limit: int = 80) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _missing_provider_hint() -> str:
+    """Which entry points did not load (disabled or failed): one of them may declare a missing hook or kind."""
+    skipped = [ep.name for ep in _entry_points() if not _allowed(ep.name)] + list(_FAILED_IMPORTS)
+    if not skipped:
+        return " (is the plugin that provides it installed?)"
+    return f" (the plugin that provides it may be one that did not load: {', '.join(sorted(set(skipped)))})"
+
+
+_FAILED_IMPORTS: dict[str, str] = {}
+
+
 def _report_failure(name: str, dist: str, version: str, exc: BaseException) -> None:
     line = f"genloom: plugin '{name}' ({dist} {version}) failed to load: {type(exc).__name__}: {exc}"
     if os.environ.get("GENLOOM_STRICT_PLUGINS", "") not in ("", "0"):
@@ -207,6 +269,7 @@ def make_plugin_manager(extra: dict[str, object] | None = None, *, entry_points:
     """A fresh plugin manager with the entry-point plugins (and ``extra`` name -> module/object) registered."""
     pm = pluggy.PluginManager("genloom")
     pm.add_hookspecs(hookspecs)
+    _FAILED_IMPORTS.clear()
     infos: dict[str, PluginInfo] = {}
     if entry_points:
         for ep in _entry_points():
@@ -221,20 +284,46 @@ def make_plugin_manager(extra: dict[str, object] | None = None, *, entry_points:
             except Exception as exc:
                 info.error = f"{type(exc).__name__}: {exc}"
                 info.exception = exc  # type: ignore[attr-defined]
+                _FAILED_IMPORTS[ep.name] = dist
                 _report_failure(ep.name, dist, version, exc)
                 continue
-            pm.register(plugin, name=ep.name)
+            try:
+                pm.register(plugin, name=ep.name)
+            except Exception as exc:  # pluggy refuses malformed hook implementations
+                info.error = f"{type(exc).__name__}: {exc}"
+                info.exception = exc  # type: ignore[attr-defined]
+                _report_failure(ep.name, dist, version, exc)
     for name, plugin in (extra or {}).items():
         if isinstance(plugin, str):
             plugin = importlib.import_module(plugin)
         infos[name] = PluginInfo(name=name, distribution=name, version="", module=getattr(plugin, "__name__", repr(plugin)))
         pm.register(plugin, name=name)
     pm.hook.genloom_addhooks.call_historic(kwargs={"pluginmanager": pm})
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"{exc} (a hook implementation whose name matches no genloom hook: check the spelling)") from exc
+    _isolate_unknown_hooks(pm, infos)
     return pm, infos
+
+
+def _isolate_unknown_hooks(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> None:
+    """pluggy's ``check_pending``, per plugin: a hook implementation that matches no hookspec (a
+    typo, or a hook added by a plugin that is not installed or did not load) marks its plugin failed
+    and unregisters it; the others keep working. Strict mode makes it fatal."""
+    for name, plugin in list(pm.list_name_plugin()):
+        if plugin is None:
+            continue
+        unknown = []
+        for caller in pm.get_hookcallers(plugin) or []:
+            if not caller.has_spec() and any(not i.optionalhook for i in caller.get_hookimpls() if i.plugin is plugin):
+                unknown.append(caller.name)
+        if not unknown:
+            continue
+        hooks = ", ".join(sorted(unknown))
+        exc = PluginError(f"implements {hooks}, which no loaded plugin declares: a misspelled hook name, or a hook added by a "
+                          f"plugin that is not installed{_missing_provider_hint()}")
+        pm.unregister(plugin=plugin)
+        info = infos.get(name) or infos.setdefault(name, PluginInfo(name=name, distribution=name, version="", module=""))
+        info.error = f"{type(exc).__name__}: {exc}"
+        info.exception = exc  # type: ignore[attr-defined]
+        _report_failure(name, info.distribution, info.version, exc)
 
 
 _REGISTRY: Registry | None = None

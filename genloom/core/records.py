@@ -91,12 +91,21 @@ class Component:
         return dataclasses.replace(self, plugin=plugin, distribution=distribution, version=version)
 
     def load_factory(self):
+        """Import the factory; a module that fails to import (or lacks the attribute) is a
+        :class:`~genloom.core.errors.PluginError` naming the component, its plugin and distribution."""
         import importlib
 
+        from genloom.core.errors import PluginError
+
         module, _, attr = self.factory.partition(":")
-        obj = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
+        try:
+            obj = importlib.import_module(module)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except Exception as exc:
+            source = f"plugin '{self.plugin}' ({self.distribution} {self.version})" if self.plugin else "its plugin"
+            raise PluginError(f"could not import {self.kind} '{self.name}' from {source}: factory '{self.factory}' failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
         return obj
 
     def to_json(self) -> dict[str, Any]:

@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "starts from scratch when there is no checkpoint yet")
     parser.add_argument("--run-dir", default=None, metavar="DIR",
                         help="where the run writes config, logs, checkpoints and weights (default: the config's run_dir, else runs/<config name>)")
-    parser.add_argument("--overwrite", action="store_true", help="start again in a run directory that already holds checkpoints (deletes them)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start again in a run directory that already holds a run (removes its config, weights, tokenizer, "
+                             "checkpoints and logs; other files are left alone)")
     parser.add_argument("--no-sample", action="store_true", help="do not print a generated sample at the end")
     return parser
 
@@ -53,10 +55,21 @@ def run(args: argparse.Namespace) -> int:
     except GenloomError as exc:
         print(f"genloom: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("genloom: interrupted; continue with --resume", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # train() says what was kept; a bare one came before it started
+        print(f"genloom: {str(exc) or 'interrupted before training started; nothing was written'}", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        print(f"genloom: {os_error_message(exc)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a file-system error a user can act on: what failed, on which path."""
+    where = f"'{exc.filename}'" + (f" -> '{exc.filename2}'" if getattr(exc, "filename2", None) else "")
+    return f"{exc.strerror or type(exc).__name__}: {where}"
 
 
 if __name__ == "__main__":

@@ -474,21 +474,7 @@ class GenloomDataModule(L.LightningDataModule):
 
 def verify_checkpoint(path: Path) -> None:
     """Raise :class:`CheckpointError` naming ``path`` if it is missing, truncated or corrupted (CRC check)."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint '{path}' is empty (a run killed while writing it?); delete it to start over")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"checkpoint '{path}' is truncated or corrupted: it is not a complete PyTorch archive; "
-                              f"delete it (and resume from an earlier copy) or start the run again with --overwrite")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint '{path}' is truncated or corrupted ({type(exc).__name__}: {exc})") from None
-    if bad is not None:
-        raise CheckpointError(f"checkpoint '{path}' is corrupted: member '{bad}' fails its CRC check; delete it or start the run again with --overwrite")
+    runio.verify_checkpoint(path)
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
@@ -509,12 +495,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with runio.atomic_write(path) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return load_checkpoint(Path(path), map_location=map_location if map_location is not None else "cpu")
@@ -621,7 +604,7 @@ def _make_logger(validated, run_dir: Path):
     else:
         run_id = f"{run_dir.name}-{int(time.time())}"
         if _is_rank_zero():
-            id_file.write_text(run_id)
+            runio.write_text(id_file, run_id)
     return WandbLogger(project=validated.run.project, name=run_dir.name, id=run_id, save_dir=str(run_dir), resume="allow")
 
 
@@ -675,14 +658,75 @@ def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite
     config's ``callbacks`` list). Returns the run directory, the final validation metrics, the
     number of optimizer steps, the wall time and the generated sample (text models).
     """
-    from rich.console import Console
-
-    from genloom.core.model import assemble
     from genloom.core.plugins import get_registry
 
     t_start = time.perf_counter()
     registry = registry or get_registry()
     validated, run_dir, source_dir = resolve(config, overrides, run_dir=run_dir, registry=registry)
+    rank0 = _is_rank_zero()
+    # one writer per run directory; existing content is refused unless --overwrite or --resume
+    lock = runio.prepare_run_dir(run_dir, overwrite=overwrite, resume=resume) if rank0 else None
+    try:
+        result = _train(validated, run_dir, registry, resume=resume, console=console, generate=generate, callbacks=callbacks,
+                        t_start=t_start)
+    except BaseException as exc:
+        if lock is not None:
+            lock.release_after_failure()
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, TrainingInterrupted):  # outside the training loop
+            last = run_dir / runio.CHECKPOINTS / "last.ckpt"
+            if last.exists():
+                raise TrainingInterrupted(f"interrupted; {last} is kept: continue with `genloom train {run_dir} --resume`") from None
+            raise TrainingInterrupted("interrupted before the first checkpoint; nothing to resume") from None
+        raise
+    if lock is not None:
+        lock.release()
+    return result
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: the message names the checkpoint kept and the command that resumes."""
+
+
+class RunFiles(L.Callback):
+    """Writes config.yaml, plugins.json and the tokenizer files when training starts: after a resumed
+    checkpoint has been restored into the model, so an incompatible override rewrites nothing."""
+
+    def __init__(self, run_dir: Path, validated, registry, tokenizer):
+        self.run_dir, self.validated, self.registry, self.tokenizer = run_dir, validated, registry, tokenizer
+        self.written = False
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.is_global_zero and not self.written:
+            runio.save_config(self.run_dir, self.validated, self.registry)
+            runio.save_tokenizer(self.run_dir, self.tokenizer)
+        self.written = True
+
+
+class StopOnInterrupt(L.Callback):
+    """The first Ctrl-C asks the run to stop at the next optimizer-step boundary (where a checkpoint
+    is consistent); the second stops at once, keeping the last checkpoint written."""
+
+    def __init__(self):
+        self.requested = False
+
+    def handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        import sys
+
+        print("\ngenloom: interrupt received; saving a checkpoint after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.requested and getattr(pl_module, "batches_seen", 0) % max(1, trainer.accumulate_grad_batches) == 0:
+            trainer.should_stop = True
+
+
+def _train(validated, run_dir: Path, registry, *, resume: bool, console, generate: bool, callbacks, t_start: float) -> TrainResult:
+    from rich.console import Console
+
+    from genloom.core.model import assemble
+
     tcfg, ocfg, gcfg = validated.sections["trainer"], validated.sections["optimizer"], validated.sections["generate"]
     console = console or Console(stderr=False, highlight=False)
     rank0 = _is_rank_zero()
@@ -695,22 +739,17 @@ def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite
         verify_checkpoint(last)  # fail before anything heavy is built
         ckpt_path = last
     elif resume:
+        if (run_dir / runio.WEIGHTS).exists():
+            raise CheckpointError(f"'{run_dir}' holds trained weights but no checkpoint to resume from ({last} is missing); nothing "
+                                  f"was changed. Pass --overwrite to train it again from scratch, or choose another --run-dir")
         say(f"[yellow]no checkpoint in {ckpt_dir}; starting from scratch[/yellow]")
-    elif not resume and ckpt_dir.exists() and any(ckpt_dir.glob("*.ckpt")):
-        if not overwrite:
-            raise ConfigError(f"run directory '{run_dir}' already holds checkpoints; pass --resume to continue that run, "
-                              f"--overwrite to start it again, or choose another --run-dir", path="run_dir")
-        if rank0:
-            for f in ckpt_dir.glob("*.ckpt"):
-                f.unlink()
 
     _quiet_lightning()
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    data = validated.to_container()
+    data = validated.to_saved()  # what is printed and saved: no value read from the environment
     if rank0:
         say(config_tree(data, f"config -> {run_dir}"))
-        runio.save_config(run_dir, validated, registry)
     L.seed_everything(validated.run.seed, workers=True, verbose=False)
 
     tok_dir = run_dir / runio.TOKENIZER
@@ -724,9 +763,6 @@ def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite
         raise ConfigError(f"strategy '{tcfg.strategy}' pickles the model into new processes, and this assembled model cannot be "
                           f"pickled (it holds the plugin registry); use trainer.strategy=ddp, which launches one process per "
                           f"device running the same command", path="trainer.strategy")
-    if rank0 and hasattr(built.model.tokenizer, "save"):
-        tok_dir.mkdir(parents=True, exist_ok=True)
-        built.model.tokenizer.save(tok_dir)
     n_params = sum(p.numel() for p in {id(p): p for p in built.model.parameters()}.values())
     say(f"model: {n_params / 1e6:.2f}M parameters; data prepared in {time.perf_counter() - t_start:.1f}s")
 
@@ -739,13 +775,15 @@ def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite
 
     from genloom.core.model import build_component
 
+    stopper = StopOnInterrupt()
     callbacks = [build_component(spec, built.ctx) for spec in validated.lists.get("callbacks", [])] + list(callbacks)
+    callbacks += [RunFiles(run_dir, validated, registry, built.model.tokenizer), stopper]
     callbacks.append(GuardedCheckpoint(dirpath=str(ckpt_dir), filename="step-{step}", save_top_k=0, save_last=True,
                                        every_n_train_steps=tcfg.checkpoint_every_steps, enable_version_counter=False))
     if tcfg.progress and rank0:
         callbacks.append(StepProgressBar(leave=True))
     logger = _make_logger(validated, run_dir)
-    trainer = L.Trainer(
+    trainer = _trainer(
         max_steps=tcfg.max_steps,
         max_time=datetime.timedelta(minutes=tcfg.max_time_minutes) if tcfg.max_time_minutes else None,
         max_epochs=-1,
@@ -773,19 +811,35 @@ def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite
     say(f"training on {n_train} train / {n_val} val samples; global batch {int(built.data.batch_size) * trainer.world_size} x "
         f"{tcfg.accumulate_grad_batches} accumulation; {'resuming from ' + str(ckpt_path) if ckpt_path else 'from scratch'}")
     t_fit = time.perf_counter()
+    import signal
+    import threading
+
+    run_files = next(c for c in callbacks if isinstance(c, RunFiles))
+    hint = f"continue with `genloom train {run_dir} --resume`"
+    previous = signal.signal(signal.SIGINT, stopper.handler) if threading.current_thread() is threading.main_thread() else None
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
-    except RuntimeError as exc:
-        if "Error(s) in loading state_dict" in str(exc) and ckpt_path is not None:
-            raise CheckpointError(f"checkpoint '{ckpt_path}' does not match the model built from the config: {str(exc).splitlines()[0]}") from None
+    except SystemExit:
+        if stopper.requested:  # Lightning exits on a second Ctrl-C; the last checkpoint written stays
+            raise TrainingInterrupted(f"training stopped at once at step {trainer.global_step}; the last checkpoint written is kept; {hint}") from None
         raise
+    except (RuntimeError, ValueError, KeyError) as exc:
+        if ckpt_path is not None and not run_files.written:  # failed while restoring the checkpoint: nothing was rewritten
+            raise CheckpointError(f"checkpoint '{ckpt_path}' does not match the model or optimizer built from the config "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the run directory is unchanged") from None
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     fit_seconds = time.perf_counter() - t_fit
-    if trainer.interrupted:
-        raise GenloomError(f"training was interrupted at step {trainer.global_step}; continue with `genloom train {run_dir} --resume`")
 
     if tcfg.checkpoint_every_steps and trainer.global_step % tcfg.checkpoint_every_steps:
         check_finite_parameters(module, trainer.global_step, last)
         trainer.save_checkpoint(str(last), weights_only=False)  # the full final state, so --resume with a larger max_steps continues from here
+    if stopper.requested or trainer.interrupted:
+        if last.exists():
+            raise TrainingInterrupted(f"training interrupted at step {trainer.global_step}; checkpoint saved to {last}; {hint}")
+        raise TrainingInterrupted(f"training interrupted before its first step; nothing to resume yet ({hint} starts it again)")
     if n_val and (module.last_val_step != trainer.global_step or tcfg.val_batches is not None):
         trainer.limit_val_batches = 1.0  # the final figures cover the whole held-out split
         trainer.validate(module, datamodule=dm, verbose=False)
@@ -801,7 +855,7 @@ def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite
         seconds = time.perf_counter() - t_start
         summary = {"global_step": trainer.global_step, "fit_seconds": fit_seconds, "total_seconds": seconds, "parameters": n_params,
                    "val": metrics}
-        (run_dir / METRICS).write_text(json.dumps(summary, indent=2))
+        runio.write_text(run_dir / METRICS, json.dumps(summary, indent=2))
         _print_metrics(say, metrics, trainer.global_step, fit_seconds)
         if generate:
             sample = _sample(built, gcfg, run_dir)
@@ -810,6 +864,21 @@ def train(config, overrides=(), *, run_dir=None, resume: bool = False, overwrite
                 console.print(sample, markup=False, highlight=False)
     return TrainResult(run_dir=run_dir, metrics=metrics, global_step=trainer.global_step, seconds=time.perf_counter() - t_start,
                        sample=sample, weights=weights)
+
+
+def _trainer(**kwargs):
+    """``lightning.Trainer(**kwargs)``; a setting Lightning refuses (an accelerator whose package is
+    missing, an unknown strategy or precision) is a config error naming the trainer field."""
+    try:
+        return L.Trainer(**kwargs)
+    except Exception as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        fields = ("accelerator", "strategy", "precision", "devices", "num_nodes", "gradient_clip_val", "accumulate_grad_batches")
+        field = next((f for f in fields if f in message.lower()), None)
+        if field is None and isinstance(exc, ImportError):
+            field = "accelerator"
+        raise ConfigError(f"Lightning refused the trainer settings: {type(exc).__name__}: {message}",
+                          path=f"trainer.{field}" if field else "trainer") from None
 
 
 def _unsharded_copy(state, validated, registry, built):

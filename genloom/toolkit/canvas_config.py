@@ -6,17 +6,18 @@ The runtime lives in :mod:`genloom.toolkit.canvas`.
 from __future__ import annotations
 
 import dataclasses
+from genloom.core.constraints import NonNegativeFloat, PositiveInt
 
 
 @dataclasses.dataclass
 class CanvasDecoderConfig:
     """Base config of masked-canvas decoders (see ``genloom.toolkit.canvas``); reserves the mask token."""
 
-    steps: int | None = None
+    steps: PositiveInt | None = None
     """Unmasking steps (None: one token per step, i.e. max_new_tokens steps)."""
-    block_length: int | None = None
+    block_length: PositiveInt | None = None
     """Decode the canvas in blocks of this many tokens, left to right (None: one block)."""
-    temperature: float = 0.0
+    temperature: NonNegativeFloat = 0.0
     """0: predict the argmax token; > 0: draw it with Gumbel noise at this temperature."""
 
     def __post_init__(self):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
+from genloom.core.constraints import PositiveInt, Seed
 
 
 @dataclasses.dataclass
@@ -17,9 +18,9 @@ class DraftModelConfig:
     """The draft model: a run directory, a weights file inside one or a config .yaml (str), or a
     nested model config {tokenizer, head, backbone, ...} (an untrained draft, seeded by ``seed``).
     Its vocabulary must be the target's."""
-    gamma: int = 4
+    gamma: PositiveInt = 4
     """Draft tokens proposed per round (the target verifies gamma + 1 positions per pass)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed for the initial weights of a draft built from a nested config."""
 
     def __post_init__(self):

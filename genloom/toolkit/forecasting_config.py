@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from genloom.core.constraints import PositiveFloat, PositiveInt, Probability
+
 
 @dataclass
 class TimeStepTokenizerConfig:
@@ -29,9 +31,9 @@ class TimeStepTokenizerConfig:
 
     instance_norm: bool = True
     """Normalise each variate of each window by its own lookback mean/std and undo it on the forecast."""
-    eps: float = 1e-5
+    eps: PositiveFloat = 1e-5
     """Added to the variance before the square root (instance_norm only)."""
-    horizon: int | None = None
+    horizon: PositiveInt | None = None
     """Output tokens kept as the forecast (None: the data set's horizon)."""
 
     def __post_init__(self):
@@ -88,13 +90,13 @@ class EncoderDecoderForecasterConfig:
 class ProbabilisticHeadConfig:
     """Fields every probabilistic forecasting head shares."""
 
-    d_model: int | None = None
+    d_model: PositiveInt | None = None
     """Hidden width (None: the backbone's d_model from the build context)."""
-    lookback: int | None = None
+    lookback: PositiveInt | None = None
     """Features per input token (None: the tokenizer's ``token_features``, else the data set's lookback)."""
-    horizon: int | None = None
+    horizon: PositiveInt | None = None
     """Forecast values per token (None: the tokenizer's ``token_outputs``, else the data set's horizon)."""
-    min_scale: float = 1e-3
+    min_scale: PositiveFloat = 1e-3
     """Lower bound added to every predicted scale (keeps the likelihood finite)."""
 
     def __post_init__(self):
@@ -123,7 +125,7 @@ class GaussianHeadConfig(ProbabilisticHeadConfig):
 class MixtureHeadConfig(ProbabilisticHeadConfig):
     """A mixture of ``components`` Gaussians per forecast value; trained by its negative log-likelihood."""
 
-    components: int = 3
+    components: PositiveInt = 3
     """Number of mixture components K."""
 
     def __post_init__(self):
@@ -136,7 +138,7 @@ class MixtureHeadConfig(ProbabilisticHeadConfig):
 class QuantileHeadConfig(ProbabilisticHeadConfig):
     """Non-crossing quantiles per forecast value; trained by the pinball (quantile) loss."""
 
-    levels: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.9])
+    levels: list[Probability] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.9])
     """Quantile levels in (0, 1), strictly increasing."""
 
     def __post_init__(self):

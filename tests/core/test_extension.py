@@ -66,7 +66,7 @@ def test_nested_component_nodes_are_validated_at_config_time(registry):
         config_mod.validate(config_mod.compose(base=bad), registry)
 
 
-def test_a_kind_naming_a_hook_nobody_added_is_a_plugin_error():
+def test_a_kind_naming_a_hook_nobody_added_is_a_plugin_error(monkeypatch):
     from genloom.core import hookimpl, records
 
     class Plugin:
@@ -74,6 +74,10 @@ def test_a_kind_naming_a_hook_nobody_added_is_a_plugin_error():
         def genloom_component_kinds(self):
             return [records.ComponentKind("critic", config_key="critic", hook="genloom_critics")]
 
+    monkeypatch.delenv("GENLOOM_STRICT_PLUGINS", raising=False)
+    reg = registry_with(Plugin(), entry_points=False)  # isolated: that plugin fails, the rest keep working
+    assert "genloom_critics" in reg.plugins["plugin0"].error and "critic" not in reg.kinds
+    monkeypatch.setenv("GENLOOM_STRICT_PLUGINS", "1")
     with pytest.raises(PluginError, match="genloom_critics"):
         registry_with(Plugin(), entry_points=False)
 
@@ -148,7 +152,7 @@ def test_a_many_kind_publishes_the_list_of_its_built_nodes(plugins):
     assert provider.BOUND == [257, 257]
 
 
-def test_a_declared_config_key_may_not_reuse_a_built_in_key():
+def test_a_declared_config_key_may_not_reuse_a_built_in_key(monkeypatch):
     from genloom.core import hookimpl, records
 
     class Plugin:
@@ -156,5 +160,9 @@ def test_a_declared_config_key_may_not_reuse_a_built_in_key():
         def genloom_component_kinds(self):
             return [records.ComponentKind("judge", config_key="decoder")]
 
+    monkeypatch.delenv("GENLOOM_STRICT_PLUGINS", raising=False)
+    reg = registry_with(Plugin(), entry_points=False)  # isolated: that plugin fails, the rest keep working
+    assert "top-level config key 'decoder', already used by 'genloom'" in reg.plugins["plugin0"].error and "judge" not in reg.kinds
+    monkeypatch.setenv("GENLOOM_STRICT_PLUGINS", "1")
     with pytest.raises(PluginError, match="top-level config key 'decoder', already used by 'genloom'"):
         registry_with(Plugin(), entry_points=False)

@@ -53,8 +53,8 @@ def test_valid_config_builds_dataclasses():
         ({}, ["backbone.name=transfomer"], "backbone.name", "Did you mean 'transformer'"),
         ({}, ["backbone.n_layrs=2"], "backbone.n_layrs", "Did you mean 'n_layers'"),
         ({}, ["backbone.n_layers=two"], "backbone.n_layers", "is not a valid int"),
-        ({"processors": [{"name": "top-p", "p": 2.0}]}, [], "processors[0]", "p must be in (0, 1]"),
-        ({"trainer": {"precision": "fp8"}}, [], "trainer", "precision must be one of"),
+        ({"processors": [{"name": "top-p", "p": 2.0}]}, [], "processors[0].p", "allowed > 0 and <= 1"),
+        ({"trainer": {"precision": "fp8"}}, [], "trainer.precision", "precision must be one of"),
         ({"kernels": {"attention": "sdpx"}}, [], "kernels.attention", "Did you mean 'sdpa'"),
         ({"optimzer": {}}, [], "optimzer", "Did you mean 'optimizer'"),
     ],
@@ -107,8 +107,14 @@ def test_misspelled_hook_fails_loudly():
         return []
 
     mod.genloom_backbone = genloom_backbone
-    with pytest.raises(PluginError, match="genloom_backbone"):
-        registry_with(mod)
+    reg = registry_with(mod)  # isolated like an import failure: marked failed, the rest keep working
+    assert "genloom_backbone" in reg.plugins["typo_plugin"].error and reg.get("backbone", "transformer")
+    os.environ["GENLOOM_STRICT_PLUGINS"] = "1"
+    try:
+        with pytest.raises(PluginError, match="genloom_backbone"):
+            registry_with(mod)
+    finally:
+        del os.environ["GENLOOM_STRICT_PLUGINS"]
 
 
 def test_plugin_can_add_a_component_kind():

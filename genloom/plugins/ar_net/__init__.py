@@ -40,6 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import NonNegativeFloat, NonNegativeInt, PositiveInt, Probability
 
 PAPER = records.Paper(
     title="AR-Net: A simple Auto-Regressive Neural Network for time-series",
@@ -54,9 +55,9 @@ _P = "genloom.plugins.ar_net"
 class ArNetConfig:
     """Hidden layers of a deep AR-Net (none: the paper's single linear layer)."""
 
-    hidden_layers: int = 0
+    hidden_layers: NonNegativeInt = 0
     """Number of hidden layers; 0 gives the single-layer, interpretable AR-Net."""
-    hidden_size: int = 32
+    hidden_size: PositiveInt = 32
     """Width of the hidden layers (used when hidden_layers > 0); published as ``ctx.d_model``."""
 
     def __post_init__(self):
@@ -75,13 +76,13 @@ class ArNetConfig:
 class ArNetHeadConfig:
     """The lags in, the forecast out; the first layer's weights are the AR coefficients."""
 
-    order: int | None = None
+    order: PositiveInt | None = None
     """AR order p: how many of the most recent values are used (None: the whole lookback)."""
-    lookback: int | None = None
+    lookback: PositiveInt | None = None
     """Values per input token (None: the data set's lookback)."""
-    horizon: int | None = None
+    horizon: PositiveInt | None = None
     """Forecast steps (None: the data set's horizon); 1 gives the one-step AR model."""
-    hidden_size: int | None = None
+    hidden_size: PositiveInt | None = None
     """Width of the hidden representation (None: from the ar-net backbone; 0: no hidden layers)."""
     bias: bool = True
     """Intercept (the AR process's constant)."""
@@ -115,19 +116,19 @@ class ArNetHeadConfig:
 class ArNetObjectiveConfig:
     """Forecast MSE plus AR-Net's sparsity regulariser on the AR coefficients."""
 
-    sparsity: float | None = None
+    sparsity: Probability | None = None
     """Expected share s of non-zero coefficients (e.g. true order / model order); lambda = c_lambda * (1/s - 1). None: no regulariser."""
-    strength: float | None = None
+    strength: NonNegativeFloat | None = None
     """lambda given directly (overrides sparsity)."""
-    c_lambda: float = 0.1
+    c_lambda: NonNegativeFloat = 0.1
     """Scale of lambda when it is derived from sparsity (this implementation's default, tuned on unit-variance synthetic AR data)."""
-    c1: float = 3.0
+    c1: NonNegativeFloat = 3.0
     """Steepness of the regulariser R."""
-    c2: float = 3.0
+    c2: NonNegativeFloat = 3.0
     """Root applied to |w| inside R (3: cube root)."""
-    delay_steps: int = 0
+    delay_steps: NonNegativeInt = 0
     """Training steps before the regulariser starts (a first unregularised fit, so coefficients leave the penalty's cusp at 0)."""
-    ramp_steps: int = 0
+    ramp_steps: NonNegativeInt = 0
     """Training steps over which lambda then grows linearly to its full value."""
     pattern: str = "full"
     """Attention pattern passed on to the backbone (AR-Net mixes no tokens; any pattern works)."""

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from genloom.core import hookimpl, records
+from typing import Annotated
+from genloom.core.constraints import AnyFloat, Fraction, Interval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability
 
 _P = "genloom.plugins.baseline"
 
@@ -31,10 +33,10 @@ class BytesConfig:
 class BpeConfig:
     """Byte-level BPE trained with Hugging Face ``tokenizers`` on the data set's training split."""
 
-    vocab_size: int = 1024
+    vocab_size: PositiveInt = 1024
     """Size of the trained vocabulary (including the end-of-sequence token)."""
-    min_frequency: int = 2
-    max_train_bytes: int = 4_000_000
+    min_frequency: PositiveInt = 2
+    max_train_bytes: PositiveInt = 4_000_000
     """Train the merges on at most this many bytes of the training split."""
     add_eos: bool = True
 
@@ -48,22 +50,22 @@ class BpeConfig:
 class TransformerConfig:
     """Decoder-only transformer in the Llama layout."""
 
-    d_model: int = 256
+    d_model: PositiveInt = 256
     """Model width; published to later components as ``ctx.d_model``."""
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: int | None = None
+    n_layers: PositiveInt = 4
+    n_heads: PositiveInt = 4
+    n_kv_heads: PositiveInt | None = None
     """Key/value heads for grouped-query attention (None: n_heads, i.e. multi-head)."""
-    ffn_hidden: int | None = None
+    ffn_hidden: PositiveInt | None = None
     """SwiGLU hidden width (None: 8/3 d_model rounded up to a multiple of 32)."""
     rope: bool = True
     """Rotary position embeddings; False gives a position-free (permutation-equivariant) encoder."""
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    dropout: float = 0.0
+    rope_theta: PositiveFloat = 10000.0
+    norm_eps: PositiveFloat = 1e-5
+    dropout: Fraction = 0.0
     final_norm: bool = True
     """RMSNorm after the last block (Llama's model.norm)."""
-    max_positions: int | None = None
+    max_positions: PositiveInt | None = None
     """Positions the model may attend to (prompt + generated tokens); generation refuses to go past
     it. None: no limit (rotary positions extrapolate, quality permitting). ``genloom import hf`` sets
     it from max_position_embeddings."""
@@ -89,14 +91,14 @@ class LmHeadConfig:
 
     tie_weights: bool = True
     """Share the embedding matrix with the output projection."""
-    init_std: float = 0.02
+    init_std: PositiveFloat = 0.02
 
 
 @dataclass
 class NextTokenConfig:
     """Next-token prediction (causal language modelling)."""
 
-    label_smoothing: float = 0.0
+    label_smoothing: Probability = 0.0
 
 
 # -- decoders ---------------------------------------------------------------------------------
@@ -115,15 +117,15 @@ class BeamConfig:
     """Beam search over the model's log-probabilities (the processors act on the log-probabilities,
     as in transformers); a finished hypothesis scores ``sum log p / generated_length**length_penalty``."""
 
-    num_beams: int = 4
-    length_penalty: float = 1.0
+    num_beams: PositiveInt = 4
+    length_penalty: AnyFloat = 1.0
     """Hypothesis score = log-prob / length**length_penalty (length counts generated tokens, EOS included)."""
     early_stopping: bool | Literal["never"] = False
     """False: stop once the num_beams-th best finished hypothesis scores at least what the best live
     beam would score at its current length (transformers' default heuristic); True: stop as soon as
     num_beams hypotheses have finished; 'never': stop only when no live beam can reach the
     num_beams-th best finished score within max_new_tokens (an exact bound)."""
-    num_return_sequences: int = 1
+    num_return_sequences: PositiveInt = 1
     """Hypotheses returned per prompt, best first (at most num_beams)."""
 
     def __post_init__(self):
@@ -136,7 +138,7 @@ class BeamConfig:
 # -- processors ------------------------------------------------------------------------------
 @dataclass
 class TemperatureConfig:
-    temperature: float = 1.0
+    temperature: PositiveFloat = 1.0
 
     def __post_init__(self):
         if self.temperature <= 0:
@@ -150,8 +152,8 @@ def _check_keep(cfg):
 
 @dataclass
 class TopKConfig:
-    k: int = 50
-    min_tokens_to_keep: int = 1
+    k: PositiveInt = 50
+    min_tokens_to_keep: PositiveInt = 1
     """Keep at least this many of the most likely tokens."""
 
     def __post_init__(self):
@@ -162,9 +164,9 @@ class TopKConfig:
 
 @dataclass
 class TopPConfig:
-    p: float = 0.9
+    p: Annotated[float, Interval(gt=0, le=1)] = 0.9
     """Keep the smallest set of most likely tokens whose mass reaches p (1.0 keeps everything)."""
-    min_tokens_to_keep: int = 1
+    min_tokens_to_keep: PositiveInt = 1
     """Keep at least this many of the most likely tokens."""
 
     def __post_init__(self):
@@ -175,8 +177,8 @@ class TopPConfig:
 
 @dataclass
 class MinPConfig:
-    p: float = 0.05
-    min_tokens_to_keep: int = 1
+    p: Probability = 0.05
+    min_tokens_to_keep: PositiveInt = 1
     """Keep at least this many of the most likely tokens."""
 
     def __post_init__(self):
@@ -189,9 +191,9 @@ class MinPConfig:
 class TypicalConfig:
     """Locally typical sampling ("Locally Typical Sampling", 2023)."""
 
-    p: float = 0.9
+    p: Annotated[float, Interval(gt=0, le=1)] = 0.9
     """Mass of the kept set, chosen by closeness of each token's surprisal to the entropy (1.0 keeps everything)."""
-    min_tokens_to_keep: int = 1
+    min_tokens_to_keep: PositiveInt = 1
     """Keep at least this many of the most typical tokens."""
 
     def __post_init__(self):
@@ -204,9 +206,9 @@ class TypicalConfig:
 class EpsilonConfig:
     """Epsilon sampling ("Truncation Sampling as Language Model Desmoothing", 2022)."""
 
-    epsilon: float = 3e-4
+    epsilon: Annotated[float, Interval(gt=0, lt=1)] = 3e-4
     """Drop tokens whose probability is below epsilon."""
-    min_tokens_to_keep: int = 1
+    min_tokens_to_keep: PositiveInt = 1
     """Keep at least this many of the most likely tokens."""
 
     def __post_init__(self):
@@ -219,9 +221,9 @@ class EpsilonConfig:
 class EtaConfig:
     """Eta sampling ("Truncation Sampling as Language Model Desmoothing", 2022)."""
 
-    epsilon: float = 3e-4
+    epsilon: Annotated[float, Interval(gt=0, lt=1)] = 3e-4
     """Drop tokens whose probability is below min(epsilon, sqrt(epsilon) * exp(-entropy))."""
-    min_tokens_to_keep: int = 1
+    min_tokens_to_keep: PositiveInt = 1
     """Keep at least this many of the most likely tokens."""
 
     def __post_init__(self):
@@ -232,7 +234,7 @@ class EtaConfig:
 
 @dataclass
 class NoRepeatNGramConfig:
-    n: int = 3
+    n: PositiveInt = 3
     """Forbid a token that would repeat an n-gram of prompt + generated text."""
 
     def __post_init__(self):
@@ -242,7 +244,7 @@ class NoRepeatNGramConfig:
 
 @dataclass
 class RepetitionPenaltyConfig:
-    penalty: float = 1.2
+    penalty: PositiveFloat = 1.2
     """Divide positive (multiply negative) logits of tokens already in the sequence by this."""
 
     def __post_init__(self):
@@ -253,22 +255,22 @@ class RepetitionPenaltyConfig:
 # -- data ---------------------------------------------------------------------------------------
 @dataclass
 class TextDataConfig:
-    seq_len: int = 256
+    seq_len: PositiveInt = 256
     """Tokens per training window (the model sees seq_len inputs and seq_len targets)."""
-    batch_size: int = 32
-    eval_batch_size: int | None = None
-    num_workers: int = 0
+    batch_size: PositiveInt = 32
+    eval_batch_size: PositiveInt | None = None
+    num_workers: NonNegativeInt = 0
 
 
 @dataclass
 class PyStdlibConfig(TextDataConfig):
     """The Python standard library's own ``.py`` files as bytes, split by file."""
 
-    max_train_bytes: int = 8_000_000
+    max_train_bytes: PositiveInt = 8_000_000
     """Use at most this many bytes of training files (chosen deterministically)."""
-    max_eval_bytes: int = 400_000
-    val_fraction: float = 0.05
-    test_fraction: float = 0.05
+    max_eval_bytes: PositiveInt = 400_000
+    val_fraction: Fraction = 0.05
+    test_fraction: Fraction = 0.05
 
     def bind(self, ctx):
         ctx.set("seq_len", self.seq_len)
@@ -280,9 +282,9 @@ class TextFilesConfig(TextDataConfig):
 
     paths: list[str] = field(default_factory=list)
     glob: str = "*"
-    val_fraction: float = 0.05
-    test_fraction: float = 0.05
-    max_train_bytes: int | None = None
+    val_fraction: Fraction = 0.05
+    test_fraction: Fraction = 0.05
+    max_train_bytes: PositiveInt | None = None
 
     def __post_init__(self):
         if not self.paths:
@@ -296,8 +298,8 @@ class TextFilesConfig(TextDataConfig):
 @dataclass
 class EarlyStoppingConfig:
     monitor: str = "val/loss"
-    patience: int = 3
-    min_delta: float = 0.0
+    patience: NonNegativeInt = 3
+    min_delta: NonNegativeFloat = 0.0
 
 
 @dataclass
@@ -305,7 +307,7 @@ class SampleCallbackConfig:
     """Print a generated sample at each validation."""
 
     prompt: str = ""
-    max_new_tokens: int = 64
+    max_new_tokens: PositiveInt = 64
 
 
 def _toolkit_configs(*names: str):
@@ -440,8 +442,8 @@ def genloom_callbacks():
 class IdsConfig:
     """Token ids as they are (for imported checkpoints without a tokenizer file, and synthetic data)."""
 
-    vocab_size: int = 256
-    eos_id: int | list[int] | None = None
+    vocab_size: PositiveInt = 256
+    eos_id: NonNegativeInt | list[NonNegativeInt] | None = None
     """End-of-sequence id, or a list of them (generation stops at any; e.g. Llama 3's end-of-turn)."""
 
 

@@ -11,6 +11,7 @@ run loaded for generation (no data) still knows them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from genloom.core.constraints import Fraction, NonNegativeInt, PositiveInt, Seed
 
 
 def _publish(ctx, channels: int, side: int, num_classes: int) -> None:
@@ -34,24 +35,24 @@ def _check_split(config) -> None:
 class ImageDataConfig:
     """Batching fields shared by the image data sets."""
 
-    batch_size: int = 64
+    batch_size: PositiveInt = 64
     """Training batch size (per device)."""
-    eval_batch_size: int | None = None
+    eval_batch_size: PositiveInt | None = None
     """Validation/test batch size (None: batch_size)."""
-    num_workers: int = 0
+    num_workers: NonNegativeInt = 0
 
 
 @dataclass
 class DigitsConfig(ImageDataConfig):
     """scikit-learn's handwritten digits as images in [-1, 1]."""
 
-    image_size: int = 8
+    image_size: PositiveInt = 8
     """Side of the images; 8 is the native size, larger sizes are upsampled bilinearly (e.g. 16)."""
-    val_fraction: float = 0.1
+    val_fraction: Fraction = 0.1
     """Share of each class held out for validation."""
-    test_fraction: float = 0.1
+    test_fraction: Fraction = 0.1
     """Share of each class held out for testing."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the stratified split (the split is the same on every machine)."""
 
     def __post_init__(self):
@@ -67,19 +68,19 @@ class DigitsConfig(ImageDataConfig):
 class SampleImagesConfig(ImageDataConfig):
     """Patches of scikit-learn's two sample photographs (china.jpg, flower.jpg); label 0."""
 
-    patch_size: int = 16
+    patch_size: PositiveInt = 16
     """Side of the square patches."""
-    stride: int | None = None
+    stride: PositiveInt | None = None
     """Step between patches (default: patch_size, no overlap)."""
-    downscale: int = 4
+    downscale: PositiveInt = 4
     """Average-pool the 427x640 photographs by this factor before cutting, so a patch holds a scene, not a texture."""
     grayscale: bool = True
     """One channel (luma) instead of RGB."""
-    val_fraction: float = 0.1
+    val_fraction: Fraction = 0.1
     """Share of patches held out for validation."""
-    test_fraction: float = 0.1
+    test_fraction: Fraction = 0.1
     """Share of patches held out for testing."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the split."""
 
     def __post_init__(self):

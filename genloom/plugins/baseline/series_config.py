@@ -22,7 +22,9 @@ Binding publishes ``lookback``, ``horizon``, ``num_variates`` and ``season`` on 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+from genloom.core.constraints import Fraction, Interval, PositiveInt
 
 #: The macrodata columns that are levels of stocks or prices (growth rates make them stationary).
 MACRODATA_LEVELS = ("realgdp", "realcons", "realinv", "realgovt", "realdpi", "cpi", "m1", "pop")
@@ -48,21 +50,21 @@ def _check_windows(lookback: int, horizon: int, val_fraction: float, test_fracti
 class SeriesWindowConfig:
     """Fields every windowed series data set shares."""
 
-    lookback: int = 16
+    lookback: PositiveInt = 16
     """Past time steps each sample shows the model (x has this many rows)."""
-    horizon: int = 4
+    horizon: PositiveInt = 4
     """Future time steps each sample asks for (y has this many rows)."""
-    val_fraction: float = 0.1
+    val_fraction: Fraction = 0.1
     """Share of the timeline (after the training part) used for validation."""
-    test_fraction: float = 0.2
+    test_fraction: Fraction = 0.2
     """Share of the timeline at its end used for testing."""
     normalize: bool = True
     """Standardise each variate with the mean/std of the training part of the timeline."""
-    stride: int = 1
+    stride: PositiveInt = 1
     """Step between the starts of consecutive windows."""
-    batch_size: int = 32
+    batch_size: PositiveInt = 32
     """Training windows per batch."""
-    eval_batch_size: int | None = None
+    eval_batch_size: PositiveInt | None = None
     """Windows per validation/test batch (None: batch_size)."""
 
     def __post_init__(self):
@@ -93,7 +95,7 @@ class MacrodataConfig(SeriesWindowConfig):
     """Columns to use, in this order (any of: realgdp realcons realinv realgovt realdpi cpi m1 tbilrate unemp pop infl realint)."""
     transform: Literal["levels", "growth"] = "levels"
     """'levels': every column as published; 'growth': 100 * diff(log) for the level columns (realgdp ... pop), rates kept."""
-    season: int = 4
+    season: PositiveInt = 4
     """Season length used by the seasonal-naive baseline (4 quarters)."""
 
     def __post_init__(self):
@@ -119,11 +121,11 @@ class MacrodataConfig(SeriesWindowConfig):
 class SunspotsConfig(SeriesWindowConfig):
     """statsmodels' yearly sunspot numbers 1700-2008 (univariate)."""
 
-    lookback: int = 32
+    lookback: PositiveInt = 32
     """Past years each sample shows the model."""
-    horizon: int = 8
+    horizon: PositiveInt = 8
     """Future years each sample asks for."""
-    season: int = 11
+    season: PositiveInt = 11
     """Season length used by the seasonal-naive baseline (the ~11-year solar cycle)."""
     transform: Literal["levels", "sqrt"] = "levels"
     """'levels': sunspot numbers as published; 'sqrt': their square root (a variance-stabilising transform)."""
@@ -152,9 +154,9 @@ class StatsmodelsSeriesConfig(SeriesWindowConfig):
     """Use first differences instead of levels."""
     interpolate: bool = True
     """Fill missing values by linear interpolation in time (co2 has gaps); False: missing values are an error."""
-    season: int = 1
+    season: PositiveInt = 1
     """Season length used by the seasonal-naive baseline."""
-    expected_variates: int | None = None
+    expected_variates: PositiveInt | None = None
     """Number of variates, needed at bind time when columns is empty (None: read the data set to count them)."""
 
     def __post_init__(self):
@@ -181,7 +183,7 @@ class StatsmodelsSeriesConfig(SeriesWindowConfig):
 class NamedSeriesConfig(SeriesWindowConfig):
     """A statsmodels series with its natural season (fields shared by co2, elnino, nile, elec-equip, danish-data)."""
 
-    season: int = 12
+    season: PositiveInt = 12
     """Season length (the seasonal-naive and ETS baselines use it)."""
 
     def __post_init__(self):
@@ -200,9 +202,9 @@ class NamedSeriesConfig(SeriesWindowConfig):
 class Co2Config(NamedSeriesConfig):
     """Mauna Loa atmospheric CO2 (ppm), weekly 1958-2001 averaged to 526 months (gaps interpolated); univariate, season 12."""
 
-    lookback: int = 36
+    lookback: PositiveInt = 36
     """Past months each sample shows the model."""
-    horizon: int = 12
+    horizon: PositiveInt = 12
     """Future months each sample asks for."""
 
 
@@ -210,9 +212,9 @@ class Co2Config(NamedSeriesConfig):
 class ElninoConfig(NamedSeriesConfig):
     """Monthly sea-surface temperature of the El Nino region, 1950-2010 (732 months); univariate, season 12."""
 
-    lookback: int = 36
+    lookback: PositiveInt = 36
     """Past months each sample shows the model."""
-    horizon: int = 12
+    horizon: PositiveInt = 12
     """Future months each sample asks for."""
 
 
@@ -220,11 +222,11 @@ class ElninoConfig(NamedSeriesConfig):
 class NileConfig(NamedSeriesConfig):
     """Yearly flow volume of the Nile at Aswan, 1871-1970 (100 years); univariate, no season."""
 
-    lookback: int = 16
+    lookback: PositiveInt = 16
     """Past years each sample shows the model."""
-    horizon: int = 4
+    horizon: PositiveInt = 4
     """Future years each sample asks for."""
-    season: int = 1
+    season: PositiveInt = 1
     """No season (1: the seasonal-naive baseline repeats the last value)."""
 
 
@@ -232,9 +234,9 @@ class NileConfig(NamedSeriesConfig):
 class ElecEquipConfig(NamedSeriesConfig):
     """Euro-area electrical equipment orders index, monthly 1995-2016 (257 months); univariate, season 12."""
 
-    lookback: int = 36
+    lookback: PositiveInt = 36
     """Past months each sample shows the model."""
-    horizon: int = 12
+    horizon: PositiveInt = 12
     """Future months each sample asks for."""
 
 
@@ -242,13 +244,13 @@ class ElecEquipConfig(NamedSeriesConfig):
 class DanishDataConfig(NamedSeriesConfig):
     """Danish money demand data, quarterly 1974-1987 (55 quarters, 5 variates: lrm lry lpy ibo ide); season 4."""
 
-    lookback: int = 8
+    lookback: PositiveInt = 8
     """Past quarters each sample shows the model."""
-    horizon: int = 2
+    horizon: PositiveInt = 2
     """Future quarters each sample asks for."""
-    season: int = 4
+    season: PositiveInt = 4
     """Season length (4 quarters)."""
-    test_fraction: float = 0.25
+    test_fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.25
     """Share of the timeline at its end used for testing (larger than usual: the series is short)."""
 
     def num_variates(self) -> int:
@@ -259,11 +261,11 @@ class DanishDataConfig(NamedSeriesConfig):
 class ForecastHeadConfig:
     """Linear forecasting head: a token's lookback series -> d_model (embed), hidden state -> horizon (output)."""
 
-    d_model: int | None = None
+    d_model: PositiveInt | None = None
     """Hidden width (None: the backbone's d_model from the build context)."""
-    lookback: int | None = None
+    lookback: PositiveInt | None = None
     """Features per input token (None: the tokenizer's ``token_features`` if it publishes them, else the data set's lookback)."""
-    horizon: int | None = None
+    horizon: PositiveInt | None = None
     """Forecast values per token (None: the tokenizer's ``token_outputs`` if it publishes them, else the data set's horizon)."""
     bias: bool = True
     """Add a bias to the embedding and projection."""

@@ -39,6 +39,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from typing import Annotated
+from genloom.core.constraints import Interval, PositiveInt, Probability
 
 PAPER = records.Paper(
     title="Block Diffusion: Interpolating Between Autoregressive and Diffusion Language Models",
@@ -52,15 +54,15 @@ PAPER = records.Paper(
 class BlockDiffusionObjectiveConfig:
     """BD3-LM training objective."""
 
-    block_size: int = 4
+    block_size: PositiveInt = 4
     """Tokens per block L' (1 = autoregressive, seq_len = plain masked diffusion)."""
-    mask_rate_min: float = 0.0
+    mask_rate_min: Probability = 0.0
     """Lower end beta of the per-block masking rate t ~ U(beta, omega) (the paper's clipped schedule)."""
-    mask_rate_max: float = 1.0
+    mask_rate_max: Probability = 1.0
     """Upper end omega of the per-block masking rate; beta = omega = 1 with block_size 1 gives the AR loss exactly."""
     antithetic: bool = True
     """Stratify the per-block times across the batch (low-discrepancy sampler; same expectation, lower variance)."""
-    min_time: float = 1e-3
+    min_time: Annotated[float, Interval(gt=0, lt=1)] = 1e-3
     """Times are clamped to at least this (the 1/t weight stays finite)."""
 
     def __post_init__(self):
@@ -80,9 +82,9 @@ class BlockDiffusionObjectiveConfig:
 class BlockDiffusionDecoderConfig:
     """BD3-LM block-by-block sampler."""
 
-    block_size: int | None = None
+    block_size: PositiveInt | None = None
     """Tokens per block; None takes the objective's block_size from the build context."""
-    steps: int | None = None
+    steps: PositiveInt | None = None
     """Denoising steps per block; None means one per position of the block."""
     greedy: bool = False
     """Take the argmax token when a position is revealed instead of sampling."""

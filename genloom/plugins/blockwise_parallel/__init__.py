@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import NonNegativeFloat, PositiveInt
 
 _P = "genloom.plugins.blockwise_parallel"
 
@@ -48,9 +49,9 @@ class BlockwiseHeadConfig:
 
     base: dict[str, Any] = records.node_field("head", {"name": "lm"})
     """The base head (head 1: embedding, shared output projection), as a component node."""
-    block_size: int = 4
+    block_size: PositiveInt = 4
     """k: the number of heads, head 1 (the base head) included."""
-    hidden: int | None = None
+    hidden: PositiveInt | None = None
     """Hidden width of each proposal head's residual feed-forward layer (None: 4 x d_model)."""
 
     def __post_init__(self):
@@ -77,7 +78,7 @@ class BlockwiseObjectiveConfig:
 
     freeze_base: bool = True
     """Train only the proposal heads (the paper's frozen setting); False fine-tunes the base jointly."""
-    base_weight: float = 1.0
+    base_weight: NonNegativeFloat = 1.0
     """Weight of head 1's (the base head's) loss when the base is trained jointly."""
 
     def __post_init__(self):
@@ -89,9 +90,9 @@ class BlockwiseObjectiveConfig:
 class BlockwiseDecoderConfig:
     """Greedy blockwise parallel decoding (predict, verify, accept; merged steps)."""
 
-    block_size: int | None = None
+    block_size: PositiveInt | None = None
     """Tokens proposed per step (None: all of the head's block_size heads)."""
-    accept_top_k: int = 1
+    accept_top_k: PositiveInt = 1
     """1: exact acceptance (equals greedy decoding); > 1: accept a proposal in the base head's top-k."""
 
     def __post_init__(self):

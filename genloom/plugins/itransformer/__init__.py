@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import Fraction, PositiveFloat, PositiveInt
 
 PAPER = records.Paper(
     title="iTransformer: Inverted Transformers Are Effective for Time Series Forecasting",
@@ -48,7 +49,7 @@ class VariateTokenizerConfig:
 
     instance_norm: bool = True
     """Normalise each variate of each window by its own lookback mean/std and undo it on the forecast."""
-    eps: float = 1e-5
+    eps: PositiveFloat = 1e-5
     """Added to the variance before the square root (instance_norm only)."""
 
     def __post_init__(self):
@@ -60,15 +61,15 @@ class VariateTokenizerConfig:
 class ITransformerConfig:
     """Transformer encoder whose tokens are variates: attention across variates, no positions."""
 
-    d_model: int = 64
+    d_model: PositiveInt = 64
     """Width of a variate token; published to later components as ``ctx.d_model``."""
-    n_layers: int = 2
+    n_layers: PositiveInt = 2
     """Encoder layers."""
-    n_heads: int = 4
+    n_heads: PositiveInt = 4
     """Attention heads (d_model must be divisible by it)."""
-    ffn_hidden: int | None = None
+    ffn_hidden: PositiveInt | None = None
     """Hidden width of the per-token feed-forward network (None: the encoder's default)."""
-    dropout: float = 0.1
+    dropout: Fraction = 0.1
     """Dropout inside the encoder layers."""
     encoder: str = "transformer"
     """Registry backbone used as the encoder; it must accept ``rope: false`` and the ``full`` pattern."""

@@ -37,6 +37,7 @@ import math
 from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import PositiveFloat, PositiveInt
 
 PAPER = records.Paper(title="Mamba: Linear-Time Sequence Modeling with Selective State Spaces", year=2023, arxiv="2312.00752")
 
@@ -45,29 +46,29 @@ PAPER = records.Paper(title="Mamba: Linear-Time Sequence Modeling with Selective
 class MambaConfig:
     """A stack of Mamba blocks (pre-norm RMSNorm residual) with a final RMSNorm."""
 
-    d_model: int = 256
+    d_model: PositiveInt = 256
     """Model width; published to later components as ``ctx.d_model``."""
-    n_layers: int = 4
+    n_layers: PositiveInt = 4
     """Number of Mamba blocks."""
-    d_state: int = 16
+    d_state: PositiveInt = 16
     """SSM state size N per channel."""
-    d_conv: int = 4
+    d_conv: PositiveInt = 4
     """Width of the causal depthwise convolution before the SSM."""
-    expand: int = 2
+    expand: PositiveInt = 2
     """Inner width d_inner = expand * d_model."""
-    dt_rank: int | None = None
+    dt_rank: PositiveInt | None = None
     """Rank of the step-size projection (None: ceil(d_model / 16), the paper's choice)."""
-    dt_min: float = 0.001
+    dt_min: PositiveFloat = 0.001
     """Smallest initial step size (the dt_proj bias is softplus^-1 of step sizes drawn log-uniformly between dt_min and dt_max)."""
-    dt_max: float = 0.1
+    dt_max: PositiveFloat = 0.1
     """Largest initial step size."""
-    dt_init_floor: float = 1e-4
+    dt_init_floor: PositiveFloat = 1e-4
     """Initial step sizes are clamped to at least this."""
     conv_bias: bool = True
     """Bias in the depthwise convolution."""
     bias: bool = False
     """Biases in in_proj and out_proj."""
-    norm_eps: float = 1e-5
+    norm_eps: PositiveFloat = 1e-5
     """RMSNorm epsilon."""
     final_norm: bool = True
     """RMSNorm after the last block."""

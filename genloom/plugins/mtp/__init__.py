@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import NonNegativeFloat, PositiveFloat, PositiveInt
 
 _P = "genloom.plugins.mtp"
 
@@ -78,9 +79,9 @@ class GatedLoRABackboneConfig:
 
     base: dict[str, Any] = records.node_field("backbone", {"name": "transformer"})
     """The backbone to adapt, as a component node ``{name: ..., <fields>}``."""
-    rank: int = 8
+    rank: PositiveInt = 8
     """LoRA rank r."""
-    alpha: float = 16.0
+    alpha: PositiveFloat = 16.0
     """LoRA scaling numerator: the update is (alpha / r) B A x."""
     targets: list[str] = field(default_factory=list)
     """fnmatch patterns over the base backbone's module names (e.g. '*.q_proj'); empty: every nn.Linear."""
@@ -107,7 +108,7 @@ class MTPHeadConfig:
 
     base: dict[str, Any] = records.node_field("head", {"name": "lm"})
     """The head to extend, as a component node ``{name: ..., <fields>}``."""
-    sampler_hidden: int | None = None
+    sampler_hidden: PositiveInt | None = None
     """Hidden width of the sampler MLP (None: 2 x d_model)."""
     train_base: bool = False
     """Also train the base head's own weights (the paper keeps them frozen)."""
@@ -130,22 +131,22 @@ class MTPHeadConfig:
 class MTPObjectiveConfig:
     """Train the gated LoRA, mask embedding and sampler on masked-input rows."""
 
-    n_masks: int = 4
+    n_masks: PositiveInt = 4
     """Mask tokens appended after each prefix (future tokens predicted beyond the next one)."""
     layout: Literal["blocks", "rows"] = "blocks"
     """'blocks': one pass, mask blocks after the sequence with their own attention pattern and positions
     (the paper's; needs a backbone serving any pattern); 'rows': one causal row per prefix (any causal backbone)."""
-    cuts_per_sequence: int = 4
+    cuts_per_sequence: PositiveInt = 4
     """Prefixes per training sequence that get a block of masks."""
-    min_prefix: int = 1
+    min_prefix: PositiveInt = 1
     """Shortest prefix a row may have (layout 'rows')."""
-    sampler_weight: float = 1.0
+    sampler_weight: NonNegativeFloat = 1.0
     """Weight of the sampler's cross-entropy."""
-    mask_ce_weight: float = 1.0
+    mask_ce_weight: NonNegativeFloat = 1.0
     """Weight of the cross-entropy of the base projection at the mask positions."""
-    consistency_weight: float = 0.1
+    consistency_weight: NonNegativeFloat = 0.1
     """Weight of the latent consistency loss (MSE between mask and base hidden states)."""
-    next_token_weight: float = 0.0
+    next_token_weight: NonNegativeFloat = 0.0
     """Weight of the plain next-token loss (only useful with train_base in head and backbone)."""
 
     def __post_init__(self):
@@ -168,7 +169,7 @@ class MTPObjectiveConfig:
 class MTPDecoderConfig:
     """Greedy self-speculative decoding with mask-token drafts."""
 
-    n_masks: int | None = None
+    n_masks: PositiveInt | None = None
     """Mask tokens (drafts) per step (None: the objective's n_masks, else 4)."""
     quadratic: bool = True
     """Quadratic decoding: a mask block after every draft in the chunk, so every step has fresh

@@ -35,9 +35,11 @@ configurable local one. The calibration's exact form is stated in the paper's al
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from genloom.core import hookimpl, records
 from genloom.toolkit.canvas_config import CanvasDecoderConfig
+from genloom.core.constraints import ALLOW_INFINITY, Ge, NonNegativeFloat, PositiveFloat, PositiveInt
 
 PAPER = records.Paper(
     title="PC-Sampler: Position-Aware Calibration of Decoding Bias in Masked Diffusion Models",
@@ -50,18 +52,19 @@ PAPER = records.Paper(
 class PCSamplerConfig(CanvasDecoderConfig):
     """Position-aware, frequency-calibrated unmasking for masked diffusion models."""
 
-    position_decay: float = 0.25
-    """lambda of the position weight exp(-lambda * i); 0 turns the position awareness off."""
+    position_decay: Annotated[float, Ge(0), ALLOW_INFINITY] = 0.25
+    """lambda of the position weight exp(-lambda * i); 0 turns the position awareness off, .inf
+    makes the order strictly left to right."""
     calibration: bool = True
     """Multiply the confidence by the token's self-information -log p_D'(token) under the prior."""
-    clip_alpha: float = 10.0
+    clip_alpha: PositiveFloat = 10.0
     """alpha: upper clip of the calibrated confidence."""
     reference_corpus: str = "stdlib"
     """Text the token prior is counted on: 'stdlib' (the Python standard library's sources) or a
     path to a local text file or folder (its files are read recursively)."""
-    reference_max_bytes: int = 1_000_000
+    reference_max_bytes: PositiveInt = 1_000_000
     """Read at most this many bytes of the reference corpus."""
-    prior_smoothing: float = 1.0
+    prior_smoothing: NonNegativeFloat = 1.0
     """Pseudo-count added to every token of the vocabulary (no token gets probability 0)."""
 
     def __post_init__(self):

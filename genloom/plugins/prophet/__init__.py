@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from genloom.core import hookimpl, records
 from genloom.toolkit.canvas_config import CanvasDecoderConfig
+from genloom.core.constraints import ALLOW_INFINITY, Ge, PositiveInt, Probability
 
 PAPER = records.Paper(title="Diffusion Language Models Know the Answer Before Decoding", year=2025, arxiv="2508.19982")
 
@@ -44,16 +45,16 @@ PAPER = records.Paper(title="Diffusion Language Models Know the Answer Before De
 class ProphetConfig(CanvasDecoderConfig):
     """Confidence-based masked-diffusion sampling with Prophet's early commit."""
 
-    thresholds: tuple[float, ...] = (0.9, 0.7, 0.5)
+    thresholds: tuple[Annotated[float, Ge(0), ALLOW_INFINITY], ...] = (0.9, 0.7, 0.5)
     """Gap thresholds for decoding progress below each of progress_boundaries, then after the last
     (one more threshold than boundaries). '.inf' never commits early."""
-    progress_boundaries: tuple[float, ...] = (0.33, 0.67)
+    progress_boundaries: tuple[Probability, ...] = (0.33, 0.67)
     """Fractions of the step budget at which the threshold changes (increasing, in (0, 1))."""
     gap_space: Literal["probability", "logit"] = "probability"
     """Measure the top-1 minus top-2 gap on probabilities or on logits."""
     reduce: Literal["mean", "min"] = "mean"
     """How the per-position gaps of the answer positions are combined."""
-    answer_length: int | None = None
+    answer_length: PositiveInt | None = None
     """The answer is the last answer_length positions of the canvas (None: all generated positions)."""
 
     def __post_init__(self):

@@ -43,6 +43,8 @@ from typing import Literal
 
 from genloom.core import hookimpl, records
 from genloom.toolkit.canvas_config import CanvasDecoderConfig
+from typing import Annotated
+from genloom.core.constraints import Interval, PositiveFloat, PositiveInt
 
 PAPER = records.Paper(
     title="Your Absorbing Discrete Diffusion Secretly Models the Conditional Distributions of Clean Data",
@@ -61,9 +63,9 @@ class RADDConfig:
     """'t-dce': t ~ U(0,1), log-linear schedule, weight sigma(t) e^-sigma_bar/(1-e^-sigma_bar) = 1/t;
     'lambda-dce': masking probability lambda ~ U(0,1), weight 1/lambda; 'any-order': mask k ~ U{1..L}
     positions, weight L/k. All three estimate the same likelihood bound."""
-    sampling_eps: float = 1e-3
+    sampling_eps: Annotated[float, Interval(gt=0, lt=1)] = 1e-3
     """Smallest time / masking probability drawn (keeps the 1/t weight finite)."""
-    noise_eps: float = 1e-3
+    noise_eps: Annotated[float, Interval(ge=0, lt=1)] = 1e-3
     """eps of the log-linear schedule sigma_bar(t) = -log(1 - (1 - eps) t) ('t-dce' only)."""
     antithetic: bool = True
     """Spread the batch's times evenly over [0, 1) (low-discrepancy sampling, lower variance)."""
@@ -82,13 +84,13 @@ class RADDConfig:
 class RADDSamplerConfig:
     """RADD's ancestral sampler with output caching, over a canvas of max_new_tokens masked tokens."""
 
-    steps: int = 64
+    steps: PositiveInt = 64
     """Reverse-process steps from t=1 to t=0 (uniform in t)."""
     cache: bool = True
     """Reuse the network's last output when a step changed nothing (the NFE saving of the paper)."""
-    temperature: float = 1.0
+    temperature: PositiveFloat = 1.0
     """Divide the clean-data logits by this before drawing a token (1: the model's distribution)."""
-    eps: float = 1e-5
+    eps: Annotated[float, Interval(gt=0, lt=1)] = 1e-5
     """Last time before 0 in the time grid."""
 
     def __post_init__(self):

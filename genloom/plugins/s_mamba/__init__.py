@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import Fraction, PositiveInt
 
 PAPER = records.Paper(
     title="Is Mamba Effective for Time Series Forecasting?",
@@ -46,13 +47,13 @@ PAPER = records.Paper(
 class SMambaConfig:
     """Encoder over variate tokens: bidirectional Mamba across variates, then a per-token FFN."""
 
-    d_model: int = 32
+    d_model: PositiveInt = 32
     """Width of a variate token; published to later components as ``ctx.d_model``."""
-    n_layers: int = 2
+    n_layers: PositiveInt = 2
     """Encoder layers (each: bidirectional Mamba + FFN)."""
-    d_ff: int | None = None
+    d_ff: PositiveInt | None = None
     """Hidden width of the per-token feed-forward network (None: 2 * d_model)."""
-    dropout: float = 0.1
+    dropout: Fraction = 0.1
     """Dropout on the mixer and FFN outputs."""
     mamba: str = "mamba"
     """Registry backbone used for each direction (one causal block each)."""

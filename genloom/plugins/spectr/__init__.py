@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
 from genloom.toolkit.draft_config import DraftModelConfig
+from genloom.core.constraints import PositiveFloat, PositiveInt
 
 _P = "genloom.plugins.spectr"
 
@@ -57,9 +58,9 @@ PAPER = records.Paper(
 class SpecTrConfig(DraftModelConfig):
     """SpecTr decoding: k i.i.d. draft sequences of length gamma, K-SEQ draft selection."""
 
-    num_drafts: int = 4
+    num_drafts: PositiveInt = 4
     """k, the number of i.i.d. draft sequences per round (1 is speculative sampling)."""
-    rho: float | None = None
+    rho: PositiveFloat | None = None
     """K-SEQ's rho in [1, k]; null: rho* per position (largest acceptance). A value is raised to
     rho* where it would not keep the output exact."""
 

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from genloom.core import hookimpl, records
+from genloom.core.constraints import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Seed
 
 PAPER = records.Paper(
     title="Visual Autoregressive Modeling: Scalable Image Generation via Next-Scale Prediction",
@@ -65,28 +66,28 @@ _P = "genloom.plugins.var"
 class VarVQConfig:
     """Multi-scale residual VQ autoencoder (VAR's tokenizer)."""
 
-    scales: tuple[int, ...] = (1, 2, 3, 4)
+    scales: tuple[PositiveInt, ...] = (1, 2, 3, 4)
     """Side s_k of the token map of each scale, coarse to fine; the last one is the latent side."""
-    codebook_size: int = 64
+    codebook_size: PositiveInt = 64
     """Entries V of the one codebook shared by all scales (the transformer's vocabulary)."""
-    latent_channels: int = 16
+    latent_channels: PositiveInt = 16
     """Channels C of the feature map f and of the code embeddings."""
-    hidden_channels: int = 32
+    hidden_channels: PositiveInt = 32
     """Width of the convolutional encoder and decoder."""
-    phi_ratio: float = 0.5
+    phi_ratio: Probability = 0.5
     """phi_k(x) = (1 - r) x + r conv3x3(x) (the paper's quant_resi, 0.5)."""
-    beta: float = 0.25
+    beta: NonNegativeFloat = 0.25
     """Weight of the commitment term (encoder pulled toward f_hat)."""
     upsample_mode: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
     """How code maps are upsampled to the latent side (the paper: bicubic)."""
-    image_shape: tuple[int, int, int] | None = None
+    image_shape: tuple[PositiveInt, PositiveInt, PositiveInt] | None = None
     """(channels, height, width) of the images; None: from the data set (ctx channels/height/width)."""
-    fit_steps: int = 500
+    fit_steps: NonNegativeInt = 500
     """Optimizer steps of fit() (the tokenizer trains before the transformer)."""
-    fit_batch_size: int = 64
-    fit_lr: float = 2e-3
+    fit_batch_size: PositiveInt = 64
+    fit_lr: PositiveFloat = 2e-3
     """Adam learning rate of fit(), cosine-decayed to 10%."""
-    fit_seed: int = 0
+    fit_seed: Seed = 0
     """Seed of fit()'s batch sampling."""
 
     def __post_init__(self):
@@ -114,7 +115,7 @@ class VarVQConfig:
 class NextScaleHeadConfig:
     """VAR's input embeddings (class, start, features, positions, levels) and output projection."""
 
-    init_std: float = 0.02
+    init_std: PositiveFloat = 0.02
     """Standard deviation of the embedding and output initialisation."""
 
 
@@ -122,9 +123,9 @@ class NextScaleHeadConfig:
 class NextScaleObjectiveConfig:
     """Next-scale prediction: cross-entropy on the tokens of all scales under a block-causal mask."""
 
-    cond_drop: float = 0.1
+    cond_drop: Probability = 0.1
     """Probability of replacing the class by the null class in training (for classifier-free guidance)."""
-    label_smoothing: float = 0.0
+    label_smoothing: Probability = 0.0
     """Label smoothing of the cross-entropy (the paper uses 0.1 at scale)."""
 
     def __post_init__(self):
@@ -138,7 +139,7 @@ class NextScaleObjectiveConfig:
 class NextScaleDecoderConfig:
     """Scale-by-scale sampling with a KV cache and classifier-free guidance."""
 
-    cfg_scale: float = 1.5
+    cfg_scale: NonNegativeFloat = 1.5
     """Guidance t: logits = (1 + t) cond - t uncond; 0 turns guidance off (no doubled batch)."""
     cfg_schedule: Literal["linear", "constant"] = "linear"
     """'linear': scale k uses t * k / (K - 1) (the paper's sampler, no guidance at scale 1); 'constant': t everywhere."""
