@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from genloom.core import kernels
+from genloom.toolkit.recurrent import replay_linear_recurrence
 
 
 class DiagonalSSM(nn.Module):
@@ -77,11 +78,7 @@ class DiagonalSSM(nn.Module):
 
     def replay(self, before: torch.Tensor, record: dict, keep: torch.Tensor) -> torch.Tensor:
         """The modal state after feeding, from ``before``, only the steps of ``record`` where ``keep``."""
-        mask = keep[:, None, :, None]
-        g = torch.where(mask, record["g"], torch.zeros_like(record["g"]))
-        k = torch.where(mask, record["k"], torch.zeros_like(record["k"]))
-        _, final = kernels.call("linear_recurrence", k, k, record["v"], g, initial_state=before)
-        return final
+        return replay_linear_recurrence(before, record, keep)
 
     def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> torch.Tensor:
         complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
