@@ -132,16 +132,23 @@ def test_wandb_transaction_log_is_read_across_blocks(tmp_path):
 
 
 @pytest.mark.slow
-def test_offline_wandb_and_csv_logs_of_the_same_run_agree(tmp_path, run_dir, monkeypatch):
+def test_offline_wandb_and_csv_logs_of_the_same_run_agree(tmp_path, run_dir):
+    """The same run logged through offline wandb (trained by the CLI in its own process, as a user
+    would, so wandb's files are complete when it exits) gives the CSV run's curves."""
+    import yaml
+
     from genloom.reporting.logs import read_logs
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    wandb_run = _train(tmp_path / "wandb-run", logger="wandb")
-    import wandb
-
-    wandb.finish()  # the run's files are complete once its process (here: its wandb run) has ended
+    config = tmp_path / "wandb.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "logger": "wandb"}))
+    wandb_run = tmp_path / "wandb-run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    done = subprocess.run([sys.executable, "-m", "genloom", "train", str(config), "--run-dir", str(wandb_run), "--no-sample"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
     a, b = read_logs(run_dir), read_logs(wandb_run)
     for name in ("train/loss", "train/lr", "val/loss", "val/bits_per_byte"):
+        assert name in b.curves, f"{name} missing from the wandb log; curves: {sorted(b.curves)}"
         assert [s for s, _ in a.curves[name]] == [s for s, _ in b.curves[name]]
         assert [v for _, v in a.curves[name]] == pytest.approx([v for _, v in b.curves[name]], rel=1e-6)
 
