@@ -52,7 +52,8 @@ class TrainerConfig:
     accumulate_grad_batches: PositiveInt = 1
     val_every_steps: PositiveInt = 200
     val_batches: PositiveInt | None = None
-    """Cap on validation batches per check (None: the whole split)."""
+    """Cap on validation batches per periodic check (None: the whole split). The final validation
+    that writes metrics.json always covers the whole held-out split."""
     checkpoint_every_steps: PositiveInt = 200
     log_every_steps: PositiveInt = 10
     compile: bool = False

@@ -26,6 +26,8 @@ class GenerateOptions:
 
     prompt: str | None = None
     """Text to continue (default: the config's generate.prompt; empty: start from end-of-sequence)."""
+    source: str | None = None
+    """Source text of a source-conditioned model (sequence to sequence): decoding starts after it and only the target is printed."""
     max_new_tokens: int | None = None
     """Tokens to generate per sample (default: generate.max_new_tokens)."""
     num_samples: int | None = None
@@ -78,17 +80,20 @@ class GenerateOptions:
         eos = [self.eos_token_id] if isinstance(self.eos_token_id, int) else (self.eos_token_id or [])
         if any(e < 0 for e in eos):
             raise ValueError(f"option 'eos_token_id' must hold ids >= 0, got {self.eos_token_id}")
-        if self.prompt is not None:
+        for name in ("prompt", "source"):
+            text = getattr(self, name)
+            if text is None:
+                continue
             try:
-                self.prompt.encode("utf-8")
+                text.encode("utf-8")
             except UnicodeEncodeError as exc:
-                bad = self.prompt[exc.start]
+                bad = text[exc.start]
                 byte = f"0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else repr(bad)
-                raise ValueError(f"option 'prompt' is not valid UTF-8 text (byte {byte} at character {exc.start})") from None
+                raise ValueError(f"option '{name}' is not valid UTF-8 text (byte {byte} at character {exc.start})") from None
 
 
 OPTIONS = tuple(f.name for f in dataclasses.fields(GenerateOptions))
-_TEXT = ("prompt", "out", "decoder")  # kept as typed, never parsed as YAML
+_TEXT = ("prompt", "source", "out", "decoder")  # kept as typed, never parsed as YAML
 _SHORTHAND_OPTIONS = OPTIONS[OPTIONS.index("do_sample"):]
 
 
@@ -164,7 +169,7 @@ def main(args) -> int:
     # a sample is generated and written: the tokenizer first, then the objective
     writer = getattr(gen.tokenizer, "generate_samples", None) or getattr(gen.model.objective, "generate_samples", None)
     if writer is not None:
-        ignored = [k for k in ("prompt", "max_new_tokens", *shorthand) if getattr(opts, k) is not None]
+        ignored = [k for k in ("prompt", "source", "max_new_tokens", *shorthand) if getattr(opts, k) is not None]
         if ignored:
             owner = type(gen.tokenizer if hasattr(gen.tokenizer, "generate_samples") else gen.model.objective).__name__
             raise GenerationError(f"option(s) {', '.join(ignored)} do not apply to this {owner} model (it writes samples with: num_samples, seed, out, decoder, decoder.FIELD)")
@@ -173,6 +178,8 @@ def main(args) -> int:
         return 0
     prompt = opts.prompt if opts.prompt is not None else (defaults.prompt if defaults else "")
     max_new = opts.max_new_tokens if opts.max_new_tokens is not None else (defaults.max_new_tokens if defaults else 100)
+    if opts.source is not None:
+        return _generate_from_source(gen, opts, n, seed, max_new, shorthand, args)
     try:
         ids = list(gen.encode(prompt)) if prompt else [gen.eos_ids[0] if gen.eos_ids else 0]
     except ValueError as exc:
@@ -197,4 +204,24 @@ def main(args) -> int:
     else:
         m = result.metrics
         print(f"[{m.tokens_generated} tokens in {m.seconds:.2f}s, {m.tokens_per_second:.1f} tok/s, {m.forward_passes}, seed={m.seed}]", file=sys.stderr)
+    return 0
+
+
+def _generate_from_source(gen, opts, n, seed, max_new, shorthand, args) -> int:
+    """``source=TEXT``: decode a target after the source block; print the target only."""
+    try:
+        source = list(gen.encode(opts.source))
+    except ValueError as exc:
+        raise GenerationError(f"option 'source': {exc}") from None
+    prefix = [list(gen.encode(opts.prompt))] if opts.prompt else None
+    result = gen.generate(prefix, max_new_tokens=max_new, seed=seed, cache=opts.cache, compile=opts.compile, source=[source] * n, **shorthand)
+    for text in result.decode():
+        sys.stdout.write((opts.prompt or "") + (text if isinstance(text, str) else str(text)) + "\n")
+    if opts.out:
+        try:
+            Path(opts.out).write_text(json.dumps({"ids": result.ids, "metrics": result.metrics.to_dict()}))
+        except OSError as exc:
+            raise GenerationError(f"option 'out': could not write '{opts.out}' ({exc.strerror or exc})") from None
+    if args.json:
+        print(json.dumps(result.metrics.to_dict()))
     return 0

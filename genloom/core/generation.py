@@ -533,8 +533,8 @@ class Generator:
         node.update(options)
         return self.ctx.build("decoder", node, path="decoder")
 
-    def generate(self, prompt_ids, max_new_tokens: int | None = None, decoder=None, *, processors=None, seed: int | None = None, stop_strings=(), attention_mask=None,
-                 cache: str | None = None, compile: bool | None = None, **options) -> GenerationResult:
+    def generate(self, prompt_ids=None, max_new_tokens: int | None = None, decoder=None, *, processors=None, seed: int | None = None, stop_strings=(), attention_mask=None,
+                 cache: str | None = None, compile: bool | None = None, source=None, **options) -> GenerationResult:
         """Continue ``prompt_ids``; returns the generated ids per sequence and the metrics.
 
         ``prompt_ids``: one list of ids, a list of them, a 1-D tensor or a (B, L) tensor (with an
@@ -550,7 +550,18 @@ class Generator:
         ``min_tokens_to_keep``, ``repetition_penalty``, ``no_repeat_ngram_size``, ``num_beams``,
         ``length_penalty``, ``early_stopping``, ``num_return_sequences``, ``eos_token_id``; see
         :func:`apply_shorthand` and docs/generation.md) or fields of the decoder node.
+
+        ``source`` (a source-conditioned model only: its context holds ``source_length``): one list
+        of ids or a list of them. Each source becomes the model's source block
+        (:func:`genloom.core.data.source_block`) and decoding starts after it; ``prompt_ids``,
+        when given, is a target prefix to continue (None: the target starts empty). The result
+        holds the generated target only.
         """
+        if source is not None:
+            prompt_ids = self.source_prompts(source, prompt_ids, attention_mask)
+            attention_mask = None
+        elif prompt_ids is None:
+            raise GenerationError("nothing to condition on: pass prompt_ids (a prompt to continue) or source= (a source-conditioned model's source)")
         prompts = prompt_lists(prompt_ids, attention_mask)
         shorthand = {k: options.pop(k) for k in list(options) if k in SHORTHAND}
         explicit = max_new_tokens is not None
@@ -574,6 +585,31 @@ class Generator:
             prompts = [p for p in prompts for _ in range(n_return)]
         cache, compile = self._cache_options(cache, compile)
         return run(self.model, prompts, dec, max_new_tokens=max_new_tokens, processors=procs, seed=seed, eos_id=eos_ids, stop_strings=stop_strings, tokenizer=self.tokenizer, cache=cache, compile=compile)
+
+    def source_prompts(self, source, target_prefix=None, attention_mask=None) -> list[list[int]]:
+        """The prompts that condition on ``source``: each source block followed by its target prefix."""
+        from genloom.core.data import pad_id_of, source_block
+
+        length = self.ctx.get("source_length")
+        if not length:
+            raise GenerationError("source= needs a source-conditioned model (its data publishes source_length); this model continues a prompt: pass prompt_ids")
+        sources = prompt_lists(source) if len(source) else [[]]
+        if target_prefix is None:
+            prefixes = [[] for _ in sources]
+        else:
+            prefixes = prompt_lists(target_prefix, attention_mask)
+            if len(prefixes) == 1 and len(sources) > 1:
+                prefixes = prefixes * len(sources)
+            if len(prefixes) != len(sources):
+                raise GenerationError(f"{len(sources)} sources but {len(prefixes)} target prefixes (prompt_ids): give one prefix per source, or one for all")
+        pad = pad_id_of(self.tokenizer)
+        out = []
+        for i, (s, p) in enumerate(zip(sources, prefixes)):
+            try:
+                out.append(source_block(s, int(length), pad) + p)
+            except ValueError as exc:
+                raise GenerationError(f"source {i}: {exc}") from None
+        return out
 
     def _cache_options(self, cache, compile) -> tuple[str, bool]:
         """``cache`` and ``compile`` where given, else the config's ``generate`` section's."""

@@ -642,8 +642,13 @@ def _sample(built, gen_cfg, run_dir) -> str | None:
     if built.ctx.get("modality", "text") != "text" or not hasattr(tok, "decode"):
         return None
     prompt = gen_cfg.prompt
+    n = max(1, gen_cfg.num_samples)
+    if built.ctx.get("source_length"):  # a source-conditioned model: the prompt is the source
+        result = Generator(built, run_dir).generate(source=[list(tok.encode(prompt)) if prompt else []] * n, max_new_tokens=gen_cfg.max_new_tokens, seed=gen_cfg.seed)
+        texts = result.decode()
+        return "\n---\n".join(f"{prompt} -> {t}" for t in texts) if all(isinstance(t, str) for t in texts) else None
     ids = list(tok.encode(prompt)) if prompt else [int(getattr(tok, "eos_id", 0) or 0)]
-    result = Generator(built, run_dir).generate([ids] * max(1, gen_cfg.num_samples), max_new_tokens=gen_cfg.max_new_tokens, seed=gen_cfg.seed)
+    result = Generator(built, run_dir).generate([ids] * n, max_new_tokens=gen_cfg.max_new_tokens, seed=gen_cfg.seed)
     texts = result.decode()
     if not all(isinstance(t, str) for t in texts):
         return None

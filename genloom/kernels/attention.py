@@ -55,23 +55,35 @@ class _Backend:
         return None
 
 
+def masked_scores(q, k, v, *, pattern: AttentionPattern = CAUSAL, q_pos=None, kv_pos=None, kv_valid=None, scale=None):
+    """The reference's scaled scores (B, H, Lq, Lk) with disallowed keys at -inf, the (B, 1, Lq, Lk)
+    mask, and ``v`` repeated over grouped heads, all in the work dtype (half precision upcast to
+    float32, float32/float64 kept). Finish with :func:`attend`; a backend may edit the scores between."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    work = torch.promote_types(q.dtype, torch.float32)
+    scores = torch.matmul(q.to(work), k.to(work).transpose(-1, -2)) * scale
+    mask = dense_mask(pattern, q, k, q_pos, kv_pos, kv_valid)
+    return scores.masked_fill(~mask, float("-inf")), mask, v.to(work)
+
+
+def attend(scores, mask, v, dtype):
+    """Softmax of ``scores`` over the keys times ``v``, in ``dtype``; a query with no allowed key
+    (a row of ``mask`` all False) gives zeros."""
+    empty = ~mask.any(-1, keepdim=True)
+    probs = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+    return torch.matmul(probs, v).to(dtype)
+
+
 class Reference(_Backend):
     name = "reference"
 
     def __call__(self, q, k, v, *, pattern: AttentionPattern = CAUSAL, q_pos=None, kv_pos=None, kv_valid=None, scale=None):
-        groups = q.shape[1] // k.shape[1]
-        if groups > 1:
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
-        scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-        # the definition: half precision is upcast to float32, float32/float64 are kept as they are
-        work = torch.promote_types(q.dtype, torch.float32)
-        scores = torch.matmul(q.to(work), k.to(work).transpose(-1, -2)) * scale
-        mask = dense_mask(pattern, q, k, q_pos, kv_pos, kv_valid)
-        scores = scores.masked_fill(~mask, float("-inf"))
-        empty = ~mask.any(-1, keepdim=True)
-        probs = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
-        return torch.matmul(probs, v.to(work)).to(q.dtype)
+        scores, mask, v = masked_scores(q, k, v, pattern=pattern, q_pos=q_pos, kv_pos=kv_pos, kv_valid=kv_valid, scale=scale)
+        return attend(scores, mask, v, q.dtype)
 
 
 class Sdpa(_Backend):

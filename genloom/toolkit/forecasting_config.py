@@ -7,6 +7,9 @@ forecaster can swap its point head for a distribution without code of its own.
 Every head embeds a token's ``lookback`` features into ``d_model`` (like the point ``forecast``
 head) and maps a hidden state to the parameters of a distribution over each of the ``horizon``
 future values of its token.
+
+:class:`EncoderDecoderForecasterConfig` is the shared validation and binding of the encoder-decoder
+forecasting Transformers' backbone configs (Autoformer, Informer).
 """
 
 from __future__ import annotations
@@ -45,6 +48,42 @@ class TimeStepTokenizerConfig:
         if "num_variates" in ctx:  # without a data set the head's lookback/horizon fields must say V
             ctx.set("token_features", ctx.num_variates)
             ctx.set("token_outputs", ctx.num_variates)
+
+
+class EncoderDecoderForecasterConfig:
+    """Base of encoder-decoder forecaster configs (a dataclass subclass declares the fields).
+
+    The subclass declares ``d_model``, ``n_heads``, ``factor`` (> 0), ``label_len`` (None: half
+    the lookback), ``horizon`` (None: the data set's horizon), ``dropout`` in [0, 1) and the
+    integer fields named in ``positive_fields`` (each at least 1). Binding fills ``horizon`` and
+    ``label_len``, checks that ``label_len`` fits in the lookback and publishes ``ctx.d_model``.
+    """
+
+    positive_fields: tuple[str, ...] = ("d_model", "n_heads", "encoder_layers", "decoder_layers", "ffn_hidden")
+
+    def __post_init__(self):
+        for name in self.positive_fields:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.factor <= 0:
+            raise ValueError(f"factor must be > 0, got {self.factor}")
+        if self.label_len is not None and self.label_len < 0:
+            raise ValueError(f"label_len must be >= 0, got {self.label_len}")
+        if self.horizon is not None and self.horizon < 1:
+            raise ValueError(f"horizon must be at least 1, got {self.horizon}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def bind(self, ctx) -> None:
+        if self.horizon is None:
+            self.horizon = ctx.horizon
+        if self.label_len is None:
+            self.label_len = ctx.lookback // 2
+        if self.label_len > ctx.get("lookback", self.label_len):
+            raise ValueError(f"label_len ({self.label_len}) cannot exceed the lookback ({ctx.lookback})")
+        ctx.set("d_model", self.d_model)
 
 
 @dataclass

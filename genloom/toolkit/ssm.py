@@ -7,6 +7,10 @@ sequences; the same system is the modal recurrence ``s(t) = exp(dt lambda) s(t-1
 ``y(t) = Re(sum_n w~ s(t)) + D u(t)``, run through the ``linear_recurrence`` op (heads = channels,
 keys = modes, value width 1) for decoding, padding and rollback. Initialisation is S4D-Lin
 (``Re lambda = -1/2``, ``Im lambda = pi n``), ``log dt`` uniform in [log dt_min, log dt_max].
+
+Dense SSMs (lssl, spacetime): ``hippo`` (LegS/LegT A, B), ``bilinear`` discretisation,
+``dense_kernel`` (``C Abar^k Bbar`` by Krylov doubling), ``dense_convolve`` (through ``fft_conv``)
+and ``dense_recurrence`` (the step-by-step reference and decoding path).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from torch import nn
 
 from genloom.core import kernels
+from genloom.toolkit.recurrent import replay_linear_recurrence
 
 
 class DiagonalSSM(nn.Module):
@@ -73,12 +78,118 @@ class DiagonalSSM(nn.Module):
 
     def replay(self, before: torch.Tensor, record: dict, keep: torch.Tensor) -> torch.Tensor:
         """The modal state after feeding, from ``before``, only the steps of ``record`` where ``keep``."""
-        mask = keep[:, None, :, None]
-        g = torch.where(mask, record["g"], torch.zeros_like(record["g"]))
-        k = torch.where(mask, record["k"], torch.zeros_like(record["k"]))
-        _, final = kernels.call("linear_recurrence", k, k, record["v"], g, initial_state=before)
-        return final
+        return replay_linear_recurrence(before, record, keep)
 
     def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> torch.Tensor:
         complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
         return torch.zeros(batch_size, self.channels, self.modes, 1, device=device, dtype=complex_dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense (non-diagonal) state space models: HiPPO matrices, discretisation, kernel and recurrence.
+# Shared by the LSSL, SpaceTime and LS4 backbones. Shapes: A (..., N, N), B (..., N), C (..., N),
+# with any leading channel dimensions (H,) broadcast together.
+# ---------------------------------------------------------------------------------------------
+
+
+def hippo(measure: str, state_size: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The HiPPO state matrix and input vector ``(A (N, N), B (N,))`` of ``measure``.
+
+    ``legs`` (scaled Legendre): ``A[n, k] = -sqrt(2n+1) sqrt(2k+1)`` below the diagonal, ``-(n+1)``
+    on it, 0 above; ``B[n] = sqrt(2n+1)``. ``legt`` (translated Legendre, unit window, halved for
+    the time scale): ``A[n, k] = -(1/2) sqrt(2n+1) sqrt(2k+1)`` for ``k <= n`` and
+    ``-(1/2) (-1)^(n-k) sqrt(2n+1) sqrt(2k+1)`` above the diagonal; ``B[n] = (1/2) sqrt(2n+1)``.
+    """
+    q = torch.arange(state_size, dtype=dtype)
+    r = torch.sqrt(2 * q + 1)
+    row, col = q[:, None], q[None, :]
+    if measure == "legs":
+        a = -torch.where(row > col, r[:, None] * r[None, :], torch.zeros((), dtype=dtype)) - torch.diag(q + 1)
+        return a, r.clone()
+    if measure == "legt":
+        sign = torch.where(row < col, (-1.0) ** (row - col), torch.ones((), dtype=dtype))
+        return -0.5 * r[:, None] * sign * r[None, :], 0.5 * r
+    raise ValueError(f"measure must be 'legs' or 'legt', got '{measure}'")
+
+
+def bilinear(a: torch.Tensor, b: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear (Tustin) discretisation: ``Abar = (I - dt/2 A)^-1 (I + dt/2 A)``, ``Bbar = (I - dt/2 A)^-1 dt B``.
+
+    ``a`` (N, N) or (H, N, N), ``b`` (N,) or (H, N), ``dt`` (H,): returns (H, N, N), (H, N).
+    """
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    half = (dt / 2)[:, None, None]
+    left = eye - half * a
+    a_bar = torch.linalg.solve(left, eye + half * a)
+    b_bar = torch.linalg.solve(left, (dt[:, None] * b.expand(dt.shape[0], -1))[..., None])[..., 0]
+    return a_bar, b_bar
+
+
+def dense_kernel(a_bar: torch.Tensor, b_bar: torch.Tensor, c: torch.Tensor, length: int) -> torch.Tensor:
+    """The convolution kernel ``K[h, k] = C_h Abar_h^k Bbar_h`` for k < length: (H, length).
+
+    The Krylov vectors ``Abar^k Bbar`` are built by doubling (``[v, A v, ..., A^(m-1) v]`` and
+    ``A^m`` give the next m by one product), so the cost is O(log L) batched matrix products.
+    """
+    krylov = b_bar[..., None]  # (H, N, 1): column k is Abar^k Bbar
+    power = a_bar
+    while krylov.shape[-1] < length:
+        krylov = torch.cat([krylov, power @ krylov], dim=-1)
+        power = power @ power
+    return torch.einsum("hn,hnl->hl", c, krylov[..., :length])
+
+
+def dense_convolve(u: torch.Tensor, kernel: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """``y = K * u + D u`` (u (B, L, H), K (H, L), D (H,)) through the ``fft_conv`` kernel op."""
+    return kernels.call("fft_conv", u, kernel.to(u.dtype), skip=skip.to(u.dtype))
+
+
+def dense_recurrence(a_bar: torch.Tensor, b_bar: torch.Tensor, c: torch.Tensor, skip: torch.Tensor,
+                     u: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same system step by step: ``x_k = Abar x_(k-1) + Bbar u_k``, ``y_k = C x_k + D u_k``.
+
+    ``u`` (B, L, H); returns ``(y (B, L, H), final state (B, H, N))``. The reference the
+    convolutional view is checked against, and the decoding path of closed-loop forecasters.
+    """
+    batch, length, channels = u.shape
+    x = torch.zeros(batch, channels, a_bar.shape[-1], dtype=u.dtype, device=u.device) if state is None else state
+    outputs = []
+    for k in range(length):
+        x = torch.einsum("hnm,bhm->bhn", a_bar, x) + b_bar * u[:, k, :, None]
+        outputs.append(torch.einsum("hn,bhn->bh", c, x) + skip * u[:, k])
+    return torch.stack(outputs, 1), x
+
+
+def companion(a: torch.Tensor) -> torch.Tensor:
+    """The companion matrix ``A = S + a e_p^T`` (ones on the sub-diagonal, last column ``a``): a (H, p) -> (H, p, p)."""
+    p = a.shape[-1]
+    shift = torch.diag(torch.ones(p - 1, dtype=a.dtype, device=a.device), -1)
+    last = torch.zeros(p, dtype=a.dtype, device=a.device)
+    last[-1] = 1.0
+    return shift + a[..., :, None] * last
+
+
+def companion_kernel(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, length: int) -> torch.Tensor:
+    """``K[h, k] = c_h A_h^k b_h`` for the companion matrices ``A_h = S + a_h e_p^T``, k < length: (H, length).
+
+    Without matrix powers per lag: at the L-th roots of unity ``z`` the truncated generating
+    function is ``sum_(k<L) K_k z^k = c (I - A^L) (I - z A)^-1 b``; ``(I - z S)^-1`` is the
+    geometric lower-triangular sum ``x_i -> sum_(j<=i) z^(i-j) x_j`` and the rank-one last column
+    is added by Sherman-Morrison, so each frequency costs O(p); an inverse FFT returns K. ``A^L``
+    takes O(log L) matrix products. a, b, c: (H, p).
+    """
+    dtype = torch.complex128 if a.dtype == torch.float64 else torch.complex64
+    p = a.shape[-1]
+    z = torch.exp(-2j * math.pi * torch.arange(length, device=a.device, dtype=torch.float64) / length).to(dtype)  # (L,)
+    powers = z[:, None] ** torch.arange(p, device=a.device)  # (L, p): z^i
+
+    def shift_solve(x):  # (I - zS)^-1 x for x (..., H, p), every z: (L, H, p)
+        return powers[:, None, :] * torch.cumsum(x.to(dtype) / powers[:, None, :], dim=-1)
+
+    w = shift_solve(b.expand_as(a))
+    q = shift_solve(z[:, None, None] * a.to(dtype))
+    resolvent_b = w + q * (w[..., -1:] / (1 - q[..., -1:]))  # (I - zA)^-1 b
+    power = torch.linalg.matrix_power(companion(a), length)
+    c_tilde = (c[..., None, :] @ (torch.eye(p, dtype=a.dtype, device=a.device) - power))[..., 0, :]
+    spectrum = torch.einsum("hp,lhp->hl", c_tilde.to(dtype), resolvent_b)
+    return torch.fft.ifft(spectrum, dim=-1).real.to(a.dtype)

@@ -16,9 +16,7 @@ import torch
 from torch import nn
 
 from genloom.core import kernels
-from genloom.core.model import Backbone
-from genloom.core.pattern import CAUSAL, AttentionPattern
-from genloom.toolkit.recurrent import RecurrentState
+from genloom.toolkit.recurrent import PreNormResidualBlock, RecurrentBackbone, RecurrentState
 
 
 def _scan(scores, values, initial=None):
@@ -60,54 +58,19 @@ class AarenLayer(nn.Module):
         return {"m": final[0], "u": final[1], "w": final[2]}
 
 
-class AarenBlock(nn.Module):
-    def __init__(self, cfg, layer_index: int):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.aaren = AarenLayer(cfg, layer_index)
-        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.ffn = nn.Sequential(nn.Linear(cfg.d_model, cfg.ffn_mult * cfg.d_model), nn.GELU(), nn.Linear(cfg.ffn_mult * cfg.d_model, cfg.d_model))
+class Aaren(RecurrentBackbone):
+    """A stack of pre-norm Aaren blocks; causal pattern only (each output attends to its prefix)."""
 
-    def forward(self, h, state=None, steps=None):
-        h = h + self.aaren(self.norm1(h), state=state, steps=steps)
-        return h + self.ffn(self.norm2(h))
-
-
-class Aaren(Backbone):
-    """A stack of Aaren blocks; causal pattern only (each output attends to its prefix)."""
-
-    patterns = frozenset({"causal"})
+    name = "aaren"
+    causal_reason = "outputs attend to their prefix"
 
     def __init__(self, cfg):
-        super().__init__()
-        self.cfg = cfg
-        self.layers = nn.ModuleList(AarenBlock(cfg, i) for i in range(cfg.n_layers))
-        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        super().__init__(cfg, (PreNormResidualBlock(cfg.d_model, cfg.ffn_mult, cfg.norm_eps, AarenLayer(cfg, i), mixer_name="aaren") for i in range(cfg.n_layers)))
 
-    def forward(self, h: torch.Tensor, *, pattern: AttentionPattern = CAUSAL, state: RecurrentState | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.supports(pattern):
-            raise ValueError(f"the aaren backbone serves only the causal pattern (outputs attend to their prefix), got '{pattern.kind}'")
-        steps = valid.to(device=h.device, dtype=torch.bool) if valid is not None and not bool(valid.all()) else None
-        if state is not None:
-            steps = state.begin(valid, h.shape[1])
-        for layer in self.layers:
-            h = layer(h, state=state, steps=steps)
-        return self.norm(h)
-
-    def init_state(self, batch_size: int, capacity: int = 256, device=None, dtype=None) -> RecurrentState:
-        """Per layer the (max, denominator, numerator) triple per head; ``capacity`` is ignored."""
-        param = next(self.parameters())
-        device = device if device is not None else param.device
-        dtype = dtype if dtype is not None else param.dtype
+    def layer_state(self, batch_size, device, dtype):
+        """The (max, denominator, numerator) triple per head."""
         H, d = self.cfg.n_heads, self.cfg.d_model // self.cfg.n_heads
-        layers = [
-            {"m": torch.full((batch_size, H), float("-inf"), device=device, dtype=dtype), "u": torch.zeros(batch_size, H, device=device, dtype=dtype), "w": torch.zeros(batch_size, H, d, device=device, dtype=dtype)}
-            for _ in self.layers
-        ]
-        return RecurrentState(layers, self._replay, batch_size, device=device)
-
-    def _replay(self, index, before, record, keep):
-        return self.layers[index].aaren.replay(before, record, keep)
+        return {"m": torch.full((batch_size, H), float("-inf"), device=device, dtype=dtype), "u": torch.zeros(batch_size, H, device=device, dtype=dtype), "w": torch.zeros(batch_size, H, d, device=device, dtype=dtype)}
 
 
 def build(config, ctx) -> Aaren:

@@ -15,7 +15,7 @@ from typing import Literal
 
 from genloom.core import hookimpl, records
 from typing import Annotated
-from genloom.core.constraints import AnyFloat, Fraction, Interval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability
+from genloom.core.constraints import AnyFloat, Fraction, Interval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Seed
 
 _P = "genloom.plugins.baseline"
 
@@ -294,6 +294,56 @@ class TextFilesConfig(TextDataConfig):
         ctx.set("seq_len", self.seq_len)
 
 
+SEQ2SEQ_TASKS = ("reverse", "sort", "letter-set", "addition", "words-to-digits", "digits-to-words", "docstring-signature")
+
+
+@dataclass
+class Seq2SeqConfig:
+    """(source, target) pairs: synthetic tasks with exact answers, or docstring -> signature mined
+    from the standard library; the model conditions on the source (docs/plugin-guide.md)."""
+
+    task: Literal["reverse", "sort", "letter-set", "addition", "words-to-digits", "digits-to-words", "docstring-signature"] = "reverse"
+    """reverse / sort a string of letters; its set of distinct letters (letter-set); a+b -> the sum; number words <-> digits; a standard-library
+    function's docstring summary -> its signature (split by source file)."""
+    source_length: PositiveInt = 24
+    """Tokens of the source block (shorter sources are left-padded); published as ``ctx.source_length``."""
+    target_length: Annotated[int, Interval(ge=2)] = 25
+    """Tokens of the target including its end-of-sequence id; published as ``ctx.target_length``."""
+    min_length: PositiveInt = 3
+    """Shortest letter string (reverse, sort)."""
+    max_length: PositiveInt = 12
+    """Longest letter string (reverse, sort)."""
+    max_digits: Annotated[int, Interval(ge=1, le=6)] = 3
+    """Numbers below 10**max_digits (addition, number words; at most 6)."""
+    train_size: PositiveInt = 20000
+    """Training pairs (fewer when the task has fewer distinct sources)."""
+    eval_size: PositiveInt = 500
+    """Pairs in each of the validation and test splits."""
+    seed: Seed = 0
+    """Seed of the synthetic pairs (the splits depend on the source text only)."""
+    val_fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.05
+    test_fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.05
+    batch_size: PositiveInt = 64
+    eval_batch_size: PositiveInt | None = None
+    num_workers: NonNegativeInt = 0
+
+    def __post_init__(self):
+        if self.source_length < 1 or self.target_length < 2:
+            raise ValueError(f"source_length must be >= 1 and target_length >= 2, got {self.source_length}, {self.target_length}")
+        if not 1 <= self.min_length <= self.max_length:
+            raise ValueError(f"min_length must be in 1 .. max_length ({self.max_length}), got {self.min_length}")
+        if not 1 <= self.max_digits <= 6:
+            raise ValueError(f"max_digits must be in 1 .. 6, got {self.max_digits}")
+        if self.train_size < 1 or self.eval_size < 1:
+            raise ValueError(f"train_size and eval_size must be >= 1, got {self.train_size}, {self.eval_size}")
+        if not (0 < self.val_fraction and 0 < self.test_fraction and self.val_fraction + self.test_fraction < 1):
+            raise ValueError(f"val_fraction and test_fraction must be > 0 with a sum below 1, got {self.val_fraction}, {self.test_fraction}")
+
+    def bind(self, ctx):
+        ctx.set("source_length", self.source_length)
+        ctx.set("target_length", self.target_length)
+
+
 # -- callbacks -----------------------------------------------------------------------------------
 @dataclass
 class EarlyStoppingConfig:
@@ -410,6 +460,7 @@ def genloom_datasets():
     out = [
         records.dataset("pystdlib", f"{_P}.data:build_pystdlib", PyStdlibConfig, "The Python standard library's source files as bytes (split by file)."),
         records.dataset("text-files", f"{_P}.data:build_text_files", TextFilesConfig, "Local text files or folders (split by file)."),
+        records.dataset("seq2seq", f"{_P}.seq2seq:build_seq2seq", Seq2SeqConfig, "(source, target) pairs: reverse, sort, addition, number words, docstring -> signature."),
     ]
     images = _optional("images_config", "DigitsConfig", "SampleImagesConfig")
     if images:

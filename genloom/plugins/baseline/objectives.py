@@ -8,17 +8,24 @@ import torch
 import torch.nn.functional as F
 
 from genloom.core.model import Objective
-from genloom.core.pattern import CAUSAL
+from genloom.core.pattern import CAUSAL, prefix
 
 
 class NextToken(Objective):
-    """Batch: ``ids`` (B, L+1); optional ``mask`` (B, L) of scored targets and ``target_bytes`` (B,)."""
+    """Batch: ``ids`` (B, L+1); optional ``mask`` (B, L) of scored targets and ``target_bytes`` (B,).
+
+    On source-conditioned data (the context holds ``source_length``) the pattern is
+    ``prefix(source_length)``: the source block is read bidirectionally, the target causally,
+    and the data's ``mask`` scores the target only (a prefix LM).
+    """
 
     pattern = CAUSAL
 
-    def __init__(self, label_smoothing: float = 0.0):
+    def __init__(self, label_smoothing: float = 0.0, pattern=None):
         super().__init__()
         self.label_smoothing = label_smoothing
+        if pattern is not None:
+            self.pattern = pattern
 
     def loss(self, model, batch):
         ids = batch["ids"]
@@ -41,4 +48,5 @@ class NextToken(Objective):
 
 
 def build_next_token(config, ctx):
-    return NextToken(config.label_smoothing)
+    source_length = ctx.get("source_length") if ctx is not None else None
+    return NextToken(config.label_smoothing, pattern=prefix(source_length) if source_length else None)

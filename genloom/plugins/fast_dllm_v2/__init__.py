@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
 from genloom.core.constraints import NonNegativeFloat, PositiveInt, Probability
+from genloom.toolkit.blocks_config import BlockObjectiveConfig
 
 PAPER = records.Paper(title="Fast-dLLM v2: Efficient Block-Diffusion LLM", year=2025, arxiv="2509.26328")
 
@@ -43,27 +44,15 @@ _P = "genloom.plugins.fast_dllm_v2"
 
 
 @dataclass
-class FastDLLMv2ObjectiveConfig:
+class FastDLLMv2ObjectiveConfig(BlockObjectiveConfig):
     """Block diffusion with complementary masking on an AR-converted model."""
 
-    block_size: PositiveInt = 4
-    """Tokens per block."""
     mask_rate_min: Probability = 0.0
     """Lower end of the per-block masking rate of the first view (the second view masks the rest)."""
     mask_rate_max: Probability = 1.0
     """Upper end of the per-block masking rate of the first view."""
     ar_run: str | None = None
     """A trained next-token run directory to convert before the first step (same backbone and tokenizer)."""
-
-    def __post_init__(self):
-        if self.block_size < 1:
-            raise ValueError(f"block_size must be at least 1, got {self.block_size}")
-        if not 0.0 <= self.mask_rate_min <= self.mask_rate_max <= 1.0:
-            raise ValueError(f"need 0 <= mask_rate_min <= mask_rate_max <= 1, got mask_rate_min={self.mask_rate_min}, mask_rate_max={self.mask_rate_max}")
-
-    def bind(self, ctx):
-        ctx.add_special_token("mask")
-        ctx.set("block_size", self.block_size)
 
 
 @dataclass

@@ -20,10 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from genloom.core import kernels
-from genloom.core.model import Backbone
-from genloom.core.pattern import CAUSAL, AttentionPattern
 from genloom.plugins.gateloop.scan import associative_scan_gateloop
-from genloom.toolkit.recurrent import RecurrentState
+from genloom.toolkit.recurrent import PreNormResidualBlock, RecurrentBackbone, RecurrentState, complex_dtype_for, replay_linear_recurrence
 
 
 class GateLoopMixer(nn.Module):
@@ -77,59 +75,21 @@ class GateLoopMixer(nn.Module):
         return self.out_proj(F.silu(self.gate(x)) * o)
 
     def replay(self, before: dict, record: dict, keep: torch.Tensor) -> dict:
-        mask = keep[:, None, :, None]
-        g = torch.where(mask, record["g"], torch.zeros_like(record["g"]))
-        k = torch.where(mask, record["k"], torch.zeros_like(record["k"]))
-        _, final = kernels.call("linear_recurrence", k, k, record["v"], g, initial_state=before["h"])
-        return {"h": final}
+        return {"h": replay_linear_recurrence(before["h"], record, keep)}
 
 
-class GateLoopBlock(nn.Module):
-    def __init__(self, cfg, layer_index: int):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.mixer = GateLoopMixer(cfg, layer_index)
-        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.ffn = nn.Sequential(nn.Linear(cfg.d_model, cfg.ffn_mult * cfg.d_model), nn.GELU(), nn.Linear(cfg.ffn_mult * cfg.d_model, cfg.d_model))
+class GateLoop(RecurrentBackbone):
+    """A stack of pre-norm GateLoop blocks; causal pattern only."""
 
-    def forward(self, h, state=None, steps=None):
-        h = h + self.mixer(self.norm1(h), state=state, steps=steps)
-        return h + self.ffn(self.norm2(h))
-
-
-class GateLoop(Backbone):
-    """A stack of GateLoop blocks; causal pattern only."""
-
-    patterns = frozenset({"causal"})
+    name = "gateloop"
+    causal_reason = "a recurrence cannot look ahead"
 
     def __init__(self, cfg):
-        super().__init__()
-        self.cfg = cfg
-        self.layers = nn.ModuleList(GateLoopBlock(cfg, i) for i in range(cfg.n_layers))
-        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        super().__init__(cfg, (PreNormResidualBlock(cfg.d_model, cfg.ffn_mult, cfg.norm_eps, GateLoopMixer(cfg, i)) for i in range(cfg.n_layers)))
 
-    def forward(self, h: torch.Tensor, *, pattern: AttentionPattern = CAUSAL, state: RecurrentState | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.supports(pattern):
-            raise ValueError(f"the gateloop backbone serves only the causal pattern (a recurrence cannot look ahead), got '{pattern.kind}'")
-        steps = valid.to(device=h.device, dtype=torch.bool) if valid is not None else None
-        if state is not None:
-            steps = state.begin(valid, h.shape[1])
-        for layer in self.layers:
-            h = layer(h, state=state, steps=steps)
-        return self.norm(h)
-
-    def init_state(self, batch_size: int, capacity: int = 256, device=None, dtype=None) -> RecurrentState:
-        """A fresh state; ``capacity`` is ignored (the state does not grow with length)."""
-        param = next(self.parameters())
-        device = device if device is not None else param.device
-        dtype = dtype if dtype is not None else param.dtype
-        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    def layer_state(self, batch_size, device, dtype):
         d = self.cfg.d_model // self.cfg.n_heads
-        layers = [{"h": torch.zeros(batch_size, self.cfg.n_heads, d, d, device=device, dtype=complex_dtype)} for _ in self.layers]
-        return RecurrentState(layers, self._replay, batch_size, device=device)
-
-    def _replay(self, index, before, record, keep):
-        return self.layers[index].mixer.replay(before, record, keep)
+        return {"h": torch.zeros(batch_size, self.cfg.n_heads, d, d, device=device, dtype=complex_dtype_for(dtype))}
 
 
 def build(config, ctx) -> GateLoop:

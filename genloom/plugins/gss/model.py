@@ -17,9 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genloom.core.model import Backbone
-from genloom.core.pattern import CAUSAL, AttentionPattern
-from genloom.toolkit.recurrent import RecurrentState
+from genloom.toolkit.recurrent import RecurrentBackbone, RecurrentState, complex_dtype_for
 from genloom.toolkit.ssm import DiagonalSSM
 
 
@@ -51,41 +49,18 @@ class GSSLayer(nn.Module):
         return {"s": self.dss.replay(before["s"], record, keep)}
 
 
-class GSS(Backbone):
+class GSS(RecurrentBackbone):
     """A stack of GSS layers and a final LayerNorm; causal pattern only."""
 
-    patterns = frozenset({"causal"})
+    name = "gss"
+    causal_reason = "a causal convolution cannot look ahead"
 
     def __init__(self, cfg):
-        super().__init__()
-        self.cfg = cfg
-        self.layers = nn.ModuleList(GSSLayer(cfg, i) for i in range(cfg.n_layers))
-        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        super().__init__(cfg, (GSSLayer(cfg, i) for i in range(cfg.n_layers)))
 
-    def forward(self, h: torch.Tensor, *, pattern: AttentionPattern = CAUSAL, state: RecurrentState | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.supports(pattern):
-            raise ValueError(f"the gss backbone serves only the causal pattern (a causal convolution cannot look ahead), got '{pattern.kind}'")
-        steps = None
-        if valid is not None and not bool(valid.all()):
-            steps = valid.to(device=h.device, dtype=torch.bool)  # padded steps: identity steps of the recurrence
-        if state is not None:
-            steps = state.begin(valid, h.shape[1])
-        for layer in self.layers:
-            h = layer(h, state=state, steps=steps)
-        return self.norm(h)
-
-    def init_state(self, batch_size: int, capacity: int = 256, device=None, dtype=None) -> RecurrentState:
-        """A fresh state: per layer the (B, H, N, 1) complex modal state; ``capacity`` is ignored."""
-        param = next(self.parameters())
-        device = device if device is not None else param.device
-        dtype = dtype if dtype is not None else param.dtype
-        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        shape = (batch_size, self.cfg.ssm_width, self.cfg.state_size, 1)
-        layers = [{"s": torch.zeros(shape, device=device, dtype=complex_dtype)} for _ in self.layers]
-        return RecurrentState(layers, self._replay, batch_size, device=device)
-
-    def _replay(self, index, before, record, keep):
-        return self.layers[index].replay(before, record, keep)
+    def layer_state(self, batch_size, device, dtype):
+        """The (B, H, N, 1) complex modal state."""
+        return {"s": torch.zeros((batch_size, self.cfg.ssm_width, self.cfg.state_size, 1), device=device, dtype=complex_dtype_for(dtype))}
 
 
 def build(config, ctx) -> GSS:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from genloom.core import hookimpl, records
 from genloom.core.constraints import Fraction, NonNegativeInt, PositiveFloat, PositiveInt
+from genloom.toolkit.forecasting_config import EncoderDecoderForecasterConfig
 
 PAPER = records.Paper(
     title="Informer: Beyond Efficient Transformer for Long Sequence Time-Series Forecasting",
@@ -51,7 +52,7 @@ _P = "genloom.plugins.informer"
 
 
 @dataclass
-class InformerConfig:
+class InformerConfig(EncoderDecoderForecasterConfig):
     """ProbSparse-attention encoder (with distilling) and generative decoder over time-step tokens."""
 
     d_model: PositiveInt = 32
@@ -74,30 +75,6 @@ class InformerConfig:
     """Future steps the decoder adds (None: the data set's horizon)."""
     dropout: Fraction = 0.0
     """Dropout after the sub-layers."""
-
-    def __post_init__(self):
-        for name in ("d_model", "n_heads", "encoder_layers", "decoder_layers", "ffn_hidden"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if self.factor <= 0:
-            raise ValueError(f"factor must be > 0, got {self.factor}")
-        if self.label_len is not None and self.label_len < 0:
-            raise ValueError(f"label_len must be >= 0, got {self.label_len}")
-        if self.horizon is not None and self.horizon < 1:
-            raise ValueError(f"horizon must be at least 1, got {self.horizon}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-
-    def bind(self, ctx) -> None:
-        if self.horizon is None:
-            self.horizon = ctx.horizon
-        if self.label_len is None:
-            self.label_len = ctx.lookback // 2
-        if self.label_len > ctx.get("lookback", self.label_len):
-            raise ValueError(f"label_len ({self.label_len}) cannot exceed the lookback ({ctx.lookback})")
-        ctx.set("d_model", self.d_model)
 
 
 @hookimpl

@@ -27,7 +27,7 @@ from genloom.core.model import Backbone
 from genloom.core.pattern import CAUSAL, AttentionPattern
 from genloom.core.state import KVCache
 from genloom.plugins.laughing_hyena.filters import ImplicitFilter, ModalFilter
-from genloom.toolkit.recurrent import RecurrentState
+from genloom.toolkit.recurrent import PreNormResidualBlock, RecurrentState, complex_dtype_for, replay_linear_recurrence
 
 
 def conv_by_positions(u_keys, pos_keys, valid_keys, pos_queries, kernel):
@@ -103,24 +103,7 @@ class HyenaOperator(nn.Module):
         return self.out_proj(x2 * self.long_conv(x1 * v, state=state, steps=steps, positions=positions))
 
     def replay(self, before: dict, record: dict, keep: torch.Tensor) -> dict:
-        mask = keep[:, None, :, None]
-        g = torch.where(mask, record["g"], torch.zeros_like(record["g"]))
-        k = torch.where(mask, record["k"], torch.zeros_like(record["k"]))
-        _, final = kernels.call("linear_recurrence", k, k, record["v"], g, initial_state=before["s"])
-        return {"s": final}
-
-
-class HyenaBlock(nn.Module):
-    def __init__(self, cfg, layer_index: int):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.operator = HyenaOperator(cfg, layer_index)
-        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.ffn = nn.Sequential(nn.Linear(cfg.d_model, cfg.ffn_mult * cfg.d_model), nn.GELU(), nn.Linear(cfg.ffn_mult * cfg.d_model, cfg.d_model))
-
-    def forward(self, h, **kw):
-        h = h + self.operator(self.norm1(h), **kw)
-        return h + self.ffn(self.norm2(h))
+        return {"s": replay_linear_recurrence(before["s"], record, keep)}
 
 
 class LaughingHyena(Backbone):
@@ -131,7 +114,7 @@ class LaughingHyena(Backbone):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.layers = nn.ModuleList(HyenaBlock(cfg, i) for i in range(cfg.n_layers))
+        self.layers = nn.ModuleList(PreNormResidualBlock(cfg.d_model, cfg.ffn_mult, cfg.norm_eps, HyenaOperator(cfg, i), mixer_name="operator") for i in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
 
     @property
@@ -159,13 +142,12 @@ class LaughingHyena(Backbone):
         dtype = dtype if dtype is not None else param.dtype
         if not self.modal:
             return KVCache(self.cfg.n_layers, batch_size, 1, self.cfg.d_model, capacity, device=device, dtype=dtype)
-        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
         shape = (batch_size, self.cfg.d_model, self.cfg.order, 1)
-        layers = [{"s": torch.zeros(shape, device=device, dtype=complex_dtype)} for _ in self.layers]
+        layers = [{"s": torch.zeros(shape, device=device, dtype=complex_dtype_for(dtype))} for _ in self.layers]
         return RecurrentState(layers, self._replay, batch_size, device=device)
 
     def _replay(self, index, before, record, keep):
-        return self.layers[index].operator.replay(before, record, keep)
+        return self.layers[index].replay(before, record, keep)
 
 
 def build(config, ctx) -> LaughingHyena:

@@ -24,6 +24,7 @@ from genloom.core import kernels
 from genloom.core.model import Backbone
 from genloom.core.pattern import CAUSAL, AttentionPattern
 from genloom.core.state import State, as_lengths
+from genloom.toolkit.recurrent import rollback_within_advance
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -121,18 +122,9 @@ class MambaState(State):
     def rollback(self, lengths) -> None:
         """Return each sequence to ``lengths[b]`` tokens, anywhere inside the most recent advance."""
         lengths = as_lengths(lengths, self.batch_size, self.device)
-        if bool((lengths > self._lengths).any()):
-            raise ValueError(f"cannot roll forward: asked for lengths {lengths.tolist()} but the state holds {self._lengths.tolist()}")
-        if bool((lengths == self._lengths).all()):
+        if not rollback_within_advance(lengths, self._lengths, self._lengths_before, "a Mamba state"):
             return
-        before = self._lengths_before
-        if before is None or bool((lengths < before).any()):
-            floor = before.tolist() if before is not None else self._lengths.tolist()
-            raise ValueError(
-                f"a Mamba state rolls back only within its most recent advance (to lengths >= {floor}), asked for {lengths.tolist()}; "
-                "take a snapshot() before advancing to go further back"
-            )
-        kept = lengths - before  # tokens of the last advance each sequence keeps
+        kept = lengths - self._lengths_before  # tokens of the last advance each sequence keeps
         for i, advance in enumerate(self._advances):
             window = self.conv[i].shape[-1]
             index = (kept[:, None] + torch.arange(window, device=self.device))[:, None, :].expand(-1, advance.conv_input.shape[1], -1)

@@ -23,7 +23,7 @@ from genloom.core import kernels
 from genloom.core.model import Backbone
 from genloom.core.pattern import CAUSAL, AttentionPattern
 from genloom.core.state import KVCache, State
-from genloom.toolkit.recurrent import RecurrentState
+from genloom.toolkit.recurrent import RecurrentState, replay_linear_recurrence
 
 
 class MultiHeadEMA(nn.Module):
@@ -153,11 +153,7 @@ class MegaLayer(nn.Module):
         return phi * h + (1 - phi) * x
 
     def replay(self, before: dict, record: dict, keep: torch.Tensor) -> dict:
-        mask = keep[:, None, :, None]
-        g = torch.where(mask, record["g"], torch.zeros_like(record["g"]))
-        k = torch.where(mask, record["k"], torch.zeros_like(record["k"]))
-        _, final = kernels.call("linear_recurrence", k, k, record["v"], g, initial_state=before["s"])
-        return {"s": final}
+        return {"s": replay_linear_recurrence(before["s"], record, keep)}
 
 
 class MegaBlock(nn.Module):

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from genloom.core import hookimpl, records
-from genloom.core.constraints import Interval, NonNegativeFloat, PositiveInt, Probability
+from genloom.core.constraints import Interval, PositiveInt
+from genloom.toolkit.blocks_config import BlockDecoderConfig, BlockObjectiveConfig
 
 PAPER = records.Paper(
     title="SDAR: A Synergistic Diffusion-AutoRegression Paradigm for Scalable Sequence Generation",
@@ -49,15 +50,11 @@ _P = "genloom.plugins.sdar"
 
 
 @dataclass
-class SDARObjectiveConfig:
+class SDARObjectiveConfig(BlockObjectiveConfig):
     """Block diffusion on an AR-converted model, predictions read with the AR shift."""
 
     block_size: PositiveInt = 4
     """Tokens per block (1: the AR model's own next-token loss when every token is masked)."""
-    mask_rate_min: Probability = 0.0
-    """Lower end of the per-block masking rate t_b ~ U[mask_rate_min, mask_rate_max]."""
-    mask_rate_max: Probability = 1.0
-    """Upper end of the per-block masking rate."""
     min_rate: Annotated[float, Interval(gt=0, le=1)] = 1e-3
     """Rates are clamped to at least this (the 1/t weight stays finite)."""
     antithetic: bool = True
@@ -66,43 +63,14 @@ class SDARObjectiveConfig:
     """A trained next-token run directory (or its weights file) to convert before the first step."""
 
     def __post_init__(self):
-        if self.block_size < 1:
-            raise ValueError(f"block_size must be at least 1, got {self.block_size}")
-        if not 0.0 <= self.mask_rate_min <= self.mask_rate_max <= 1.0:
-            raise ValueError(f"need 0 <= mask_rate_min <= mask_rate_max <= 1, got mask_rate_min={self.mask_rate_min}, mask_rate_max={self.mask_rate_max}")
+        super().__post_init__()
         if not 0.0 < self.min_rate <= 1.0:
             raise ValueError(f"min_rate must be in (0, 1], got {self.min_rate}")
 
-    def bind(self, ctx):
-        ctx.add_special_token("mask")
-        ctx.set("block_size", self.block_size)
-
 
 @dataclass
-class SDARDecoderConfig:
+class SDARDecoderConfig(BlockDecoderConfig):
     """Block-by-block decoding with parallel threshold commits and a cache of finished blocks."""
-
-    block_size: PositiveInt | None = None
-    """Tokens per block (None: the objective's block_size)."""
-    threshold: Probability = 0.9
-    """Commit every masked position of the block whose confidence is >= threshold (at least one per step)."""
-    temperature: NonNegativeFloat = 0.0
-    """0: argmax predictions; > 0: Gumbel-noised draws at this temperature."""
-    cache: bool = True
-    """Keep finished blocks' keys/values (False: recompute the whole context every step)."""
-
-    def __post_init__(self):
-        if self.block_size is not None and self.block_size < 1:
-            raise ValueError(f"block_size must be at least 1, got {self.block_size}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-
-    def bind(self, ctx):
-        ctx.add_special_token("mask")
-        if self.block_size is None:
-            self.block_size = ctx.get("block_size")
 
 
 @hookimpl

@@ -11,10 +11,7 @@ backend has the lowest priority, so the dispatcher never picks it unless it is f
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
-
-import torch
 
 from genloom.core.pattern import CAUSAL, AttentionPattern
 
@@ -42,24 +39,14 @@ class TopKSparse:
         return None
 
     def __call__(self, q, k, v, *, pattern: AttentionPattern = CAUSAL, q_pos=None, kv_pos=None, kv_valid=None, scale=None):
-        from genloom.kernels.attention import dense_mask
+        from genloom.kernels.attention import attend, masked_scores
 
-        groups = q.shape[1] // k.shape[1]
-        if groups > 1:
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
-        scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-        work = torch.promote_types(q.dtype, torch.float32)
-        scores = torch.matmul(q.to(work), k.to(work).transpose(-1, -2)) * scale
-        mask = dense_mask(pattern, q, k, q_pos, kv_pos, kv_valid)
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores, mask, v = masked_scores(q, k, v, pattern=pattern, q_pos=q_pos, kv_pos=kv_pos, kv_valid=kv_valid, scale=scale)
         top_k = getattr(_local, "top_k", None) or self.default_top_k
         if top_k < scores.shape[-1]:
             kth = scores.topk(top_k, dim=-1).values[..., -1:]  # the K-th highest score per query
             scores = scores.masked_fill(scores < kth, float("-inf"))
-        empty = ~mask.any(-1, keepdim=True)
-        probs = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
-        return torch.matmul(probs, v.to(work)).to(q.dtype)
+        return attend(scores, mask, v, q.dtype)
 
 
 def make_topk_sparse(config=None, ctx=None):

@@ -22,9 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genloom.core import kernels
-from genloom.core.model import Backbone
-from genloom.core.pattern import CAUSAL, AttentionPattern
-from genloom.toolkit.recurrent import RecurrentState
+from genloom.toolkit.recurrent import PreNormResidualBlock, RecurrentBackbone, RecurrentState, complex_dtype_for, replay_linear_recurrence
 
 
 def head_decays(n_heads: int) -> torch.Tensor:
@@ -115,60 +113,23 @@ class MultiScaleRetention(nn.Module):
 
     def replay(self, before: dict, record: dict, keep: torch.Tensor) -> dict:
         """The state after feeding only the kept steps of the last advance."""
-        mask = keep[:, None, :, None]
-        g = torch.where(mask, record["g"], torch.zeros_like(record["g"]))
-        k = torch.where(mask, record["k"], torch.zeros_like(record["k"]))
-        _, final = kernels.call("linear_recurrence", k, k, record["v"], g, initial_state=before["S"])
-        return {"S": final}
+        return {"S": replay_linear_recurrence(before["S"], record, keep)}
 
 
-class RetentionBlock(nn.Module):
-    def __init__(self, cfg, layer_index: int):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.retention = MultiScaleRetention(cfg, layer_index)
-        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.ffn = nn.Sequential(nn.Linear(cfg.d_model, cfg.ffn_mult * cfg.d_model), nn.GELU(), nn.Linear(cfg.ffn_mult * cfg.d_model, cfg.d_model))
+class ViR(RecurrentBackbone):
+    """A stack of pre-norm retention blocks; causal pattern only (retention is a causal recurrence)."""
 
-    def forward(self, h, state=None, steps=None):
-        h = h + self.retention(self.norm1(h), state=state, steps=steps)
-        return h + self.ffn(self.norm2(h))
-
-
-class ViR(Backbone):
-    """A stack of retention blocks; causal pattern only (retention is a causal recurrence)."""
-
-    patterns = frozenset({"causal"})
+    name = "vir-retention"
+    causal_reason = "retention is a causal recurrence"
 
     def __init__(self, cfg):
-        super().__init__()
-        self.cfg = cfg
-        self.layers = nn.ModuleList(RetentionBlock(cfg, i) for i in range(cfg.n_layers))
-        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        blocks = (PreNormResidualBlock(cfg.d_model, cfg.ffn_mult, cfg.norm_eps, MultiScaleRetention(cfg, i), mixer_name="retention") for i in range(cfg.n_layers))
+        super().__init__(cfg, blocks)
 
-    def forward(self, h: torch.Tensor, *, pattern: AttentionPattern = CAUSAL, state: RecurrentState | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.supports(pattern):
-            raise ValueError(f"the vir-retention backbone serves only the causal pattern (retention is a causal recurrence), got '{pattern.kind}'")
-        steps = valid.to(device=h.device, dtype=torch.bool) if valid is not None else None
-        if state is not None:
-            steps = state.begin(valid, h.shape[1])
-        for layer in self.layers:
-            h = layer(h, state=state, steps=steps)
-        return self.norm(h)
-
-    def init_state(self, batch_size: int, capacity: int = 256, device=None, dtype=None) -> RecurrentState:
-        """A fresh state; ``capacity`` is ignored (the state does not grow with length)."""
-        param = next(self.parameters())
-        device = device if device is not None else param.device
-        dtype = dtype if dtype is not None else param.dtype
-        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    def layer_state(self, batch_size, device, dtype):
         mixer = self.layers[0].retention
         shape = (batch_size, mixer.n_heads, mixer.key_dim // 2, mixer.value_dim)
-        layers = [{"S": torch.zeros(shape, device=device, dtype=complex_dtype)} for _ in self.layers]
-        return RecurrentState(layers, self._replay, batch_size, device=device)
-
-    def _replay(self, index, before, record, keep):
-        return self.layers[index].retention.replay(before, record, keep)
+        return {"S": torch.zeros(shape, device=device, dtype=complex_dtype_for(dtype))}
 
 
 def build(config, ctx) -> ViR:

@@ -13,8 +13,9 @@ from genloom.core import kernels
 from genloom.plugins.aaren import AarenConfig
 from genloom.plugins.aaren import scan as scan_module
 from genloom.plugins.aaren.scan import prefix_attention_recurrent, prefix_attention_scan
-from genloom.testing import check_backbone, check_decoder, check_kernel, check_model_config, tiny_model
-from genloom.toolkit.recurrent import greedy_matches_recomputation
+from genloom.testing import check_backbone, check_kernel
+
+from recurrent_helpers import build_double, err, inputs, trains_and_decodes_on_state
 
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "aaren.yaml"
 NODE = {"name": "aaren", "d_model": 16, "n_layers": 2, "n_heads": 2}
@@ -22,18 +23,7 @@ SMALL = ["backbone.d_model=16", "backbone.n_layers=2", "backbone.n_heads=2"]
 
 
 def build(**overrides):
-    from genloom.testing import build as build_component
-
-    model, _ = build_component("backbone", {**NODE, **overrides})
-    return model.double().eval()
-
-
-def inputs(batch=2, length=13, width=16, seed=1):
-    return torch.randn(batch, length, width, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def err(a, b):
-    return (a - b).abs().max().item()
+    return build_double(NODE, **overrides)
 
 
 def naive_attention(layer, x):
@@ -128,10 +118,4 @@ def test_config_errors_name_the_field():
 
 
 def test_shipped_config_trains_and_decoders_run_on_the_state():
-    torch.manual_seed(0)
-    built = check_model_config(CONFIG, SMALL, batch={"ids": torch.randint(0, 256, (2, 17))})
-    built = tiny_model(CONFIG, SMALL)
-    built.model.double()
-    greedy_matches_recomputation(built, [[100, 101, 102, 103, 104], [50, 51]], max_new_tokens=6)
-    for decoder in ({"name": "sampling"}, {"name": "beam", "num_beams": 2}):
-        check_decoder(built, decoder, max_new_tokens=4)
+    trains_and_decodes_on_state(CONFIG, SMALL)

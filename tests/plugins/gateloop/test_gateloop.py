@@ -11,26 +11,19 @@ import torch
 from genloom.core import kernels
 from genloom.plugins.gateloop import GateLoopConfig
 from genloom.plugins.gateloop.scan import associative_scan, associative_scan_gateloop
-from genloom.testing import check_backbone, check_decoder, check_model_config, tiny_model
-from genloom.toolkit.recurrent import greedy_matches_recomputation
+from genloom.testing import check_backbone
+
+from recurrent_helpers import assert_rollback_per_row, build_double, err, inputs, trains_and_decodes_on_state
 
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "gateloop.yaml"
 SMALL = ["backbone.d_model=16", "backbone.n_layers=2", "backbone.n_heads=2"]
 
 
+NODE = {"name": "gateloop", "d_model": 16, "n_layers": 2, "n_heads": 2}
+
+
 def build(**overrides):
-    from genloom.testing import build as build_component
-
-    model, _ = build_component("backbone", {"name": "gateloop", "d_model": 16, "n_layers": 2, "n_heads": 2, **overrides})
-    return model.double().eval()
-
-
-def inputs(batch=2, length=13, width=16, seed=1):
-    return torch.randn(batch, length, width, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def err(a, b):
-    return (a - b).abs().max().item()
+    return build_double(NODE, **overrides)
 
 
 def surrogate_attention(q, k, v, g, include_own_step=False):
@@ -136,16 +129,7 @@ def test_padding_and_per_row_rollback():
         assert err(model(h, valid=valid)[1, 5:], alone[0]) < 1e-10
         state = model.init_state(3)
         assert err(model(h, valid=valid, state=state)[1, 5:], alone[0]) < 1e-10
-        state = model.init_state(3)
-        model(h[:, :6], state=state)
-        model(alt[:, 6:10], state=state)
-        state.rollback(torch.tensor([6, 8, 10]))
-        for b, kept in enumerate([0, 2, 4]):
-            row = model.init_state(1)
-            model(h[b : b + 1, :6], state=row)
-            if kept:
-                model(alt[b : b + 1, 6 : 6 + kept], state=row)
-            assert err(state.layers[1]["h"][b], row.layers[1]["h"][0]) < 1e-12
+        assert_rollback_per_row(model, h, alt, [0, 2, 4], "h")
 
 
 def test_config_errors_name_the_field():
@@ -156,11 +140,4 @@ def test_config_errors_name_the_field():
 
 
 def test_shipped_config_trains_and_decoders_run_on_the_state():
-    torch.manual_seed(0)
-    built = check_model_config(CONFIG, SMALL, batch={"ids": torch.randint(0, 256, (2, 17))})
-    assert type(built.model.backbone).__name__ == "GateLoop"
-    built = tiny_model(CONFIG, SMALL)
-    built.model.double()
-    greedy_matches_recomputation(built, [[100, 101, 102, 103, 104], [50, 51]], max_new_tokens=6)
-    for decoder in ({"name": "sampling"}, {"name": "beam", "num_beams": 2}):
-        check_decoder(built, decoder, max_new_tokens=4)
+    trains_and_decodes_on_state(CONFIG, SMALL, backbone="GateLoop")

@@ -11,8 +11,9 @@ import torch
 from genloom.core import kernels
 from genloom.kernels import fft_conv as fft_conv_package
 from genloom.plugins.gss import GSSConfig
-from genloom.testing import check_backbone, check_decoder, check_model_config, tiny_model
-from genloom.toolkit.recurrent import greedy_matches_recomputation
+from genloom.testing import check_backbone
+
+from recurrent_helpers import assert_rollback_per_row, build_double, err, inputs, trains_and_decodes_on_state
 
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "gss.yaml"
 SMALL = ["backbone.d_model=16", "backbone.n_layers=2", "backbone.ssm_width=8", "backbone.state_size=4"]
@@ -20,18 +21,7 @@ NODE = {"name": "gss", "d_model": 16, "n_layers": 2, "ssm_width": 8, "state_size
 
 
 def build(**overrides):
-    from genloom.testing import build as build_component
-
-    model, _ = build_component("backbone", {**NODE, **overrides})
-    return model.double().eval()
-
-
-def inputs(batch=2, length=13, width=16, seed=1):
-    return torch.randn(batch, length, width, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def err(a, b):
-    return (a - b).abs().max().item()
+    return build_double(NODE, **overrides)
 
 
 @pytest.mark.parametrize("length", [1, 13, 31])
@@ -102,16 +92,7 @@ def test_padding_holes_and_per_row_rollback():
         assert err(out[1, 4:], model(h[1:2, 4:])[0]) < 1e-10
         without_hole = model(torch.cat([h[2:3, :6], h[2:3, 7:]], 1))[0]
         assert err(torch.cat([out[2, :6], out[2, 7:]]), without_hole) < 1e-10
-        state = model.init_state(3)
-        model(h[:, :6], state=state)
-        model(alt[:, 6:10], state=state)
-        state.rollback(torch.tensor([6, 9, 10]))
-        for b, kept in enumerate([0, 3, 4]):
-            row = model.init_state(1)
-            model(h[b : b + 1, :6], state=row)
-            if kept:
-                model(alt[b : b + 1, 6 : 6 + kept], state=row)
-            assert err(state.layers[1]["s"][b], row.layers[1]["s"][0]) < 1e-12
+        assert_rollback_per_row(model, h, alt, [0, 3, 4], "s")
 
 
 def test_config_errors_name_the_field():
@@ -122,11 +103,4 @@ def test_config_errors_name_the_field():
 
 
 def test_shipped_config_trains_and_decoders_run_on_the_state():
-    torch.manual_seed(0)
-    built = check_model_config(CONFIG, SMALL, batch={"ids": torch.randint(0, 256, (2, 17))})
-    assert type(built.model.backbone).__name__ == "GSS"
-    built = tiny_model(CONFIG, SMALL)
-    built.model.double()
-    greedy_matches_recomputation(built, [[100, 101, 102, 103, 104], [50, 51]], max_new_tokens=6)
-    for decoder in ({"name": "sampling"}, {"name": "beam", "num_beams": 2}):
-        check_decoder(built, decoder, max_new_tokens=4)
+    trains_and_decodes_on_state(CONFIG, SMALL, backbone="GSS")

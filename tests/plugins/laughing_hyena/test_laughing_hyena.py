@@ -12,8 +12,9 @@ import torch
 from genloom.core import kernels
 from genloom.plugins.laughing_hyena import LaughingHyenaConfig
 from genloom.plugins.laughing_hyena.distill import distill_backbone, fit_orders
-from genloom.testing import check_backbone, check_decoder, check_model_config, tiny_model
-from genloom.toolkit.recurrent import greedy_matches_recomputation
+from genloom.testing import check_backbone
+
+from recurrent_helpers import build_double, err, inputs, trains_and_decodes_on_state
 
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "laughing-hyena.yaml"
 NODE = {"name": "laughing-hyena", "d_model": 16, "n_layers": 2, "filter_heads": 2, "filter_hidden": 16, "filter_features": 4, "max_length": 64}
@@ -21,18 +22,7 @@ SMALL = ["backbone.d_model=16", "backbone.n_layers=1", "backbone.filter_heads=2"
 
 
 def build(**overrides):
-    from genloom.testing import build as build_component
-
-    model, _ = build_component("backbone", {**NODE, **overrides})
-    return model.double().eval()
-
-
-def inputs(batch=2, length=13, width=16, seed=1):
-    return torch.randn(batch, length, width, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def err(a, b):
-    return (a - b).abs().max().item()
+    return build_double(NODE, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -129,10 +119,5 @@ def test_config_errors_name_the_field():
 
 @pytest.mark.parametrize("filter_kind", ["implicit", "modal"])
 def test_shipped_config_trains_and_decoders_run_on_the_state(filter_kind):
-    torch.manual_seed(0)
     overrides = SMALL + [f"backbone.filter={filter_kind}", "backbone.order=4"]
-    built = check_model_config(CONFIG, overrides, batch={"ids": torch.randint(0, 256, (2, 17))})
-    built = tiny_model(CONFIG, overrides)
-    built.model.double()
-    greedy_matches_recomputation(built, [[100, 101, 102, 103, 104], [50, 51]], max_new_tokens=5)
-    check_decoder(built, {"name": "beam", "num_beams": 2}, max_new_tokens=3)
+    trains_and_decodes_on_state(CONFIG, overrides, max_new_tokens=5, decoders=({"name": "beam", "num_beams": 2},), decoder_tokens=3)

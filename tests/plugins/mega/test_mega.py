@@ -10,8 +10,9 @@ import torch
 
 from genloom.core import kernels
 from genloom.plugins.mega import MegaConfig
-from genloom.testing import check_backbone, check_decoder, check_model_config, tiny_model
-from genloom.toolkit.recurrent import greedy_matches_recomputation
+from genloom.testing import check_backbone
+
+from recurrent_helpers import build_double, err, inputs, trains_and_decodes_on_state
 
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "mega.yaml"
 NODE = {"name": "mega", "d_model": 16, "n_layers": 2, "ema_dim": 4, "qk_dim": 8, "value_dim": 12}
@@ -19,18 +20,7 @@ SMALL = ["backbone.d_model=16", "backbone.n_layers=1", "backbone.ema_dim=4", "ba
 
 
 def build(**overrides):
-    from genloom.testing import build as build_component
-
-    model, _ = build_component("backbone", {**NODE, **overrides})
-    return model.double().eval()
-
-
-def inputs(batch=2, length=13, width=16, seed=1):
-    return torch.randn(batch, length, width, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def err(a, b):
-    return (a - b).abs().max().item()
+    return build_double(NODE, **overrides)
 
 
 def ema_step_by_step(ema, x):
@@ -132,11 +122,4 @@ def test_config_errors_name_the_field():
 
 
 def test_shipped_config_trains_and_decoders_run_on_the_state():
-    torch.manual_seed(0)
-    built = check_model_config(CONFIG, SMALL, batch={"ids": torch.randint(0, 256, (2, 17))})
-    assert type(built.model.backbone).__name__ == "Mega"
-    built = tiny_model(CONFIG, SMALL)
-    built.model.double()
-    greedy_matches_recomputation(built, [[100, 101, 102, 103, 104], [50, 51]], max_new_tokens=6)
-    for decoder in ({"name": "sampling"}, {"name": "beam", "num_beams": 2}):
-        check_decoder(built, decoder, max_new_tokens=4)
+    trains_and_decodes_on_state(CONFIG, SMALL, backbone="Mega")

@@ -11,8 +11,9 @@ import torch
 
 from genloom.core import kernels
 from genloom.plugins.smr import SMRConfig
-from genloom.testing import check_backbone, check_decoder, check_model_config, tiny_model
-from genloom.toolkit.recurrent import greedy_matches_recomputation
+from genloom.testing import check_backbone
+
+from recurrent_helpers import build_double, err, inputs, trains_and_decodes_on_state
 
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "smr.yaml"
 NODE = {"name": "smr", "d_model": 16, "n_layers": 2, "state_size": 4, "memory_steps": 3}
@@ -20,23 +21,12 @@ SMALL = ["backbone.d_model=16", "backbone.n_layers=2", "backbone.state_size=4", 
 
 
 def build(memory_scale=0.5, **overrides):
-    from genloom.testing import build as build_component
-
-    model, _ = build_component("backbone", {**NODE, **overrides})
-    model = model.double().eval()
+    model = build_double(NODE, **overrides)
     with torch.no_grad():  # a trained-looking, non-zero memory (the initial one is zero)
         gen = torch.Generator().manual_seed(3)
         for block in model.layers:
             block.smr.memory.copy_(torch.randn(block.smr.memory.shape, generator=gen, dtype=torch.float64) * memory_scale)
     return model
-
-
-def inputs(batch=2, length=13, width=16, seed=1):
-    return torch.randn(batch, length, width, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def err(a, b):
-    return (a - b).abs().max().item()
 
 
 def test_ssm_with_smr_is_still_a_convolution_fft_direct_and_recurrent_agree():
@@ -130,13 +120,9 @@ def test_config_errors_name_the_field():
 
 
 def test_shipped_config_trains_and_decoders_run_on_the_state():
-    torch.manual_seed(0)
-    built = check_model_config(CONFIG, SMALL, batch={"ids": torch.randint(0, 256, (2, 17))})
-    built = tiny_model(CONFIG, SMALL)
-    built.model.double()
-    with torch.no_grad():
-        for block in built.model.backbone.layers:
-            block.smr.memory.normal_(0, 0.5)
-    greedy_matches_recomputation(built, [[100, 101, 102, 103, 104], [50, 51]], max_new_tokens=6)
-    for decoder in ({"name": "sampling"}, {"name": "beam", "num_beams": 2}):
-        check_decoder(built, decoder, max_new_tokens=4)
+    def nonzero_memory(built):
+        with torch.no_grad():
+            for block in built.model.backbone.layers:
+                block.smr.memory.normal_(0, 0.5)
+
+    trains_and_decodes_on_state(CONFIG, SMALL, prepare=nonzero_memory)

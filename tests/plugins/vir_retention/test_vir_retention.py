@@ -11,28 +11,20 @@ import torch
 from genloom.core import kernels
 from genloom.plugins.vir_retention import ViRConfig
 from genloom.plugins.vir_retention.model import head_decays, parallel_retention
-from genloom.testing import check_backbone, check_decoder, check_model_config, tiny_model
-from genloom.toolkit.recurrent import greedy_matches_recomputation
+from genloom.testing import check_backbone, check_decoder, tiny_model
+
+from recurrent_helpers import build_double, err, inputs, trains_and_decodes_on_state
 
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "vir-retention.yaml"
 SMALL = ["backbone.d_model=16", "backbone.n_layers=2", "backbone.n_heads=2"]
 FORMS = ["reference", "parallel", "chunkwise"]
 
 
+NODE = {"name": "vir-retention", "d_model": 16, "n_layers": 2, "n_heads": 2}
+
+
 def build(**overrides):
-    from genloom.testing import build as build_component
-
-    node = {"name": "vir-retention", "d_model": 16, "n_layers": 2, "n_heads": 2, **overrides}
-    model, _ = build_component("backbone", node)
-    return model.double().eval()
-
-
-def inputs(batch=2, length=13, width=16, seed=1):
-    return torch.randn(batch, length, width, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def err(a, b):
-    return (a - b).abs().max().item()
+    return build_double(NODE, **overrides)
 
 
 def test_retention_forms_agree_on_the_whole_backbone_outputs_and_gradients():
@@ -147,14 +139,7 @@ def test_assembly_refuses_a_bidirectional_pattern():
 
 
 def test_shipped_config_trains_and_every_decoder_runs_on_the_state():
-    torch.manual_seed(0)
-    built = check_model_config(CONFIG, SMALL, batch={"ids": torch.randint(0, 256, (2, 17))})
-    assert type(built.model.backbone).__name__ == "ViR"
-    built = tiny_model(CONFIG, SMALL)
-    built.model.double()
-    greedy_matches_recomputation(built, [[100, 101, 102, 103, 104], [50, 51]], max_new_tokens=6)
-    for decoder in ({"name": "sampling"}, {"name": "beam", "num_beams": 2}):
-        check_decoder(built, decoder, max_new_tokens=4)
+    trains_and_decodes_on_state(CONFIG, SMALL, backbone="ViR")
 
 
 def test_speculative_decoding_rolls_the_state_back_inside_the_loop():
