@@ -1,4 +1,4 @@
-"""GPD: an unconditionally trained diffusion model forecasts by overwriting the history at every
+"""GPD (package genloom.plugins.gpd_ts): an unconditionally trained diffusion model forecasts by overwriting the history at every
 reverse step; the sample's history part is the given history exactly and any horizon works."""
 
 import math
