@@ -129,9 +129,7 @@ class BeamConfig:
     """Hypotheses returned per prompt, best first (at most num_beams)."""
 
     def __post_init__(self):
-        if self.num_beams < 1:
-            raise ValueError(f"num_beams must be at least 1, got {self.num_beams}")
-        if not 1 <= self.num_return_sequences <= self.num_beams:
+        if self.num_return_sequences > self.num_beams:
             raise ValueError(f"num_return_sequences must be between 1 and num_beams ({self.num_beams}), got {self.num_return_sequences}")
 
 
@@ -145,21 +143,11 @@ class TemperatureConfig:
             raise ValueError("temperature must be > 0 (use the greedy decoder for temperature 0)")
 
 
-def _check_keep(cfg):
-    if cfg.min_tokens_to_keep < 1:
-        raise ValueError(f"min_tokens_to_keep must be at least 1, got {cfg.min_tokens_to_keep}")
-
-
 @dataclass
 class TopKConfig:
     k: PositiveInt = 50
     min_tokens_to_keep: PositiveInt = 1
     """Keep at least this many of the most likely tokens."""
-
-    def __post_init__(self):
-        if self.k < 1:
-            raise ValueError(f"k must be at least 1, got {self.k}")
-        _check_keep(self)
 
 
 @dataclass
@@ -169,22 +157,12 @@ class TopPConfig:
     min_tokens_to_keep: PositiveInt = 1
     """Keep at least this many of the most likely tokens."""
 
-    def __post_init__(self):
-        if not 0 < self.p <= 1:
-            raise ValueError(f"p must be in (0, 1], got {self.p}")
-        _check_keep(self)
-
 
 @dataclass
 class MinPConfig:
     p: Probability = 0.05
     min_tokens_to_keep: PositiveInt = 1
     """Keep at least this many of the most likely tokens."""
-
-    def __post_init__(self):
-        if not 0 <= self.p <= 1:
-            raise ValueError(f"p must be in [0, 1], got {self.p}")
-        _check_keep(self)
 
 
 @dataclass
@@ -196,11 +174,6 @@ class TypicalConfig:
     min_tokens_to_keep: PositiveInt = 1
     """Keep at least this many of the most typical tokens."""
 
-    def __post_init__(self):
-        if not 0 < self.p <= 1:
-            raise ValueError(f"p must be in (0, 1], got {self.p}")
-        _check_keep(self)
-
 
 @dataclass
 class EpsilonConfig:
@@ -210,11 +183,6 @@ class EpsilonConfig:
     """Drop tokens whose probability is below epsilon."""
     min_tokens_to_keep: PositiveInt = 1
     """Keep at least this many of the most likely tokens."""
-
-    def __post_init__(self):
-        if not 0 < self.epsilon < 1:
-            raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
-        _check_keep(self)
 
 
 @dataclass
@@ -226,30 +194,17 @@ class EtaConfig:
     min_tokens_to_keep: PositiveInt = 1
     """Keep at least this many of the most likely tokens."""
 
-    def __post_init__(self):
-        if not 0 < self.epsilon < 1:
-            raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
-        _check_keep(self)
-
 
 @dataclass
 class NoRepeatNGramConfig:
     n: PositiveInt = 3
     """Forbid a token that would repeat an n-gram of prompt + generated text."""
 
-    def __post_init__(self):
-        if self.n < 1:
-            raise ValueError(f"n must be at least 1, got {self.n}")
-
 
 @dataclass
 class RepetitionPenaltyConfig:
     penalty: PositiveFloat = 1.2
     """Divide positive (multiply negative) logits of tokens already in the sequence by this."""
-
-    def __post_init__(self):
-        if self.penalty <= 0:
-            raise ValueError(f"penalty must be > 0, got {self.penalty}")
 
 
 # -- data ---------------------------------------------------------------------------------------

@@ -130,11 +130,6 @@ class SunspotsConfig(SeriesWindowConfig):
     transform: Literal["levels", "sqrt"] = "levels"
     """'levels': sunspot numbers as published; 'sqrt': their square root (a variance-stabilising transform)."""
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.season < 1:
-            raise ValueError(f"season must be at least 1, got {self.season}")
-
     def num_variates(self) -> int:
         return 1
 
@@ -163,8 +158,6 @@ class StatsmodelsSeriesConfig(SeriesWindowConfig):
         super().__post_init__()
         if not self.dataset.isidentifier():
             raise ValueError(f"dataset must be a statsmodels.datasets module name, got '{self.dataset}'")
-        if self.season < 1:
-            raise ValueError(f"season must be at least 1, got {self.season}")
 
     def num_variates(self) -> int:
         if self.columns:
@@ -186,11 +179,6 @@ class NamedSeriesConfig(SeriesWindowConfig):
     season: PositiveInt = 12
     """Season length (the seasonal-naive and ETS baselines use it)."""
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.season < 1:
-            raise ValueError(f"season must be at least 1, got {self.season}")
-
     def num_variates(self) -> int:
         return 1
 
@@ -199,8 +187,8 @@ class NamedSeriesConfig(SeriesWindowConfig):
 
 
 @dataclass
-class Co2Config(NamedSeriesConfig):
-    """Mauna Loa atmospheric CO2 (ppm), weekly 1958-2001 averaged to 526 months (gaps interpolated); univariate, season 12."""
+class MonthlySeriesConfig(NamedSeriesConfig):
+    """A monthly statsmodels series: three years of history, one year ahead, season 12."""
 
     lookback: PositiveInt = 36
     """Past months each sample shows the model."""
@@ -209,13 +197,13 @@ class Co2Config(NamedSeriesConfig):
 
 
 @dataclass
-class ElninoConfig(NamedSeriesConfig):
-    """Monthly sea-surface temperature of the El Nino region, 1950-2010 (732 months); univariate, season 12."""
+class Co2Config(MonthlySeriesConfig):
+    """Mauna Loa atmospheric CO2 (ppm), weekly 1958-2001 averaged to 526 months (gaps interpolated); univariate, season 12."""
 
-    lookback: PositiveInt = 36
-    """Past months each sample shows the model."""
-    horizon: PositiveInt = 12
-    """Future months each sample asks for."""
+
+@dataclass
+class ElninoConfig(MonthlySeriesConfig):
+    """Monthly sea-surface temperature of the El Nino region, 1950-2010 (732 months); univariate, season 12."""
 
 
 @dataclass
@@ -231,13 +219,8 @@ class NileConfig(NamedSeriesConfig):
 
 
 @dataclass
-class ElecEquipConfig(NamedSeriesConfig):
+class ElecEquipConfig(MonthlySeriesConfig):
     """Euro-area electrical equipment orders index, monthly 1995-2016 (257 months); univariate, season 12."""
-
-    lookback: PositiveInt = 36
-    """Past months each sample shows the model."""
-    horizon: PositiveInt = 12
-    """Future months each sample asks for."""
 
 
 @dataclass
