@@ -20,10 +20,18 @@ not grow with the number of steps. The adjoints follow the update's chain rule:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+
+@contextmanager
+def grad_enabled():
+    """Autograd on even inside ``torch.no_grad`` or ``torch.inference_mode`` (validation): the inner loop needs gradients."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 @dataclass
@@ -36,16 +44,16 @@ class AdamHyper:
 
 def adam_forward(loss: Callable, theta0: torch.Tensor, data: torch.Tensor, steps: int, hyper: AdamHyper):
     """``(θ_T, m_T, v_T)`` after ``steps`` Adam steps on ``loss(θ, data)``; no graph is kept."""
-    theta = theta0.detach().clone()
-    m, v = torch.zeros_like(theta), torch.zeros_like(theta)
-    data = data.detach()
-    for t in range(1, steps + 1):
-        with torch.enable_grad():
+    with grad_enabled():
+        theta = theta0.detach().clone()
+        m, v = torch.zeros_like(theta), torch.zeros_like(theta)
+        data = data.detach().clone()
+        for t in range(1, steps + 1):
             p = theta.clone().requires_grad_(True)
             g = torch.autograd.grad(loss(p, data), p)[0]
-        m = hyper.beta1 * m + (1 - hyper.beta1) * g
-        v = hyper.beta2 * v + (1 - hyper.beta2) * g * g
-        theta = theta - hyper.lr * (m / (1 - hyper.beta1 ** t)) / (torch.sqrt(v / (1 - hyper.beta2 ** t)) + hyper.eps)
+            m = hyper.beta1 * m + (1 - hyper.beta1) * g
+            v = hyper.beta2 * v + (1 - hyper.beta2) * g * g
+            theta = theta - hyper.lr * (m / (1 - hyper.beta1 ** t)) / (torch.sqrt(v / (1 - hyper.beta2 ** t)) + hyper.eps)
     return theta, m, v
 
 
@@ -74,7 +82,7 @@ def adam_reverse(loss: Callable, theta_bar: torch.Tensor, theta: torch.Tensor, m
         s = torch.sqrt(v / c2)
         denom = s + eps
         theta = theta + lr * (m / c1) / denom  # θ_{t-1}
-        with torch.enable_grad():
+        with grad_enabled():
             p = theta.clone().requires_grad_(True)
             x = data.detach().clone().requires_grad_(True)
             g = torch.autograd.grad(loss(p, x), p, create_graph=True)[0]

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from genloom.core.model import Objective
 from genloom.plugins.farzi import FarziObjectiveConfig
-from genloom.plugins.farzi.adam import AdamHyper, adam_forward, adam_reverse
+from genloom.plugins.farzi.adam import AdamHyper, adam_forward, adam_reverse, grad_enabled
 from genloom.plugins.farzi.summary import FarziSummary, ar_init, ar_loss
 
 
@@ -22,9 +22,9 @@ class _MetaLoss(torch.autograd.Function):
         loss = functools.partial(ar_loss, order=order)
         data64, real64 = data.detach().double(), real.double()
         theta, m, v = adam_forward(loss, theta0, data64, steps, hyper)
-        with torch.enable_grad():
+        with grad_enabled():
             p = theta.clone().requires_grad_(True)
-            outer = loss(p, real64)
+            outer = loss(p, real64.clone())
             theta_bar = torch.autograd.grad(outer, p)[0]
         ctx.save_for_backward(data64, theta_bar, theta, m, v)
         ctx.order, ctx.steps, ctx.hyper, ctx.dtype = order, steps, hyper, data.dtype
