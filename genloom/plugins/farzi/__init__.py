@@ -31,7 +31,7 @@ transformer LMs); no trajectory-matching warm start; the config's head and backb
 model contract's required components and take no part in distillation (the objective owns the
 summary and the inner learner). Evaluation is not the forecasting harness: the figure is the
 real-data cross-entropy of a learner trained on the summary against one trained on as many random
-real sequences and one trained on the whole training split.
+real sequences and one trained on 1024 random real sequences.
 """
 
 from __future__ import annotations

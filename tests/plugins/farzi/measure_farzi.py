@@ -1,5 +1,5 @@
 """Measure Farzi Data: real-data cross-entropy of the inner learner trained on the distilled summary,
-against the same learner trained on as many random real sequences, on the whole training split,
+against the same learner trained on as many random real sequences, on 1024 random real sequences,
 and untrained.
 
     python tests/plugins/farzi/measure_farzi.py [--steps 200]
@@ -53,15 +53,16 @@ def main(argv=None):
             optimizer.step()
             step += 1
             if step % 25 == 0:
-                print(f"step {step}: outer loss {float(out['loss']):.3f}", flush=True)
+                print(f"step {step}: outer loss {float(out['loss'].detach()):.3f}", flush=True)
             if step >= args.steps:
                 break
     vocab, loss = objective.vocab, functools.partial(ar_loss, order=cfg.order)
     val = torch.cat([F.one_hot(b["ids"], vocab).double() for _, b in zip(range(32), batches(built, "val", 32))])
     train = torch.cat([F.one_hot(b["ids"], vocab).double() for b in batches(built, "train", 32)])
     random_real = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:cfg.n_synthetic]]
+    many = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(2))[:1024]]
     sources = {"farzi summary": objective.summary.data().detach().double(), f"{cfg.n_synthetic} random real sequences": random_real,
-               f"whole training split ({len(train)} sequences)": train}
+               f"1024 random real sequences (of {len(train)})": many}
     print(f"\nreal validation cross-entropy (nats per byte) after {cfg.inner_steps} Adam steps (lr {cfg.inner_lr}), mean of 3 initialisations")
     untrained = []
     for name, data in sources.items():
