@@ -182,7 +182,9 @@ class PatchTokenizerConfig:
             self.horizon = ctx.horizon
         lookback = ctx.get("lookback", None)
         if lookback is not None and lookback % self.patch_len:
-            raise ValueError(f"patch_len ({self.patch_len}) must divide the data set's lookback ({lookback})")
+            from genloom.core.errors import ConfigError
+
+            raise ConfigError(f"patch_len ({self.patch_len}) must divide the data set's lookback ({lookback})", path="tokenizer.patch_len")
         ctx.set("patch_len", self.patch_len)
         ctx.set("token_features", self.patch_len)
         ctx.set("token_outputs", self.patch_len)

@@ -156,9 +156,10 @@ class NextPatchObjective(ForecastOutputs, Objective):
         if prediction.shape[1] == 0:
             raise ValueError("next-patch: no patch to score (the horizon is shorter than patch_len and target_only is set)")
         mse = F.mse_loss(prediction.float(), truth.float())
-        with torch.no_grad():
-            forecast_error = (outputs[:, x.shape[1] // P - 1:-1] - tokens[:, x.shape[1] // P:]).float() if whole else prediction - truth
-            mae = forecast_error.abs().mean()
+        with torch.no_grad():  # MAE of the target patches' predictions (of every scored patch if the target has none)
+            lookback_patches = x.shape[1] // P
+            error = outputs[:, lookback_patches - 1:-1] - tokens[:, lookback_patches:] if whole else prediction - truth
+            mae = error.float().abs().mean()
         return {"loss": mse, "mse": mse.detach(), "mae": mae}
 
     def next_patch(self, model, window: torch.Tensor) -> torch.Tensor:
