@@ -326,6 +326,82 @@ def segments(segment_lengths, sources=(), within: str = "causal", segment_starts
     )
 
 
+@dataclass(frozen=True, eq=False)
+class SegmentRows(AttentionPattern):
+    """One :class:`SegmentPattern` per batch row (prompts whose segments differ in length or
+    structure). Sets :attr:`per_row`: kernels call ``allowed(q_pos, kv_pos, row=...)``; every row
+    must use the same ``within``."""
+
+    kind: str = "segments"
+    rows: tuple[SegmentPattern, ...] = ()
+
+    per_row = True
+
+    def __post_init__(self):
+        if not self.rows:
+            raise ValueError("SegmentRows needs one SegmentPattern per row")
+        if len({r.within for r in self.rows}) > 1:
+            raise ValueError("every row of a SegmentRows pattern must use the same 'within'")
+
+    @property
+    def is_causal(self) -> bool:
+        return all(r.is_causal for r in self.rows)
+
+    def _tables(self, device):
+        """Per-row tables padded to common sizes: segment of each position (the tail shares the id
+        ``S`` = most segments), reads (B, S + 1, S + 1), layout and model starts (B, S + 1)."""
+        tables = self.__dict__.setdefault("_tables_by_device", {})
+        key = str(torch.device(device))
+        if key not in tables:
+            S = max(len(r.segment_lengths) for r in self.rows)
+            T = max(r.total for r in self.rows)
+            seg = torch.full((len(self.rows), T + 1), S, dtype=torch.long)
+            reads = torch.zeros(len(self.rows), S + 1, S + 1, dtype=torch.bool)
+            layout = torch.zeros(len(self.rows), S + 1, dtype=torch.long)
+            model = torch.zeros(len(self.rows), S + 1, dtype=torch.long)
+            for b, r in enumerate(self.rows):
+                s_b, r_reads, r_layout, r_model = (t.cpu() for t in r._tables("cpu"))
+                n = len(r.segment_lengths)
+                seg[b, : r.total] = s_b[: r.total]
+                reads[b, :n, :n] = r_reads[:n, :n]
+                reads[b, S, :] = True
+                layout[b, :n], layout[b, S] = r_layout[:n], r_layout[n]
+                model[b, :n], model[b, S] = r_model[:n], r_model[n]
+            tables[key] = tuple(t.to(device) for t in (seg, reads, layout, model))
+        return tables[key]
+
+    def allowed(self, q_pos: torch.Tensor, kv_pos: torch.Tensor, row: torch.Tensor | None = None) -> torch.Tensor:
+        seg, reads, _, _ = self._tables(q_pos.device)
+        if row is None:
+            if seg.shape[0] != 1:
+                raise ValueError("a SegmentRows pattern over several rows needs the row index (per_row)")
+            row = torch.zeros((), dtype=torch.long, device=q_pos.device)
+        last = seg.shape[1] - 1
+        sq, sk = seg[row, q_pos.clamp(0, last)], seg[row, kv_pos.clamp(0, last)]
+        tail = sq == reads.shape[1] - 1
+        inside = (kv_pos <= q_pos) if self.rows[0].within == "causal" else (kv_pos >= 0)
+        inside = torch.where(tail, kv_pos <= q_pos, inside)
+        return torch.where(sq == sk, inside, reads[row, sq, sk])
+
+    def mask_mod(self):
+        def mod(b, h, q_idx, kv_idx):
+            return self.allowed(q_idx, kv_idx, row=b)
+
+        return mod
+
+    def positions(self, index: torch.Tensor) -> torch.Tensor:
+        """Layout index (B, L) -> model position, row by row (see :meth:`SegmentPattern.positions`)."""
+        seg, _, layout, model = self._tables(index.device)
+        rows = torch.arange(index.shape[0], device=index.device)[:, None]
+        s = seg[rows, index.clamp(0, seg.shape[1] - 1)]
+        return model[rows, s] + index - layout[rows, s]
+
+
+def segment_rows(patterns) -> SegmentRows:
+    """A :class:`SegmentRows` pattern from one :class:`SegmentPattern` per batch row."""
+    return SegmentRows(rows=tuple(patterns))
+
+
 @dataclass(frozen=True)
 class GroupLocalPattern(AttentionPattern):
     """Group-local (block-diagonal) attention: positions are cut into groups of ``group_size`` and a

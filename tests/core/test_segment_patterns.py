@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from genloom.core import kernels
-from genloom.core.pattern import CAUSAL, AxialPattern, GroupLocalPattern, SegmentPattern, axial, group_local, segments
+from genloom.core.pattern import CAUSAL, AxialPattern, GroupLocalPattern, SegmentPattern, axial, group_local, segment_rows, segments
 from genloom.testing import tiny_model
 
 # sources A (3 tokens) and B (2 tokens) share positions 0.., target T (2 tokens) reads A only,
@@ -237,3 +237,29 @@ def test_new_kinds_are_attention_patterns():
         assert pat.kind in ("segments", "group_local", "axial")
         hash(pat)  # values: usable as keys of the kernel choice cache
     assert segments(**GRAPH) == segments(**GRAPH)
+
+
+def test_segment_rows_give_each_row_its_own_graph():
+    """Prompts whose segments differ per row: row b follows its own SegmentPattern exactly, in
+    masks, model positions and every backend."""
+    a = segments([2, 3], [[], [0]], segment_starts=[0, 0])
+    b = segments([3, 1, 1], [[], [], [0, 1]], segment_starts=[0, 0, 3])
+    rows = segment_rows([a, b])
+    L = 9
+    q, k = torch.arange(L)[None, :, None].expand(2, L, 1), torch.arange(L)[None, None, :].expand(2, 1, L)
+    got = rows.allowed(q, k, row=torch.arange(2)[:, None, None])
+    assert torch.equal(got[0], a.dense(L)) and torch.equal(got[1], b.dense(L))
+    index = torch.arange(L).expand(2, L)
+    assert torch.equal(rows.positions(index)[0], a.positions(torch.arange(L)))
+    assert torch.equal(rows.positions(index)[1], b.positions(torch.arange(L)))
+    with pytest.raises(ValueError, match="same 'within'"):
+        segment_rows([a, segments([2], within="full")])
+    qq, kk, vv = _case(torch.float64, L)
+    with kernels.use("attention", "reference") as ref:
+        expect = ref(qq, kk, vv, pattern=rows)
+    for r in range(2):
+        torch.testing.assert_close(expect[r], _explicit_attention(qq[r], kk[r].repeat_interleave(2, 0), vv[r].repeat_interleave(2, 0), got[r]), atol=1e-12, rtol=1e-12)
+    for backend in ("sdpa", "flex"):
+        with kernels.use("attention", backend) as fast:
+            dtype = torch.float64 if backend == "sdpa" else torch.float32
+            torch.testing.assert_close(fast(qq.to(dtype), kk.to(dtype), vv.to(dtype), pattern=rows), expect.to(dtype), atol=1e-5, rtol=1e-5)
