@@ -42,6 +42,7 @@ def test_the_prompt_becomes_the_segment_graph():
     assert pat.sources == ((), (), (0,), (0, 1))
     # sources share positions 0..; targets start after the longest source (5); the question after the targets
     assert pat.positions(torch.arange(len(PROMPT))).tolist() == [0, 1, 2, 0, 1, 2, 3, 4, 5, 6, 7, 5, 6, 7, 8, 9]
+    assert int(pat.dense(len(PROMPT)).sum()) == 97  # allowed pairs; 136 for the serialised causal prefill
     with pytest.raises(GenerationError, match="decoder.sources"):
         pattern_of(A + B)
 
