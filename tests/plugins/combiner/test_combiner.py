@@ -15,7 +15,7 @@ from genloom.core import kernels
 from genloom.core.pattern import CAUSAL
 from genloom.plugins.combiner import CombinerConfig
 from genloom.plugins.combiner.attention import attention_entries, weights
-from genloom.testing import build, check_backbone, check_decoder, check_model_config, tiny_model
+from genloom.testing import build, check_backbone, check_decoder, check_kernel, check_model_config, tiny_model
 from genloom.toolkit.recurrent import greedy_matches_recomputation
 
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "combiner.yaml"
@@ -93,6 +93,14 @@ def test_region_backend_equals_the_definition(region_size):
         assert err(fast(q, k, v, w, region_size=region_size), ref(q, k, v, w, region_size=region_size)) < 1e-12
         kw = dict(region_size=region_size, q_pos=kv_pos[:, -5:], kv_pos=kv_pos)
         assert err(fast(q[:, :, -5:], k, v, w, **kw), ref(q[:, :, -5:], k, v, w, **kw)) < 1e-12
+
+
+def test_region_backend_gradients_agree_with_the_definition():
+    """The conformance kit's kernel check: values and the gradients of q, k, v and w."""
+    q, k, v, w = _case()
+    check_kernel("combiner_attention", "regions", q, k, v, w, region_size=4, atol=1e-12, rtol=1e-12)
+    kv_pos = torch.arange(13).expand(2, 13)
+    check_kernel("combiner_attention", "regions", q[:, :, -5:], k, v, w, region_size=4, q_pos=kv_pos[:, -5:], kv_pos=kv_pos, atol=1e-12, rtol=1e-12)
 
 
 def backbone(**overrides):
