@@ -18,7 +18,7 @@ only three things of a distribution, so it is written once over the :class:`Dens
 Acceptance rules for categorical distributions (a pluggable piece of verification). A rule gives
 the probability ``a(x)`` of accepting a draft ``x ~ q`` for the target ``p``; on rejection the token
 is drawn from the residual ``norm(max(0, p - q))``. :class:`ExactAcceptance` is ``min(1, p(x) / q(x))``
-(the output law is ``p``); :class:`RelaxedAcceptance` is LANTERN's relaxation (Jang et al. 2025)
+(the output law is ``p``); :class:`RelaxedAcceptance` is LANTERN's relaxation (arXiv 2410.03355)
 ``min(1, p(A(x)) / q(x))``, where ``A(x)`` is a latent-space neighbourhood of ``x`` limited by a
 total-variation budget ``delta`` (its docstring states the limit and the bound it gives).
 :func:`verify_chain` verifies a block of drafts with any rule, :func:`output_law` gives the exact

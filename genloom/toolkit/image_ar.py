@@ -98,6 +98,26 @@ class RasterVQTokenizer(nn.Module, Tokenizer):
         """Train the quantizer (before the transformer), see its own ``fit``."""
         return self.quantizer.fit(data, ctx, **options) if hasattr(self.quantizer, "fit") else []
 
+    def generate_samples(self, gen, *, n: int = 1, seed: int = 0, out=None, decoder=None) -> Path:
+        """``genloom generate``: a PNG grid of class-conditional samples, ``n`` rows, one column per class."""
+        from matplotlib import image as mpimg
+
+        labels = [c for _ in range(max(1, n)) for c in range(self.num_classes)]
+        result = gen.generate([[self.class_token(c)] for c in labels], max_new_tokens=self.tokens_per_image, decoder=decoder, seed=seed)
+        codes = torch.tensor([[min(i, self.codebook_size - 1) for i in ids] for ids in result.ids])
+        images = ((self.decode_batch(codes).clamp(-1, 1) + 1) / 2).cpu()  # (N, C, H, W) in [0, 1]
+        count, channels, height, width = images.shape
+        rows, cols = max(1, n), self.num_classes
+        grid = torch.ones(channels, rows * (height + 1) + 1, cols * (width + 1) + 1)
+        for i in range(count):
+            r, c = divmod(i, cols)
+            grid[:, 1 + r * (height + 1):1 + r * (height + 1) + height, 1 + c * (width + 1):1 + c * (width + 1) + width] = images[i]
+        path = Path(out) if out else Path(gen.run_dir or ".") / "samples.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        picture = grid[0].numpy() if channels == 1 else grid.permute(1, 2, 0).numpy()
+        mpimg.imsave(str(path), picture, cmap="gray" if channels == 1 else None, vmin=0.0, vmax=1.0)
+        return path
+
     def save(self, directory) -> None:
         """The quantizer's files and ``raster_vq.json`` (the number of classes) in ``directory``."""
         directory = Path(directory)

@@ -90,3 +90,14 @@ def test_config_errors_name_the_field():
         tiny_model(base={**CONFIG, "tokenizer": {"name": "raster-vq", "quantizer": {**QUANTIZER, "scales": [2, 4]}}})
     with pytest.raises(ConfigError, match="quantizer"):
         tiny_model(base={**CONFIG, "tokenizer": {"name": "raster-vq", "quantizer": {"scales": [4]}}})
+
+
+def test_generate_samples_writes_a_class_grid(built, tmp_path):
+    from genloom.core.generation import Generator
+
+    gen = Generator(built)
+    path = built.model.tokenizer.generate_samples(gen, n=2, out=tmp_path / "grid.png")
+    from matplotlib import image as mpimg
+
+    picture = mpimg.imread(str(path))
+    assert picture.shape[:2] == (2 * 9 + 1, 10 * 9 + 1)

@@ -1,4 +1,4 @@
-"""LANTERN: relaxed speculative decoding for visual autoregressive models (Jang et al., ICLR 2025).
+"""LANTERN: relaxed speculative decoding for visual autoregressive models (ICLR 2025, arXiv 2410.03355).
 
 What the paper does. Visual AR models (LlamaGen: a transformer over raster-order VQ tokens) spread
 their probability thinly over many interchangeable image tokens ("token selection ambiguity"), so

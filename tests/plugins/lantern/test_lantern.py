@@ -162,3 +162,24 @@ def test_greedy_draft_equal_to_the_target_is_always_accepted(target):
     out = run(target.model, [[1, 2, 3, 4], [5], [0, 2]], dec, max_new_tokens=13, seed=2)
     assert all(len(ids) == 13 for ids in out.ids)
     assert out.metrics.mean_acceptance_length == 3
+
+
+@pytest.mark.slow
+def test_on_embedded_digits_relaxation_accepts_more():
+    """The image AR target and draft over VQ tokens of the digits (trained for a few hundred steps):
+    relaxed acceptance over the codebook's neighbourhoods accepts more drafts per round than exact
+    speculative sampling, and the decoded sequences are images."""
+    import image_ar_helpers
+
+    target, draft = image_ar_helpers.trained_pair()
+    tok = target.model.tokenizer
+    prompts = [[tok.class_token(c)] for c in range(tok.num_classes)] * 4
+    lengths = {}
+    for k, delta in [(1, 0.0), (32, 0.4)]:
+        dec = target.ctx.build("decoder", {"name": "lantern", "draft": image_ar_helpers.DRAFT, "gamma": 4, "neighbourhood_size": k, "delta": delta})
+        dec._draft = draft.model
+        out = run(target.model, prompts, dec, max_new_tokens=tok.tokens_per_image, seed=0)
+        lengths[k] = out.metrics.mean_acceptance_length
+    assert lengths[32] > lengths[1] > 1.0
+    images = tok.decode_batch(torch.tensor([[min(i, tok.codebook_size - 1) for i in ids] for ids in out.ids]))
+    assert images.shape == (len(prompts), 1, 8, 8)
