@@ -260,3 +260,42 @@ def verify_chain(rule, target_probs: torch.Tensor, draft_probs: torch.Tensor, dr
     chosen = next_laws.gather(1, num_accepted[:, None, None].expand(batch, 1, vocab)).squeeze(1)
     flat = chosen if chosen.dtype in (torch.float32, torch.float64) else chosen.float()
     return num_accepted, torch.multinomial(flat, 1, generator=generator).squeeze(1), chance
+
+
+def probability_rank_groups(p: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(..., V) group id of every token: the vocabulary sorted by ``p`` (descending, ties by id) and cut
+    into consecutive runs of ``group_size`` tokens, so a group holds tokens of adjacent target probability."""
+    order = torch.sort(p, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(p.shape[-1], device=p.device).expand(p.shape).contiguous())
+    return torch.div(rank, group_size, rounding_mode="floor")
+
+
+class GroupAcceptance(ExactAcceptance):
+    """Grouped acceptance (GSD): accept ``x ~ q`` with ``min(1, p(G(x)) / q(G(x)))``.
+
+    ``G(x)`` is ``x``'s group in a partition of the vocabulary that is drawn anew at every position
+    from the target's law (dynamic grouping, :func:`probability_rank_groups`): tokens of adjacent
+    target probability rank, ``group_size`` per group. ``group_size = 1`` is the exact rule. The
+    expected acceptance is ``sum_G min(p(G), q(G))`` (one minus the total variation of the grouped
+    laws); a coarser partition can only raise it (``min`` is superadditive), so it is non-decreasing
+    along group sizes that divide one another (1, 2, 4, 8...), where each partition refines the next.
+    On rejection the token comes from the exact residual ``norm(max(0, p - q))``.
+    """
+
+    def __init__(self, group_size: int):
+        if int(group_size) < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        self.group_size = int(group_size)
+
+    @property
+    def relaxed(self) -> bool:
+        return self.group_size > 1
+
+    def accept_probability(self, p: torch.Tensor, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.group_size == 1:
+            return super().accept_probability(p, q, x)
+        groups = probability_rank_groups(p, self.group_size)
+        same = groups == groups.gather(-1, x[..., None])
+        p_group = torch.where(same, p, torch.zeros_like(p)).sum(-1)
+        q_group = torch.where(same, q, torch.zeros_like(q)).sum(-1)
+        return torch.where(q_group > 0, p_group / torch.where(q_group > 0, q_group, torch.ones_like(q_group)), torch.ones_like(p_group)).clamp(max=1.0)
