@@ -183,3 +183,17 @@ def test_on_embedded_digits_relaxation_accepts_more():
     assert lengths[32] > lengths[1] > 1.0
     images = tok.decode_batch(torch.tensor([[min(i, tok.codebook_size - 1) for i in ids] for ids in out.ids]))
     assert images.shape == (len(prompts), 1, 8, 8)
+
+
+def test_processors_act_on_target_and_draft_alike(target):
+    """With a temperature processor and the relaxation off, one decoded token follows the processed
+    target law (4k draws); the unprocessed law fails the same check."""
+    procs = [target.ctx.build("processor", {"name": "temperature", "temperature": 0.5})]
+    dec = decoder(target, neighbourhood_size=1)
+    ids = torch.tensor([PROMPT])
+    with torch.no_grad():
+        logits = target.model(ids)[:, -1].double()
+    out = run(target.model, [PROMPT] * 4_000, dec, max_new_tokens=1, seed=13, processors=procs)
+    counts = torch.bincount(torch.tensor([row[0] for row in out.ids]), minlength=VOCAB).double()
+    assert chisquare_pvalue(counts, torch.softmax(logits / 0.5, -1)[0]) > 1e-3
+    assert chisquare_pvalue(counts, torch.softmax(logits, -1)[0]) < 1e-3
