@@ -1,4 +1,4 @@
-"""Prior-data fitted networks (Müller, Hollmann, Pineda Arango, Grabocka & Hutter, ICLR 2022).
+"""Prior-data fitted networks (Transformers Can Do Bayesian Inference, ICLR 2022).
 
 What the paper does. Bayesian prediction is learned as supervised learning over a prior: draw a
 task (a function) from the prior, draw a data set from it, hide some labels, and train a
