@@ -107,5 +107,5 @@ def test_trained_posterior_matches_the_analytic_posterior():
         optimizer.step()
     figures = posterior_kl(model.eval(), data, 256, samples=1024)
     print(figures)
-    for n in (4, 16):  # well below the KL of the prior itself (a model that ignores the data)
-        assert figures[f"kl_n{n}"] < 0.5 * figures[f"kl_prior_n{n}"]
+    for n in (1, 4, 16):  # far below the KL of the prior itself (a model that ignores the data)
+        assert figures[f"kl_n{n}"] < 0.25 * figures[f"kl_prior_n{n}"]  # measured: 0.032/0.51, 0.060/0.93, 0.167/1.54
