@@ -59,3 +59,5 @@ class GpPriorConfig:
         ctx.set("x_dim", self.x_dim)
         ctx.set("n_points", self.n_points)
         ctx.set("y_scale", (self.outputscale + self.noise**2) ** 0.5)
+        ctx.set("x_low", self.x_low)
+        ctx.set("x_high", self.x_high)
