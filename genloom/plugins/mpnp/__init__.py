@@ -17,8 +17,9 @@ What this implementation does.
 - head ``np-gaussian``: a context point embeds as MLP(x, y), a target as MLP(x); a hidden state
   maps to a Gaussian (mean, softplus scale + ``min_scale``).
 - backbone ``np-encoder``: the conditional NP body under ``ContextQueryPattern(n)``: context
-  tokens -> phi -> masked mean pool r (permutation-invariant); each target token -> rho([h_t, r]).
-  No latent variable anywhere.
+  tokens -> phi -> masked mean pool r (permutation-invariant); each target token -> rho([h_t, r,
+  a_t]) with a_t its cross-attention to the context points (the attentive NP's deterministic path,
+  ``attention: true``; also permutation-invariant). No latent variable anywhere.
 - objective ``mpnp``: one context size per batch; ``n_pseudo`` pseudo inputs x~ uniform on the
   data range and, for each of ``num_pseudo_sets`` draws, pseudo labels y~ = g(r_C, x~, eps) from
   the implicit generator (an MLP, eps ~ N(0, I)); the targets (all points) are scored under each
@@ -26,8 +27,8 @@ What this implementation does.
   both per target. ``function_samples`` gives the means of the re-conditioned predictions (one
   function per pseudo-data draw); ``evaluate_run`` scores them against the exact GP posterior.
 
-What it simplifies. A deterministic-path CNP body (mean pooling) instead of the paper's
-attentive/transformer NPs; the generator is an MLP on the context representation (the paper's is
+What it simplifies. A small deterministic-path body (mean pooling plus one cross-attention)
+instead of the paper's transformer NPs; the generator is an MLP on the context representation (the paper's is
 a set-conditioned network); pseudo inputs uniform on the data range; pseudo data drawn in one
 shot, not sequentially.
 """
@@ -72,6 +73,14 @@ class NpEncoderConfig:
     """Model width; published as ``ctx.d_model``."""
     layers: PositiveInt = 3
     """Linear layers of phi and of rho."""
+    attention: bool = True
+    """Also let each target attend to the context points (the attentive NP's deterministic path); False: mean pooling only."""
+    n_heads: PositiveInt = 4
+    """Heads of that cross-attention."""
+
+    def __post_init__(self):
+        if self.attention and self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
 
     def bind(self, ctx) -> None:
         ctx.set("d_model", self.d_model)

@@ -2,7 +2,7 @@
 
 One training step (``Mpnp.loss``), for a batch of tasks cut at a context size c:
 
-1. encode the context: r_C = mean_i phi(x_i, y_i);
+1. encode the context: r_C = mean_i phi(x_i, y_i) (and phi(x_i, y_i) itself for the attentive path);
 2. draw K pseudo-data sets: pseudo inputs x~ uniform on the data range, pseudo labels
    y~ = g(r_C, x~, eps), eps ~ N(0, I) (the implicit predictive);
 3. re-condition on C u Z_k (the pooled representation of the union) and score every target:
@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from genloom.core.model import Backbone, Head, Objective
 from genloom.plugins.mpnp import MpnpConfig, NpEncoderConfig, NpGaussianHeadConfig
-from genloom.toolkit.amortized import ContextQueryPattern, GPPrior, masked_pool, mlp
+from genloom.toolkit.amortized import ContextQueryPattern, CrossAttention, GPPrior, masked_pool, mlp
 
 
 class NpGaussianHead(Head):
@@ -58,23 +58,28 @@ class NpEncoder(Backbone):
     def __init__(self, cfg: NpEncoderConfig):
         super().__init__()
         self.phi = mlp(cfg.d_model, cfg.d_model, cfg.d_model, cfg.layers)
-        self.rho = mlp(2 * cfg.d_model, cfg.d_model, cfg.d_model, cfg.layers)
+        self.rho = mlp((3 if cfg.attention else 2) * cfg.d_model, cfg.d_model, cfg.d_model, cfg.layers)
+        self.attention = CrossAttention(cfg.d_model, cfg.n_heads) if cfg.attention else None
 
     def represent(self, context_h, valid=None):
-        """The permutation-invariant context representation r (B, D)."""
-        return masked_pool(self.phi(context_h), valid, "mean")
+        """The context representation ``(r (B, D), per-point features (B, n, D), valid)``; r is the
+        permutation-invariant masked mean of phi, the features feed the attentive path."""
+        phi = self.phi(context_h)
+        return masked_pool(phi, valid, "mean"), phi, valid
 
-    def decode(self, target_h, r):
-        return self.rho(torch.cat([target_h, r[:, None].expand(-1, target_h.shape[1], -1)], -1))
+    def decode(self, target_h, rep):
+        r, phi, valid = rep
+        parts = [target_h, r[:, None].expand(-1, target_h.shape[1], -1)]
+        if self.attention is not None:  # each target attends to the context points (no positions: invariant)
+            parts.append(self.attention(target_h, phi, valid))
+        return self.rho(torch.cat(parts, -1))
 
     def forward(self, h, *, pattern=None, state=None, valid=None):
         if state is not None or not isinstance(pattern, ContextQueryPattern):
             raise ValueError("the np-encoder runs whole sets under a ContextQueryPattern (no incremental state)")
         n = pattern.n_context
-        context_valid = None if valid is None else valid[:, :n]
-        phi = self.phi(h[:, :n])
-        r = masked_pool(phi, context_valid, "mean")
-        return torch.cat([phi, self.decode(h[:, n:], r)], dim=1)
+        rep = self.represent(h[:, :n], None if valid is None else valid[:, :n])
+        return torch.cat([rep[1], self.decode(h[:, n:], rep)], dim=1)
 
     def init_state(self, batch_size, capacity=256, device=None, dtype=None):
         raise NotImplementedError("the np-encoder has no incremental state")
@@ -99,8 +104,9 @@ class Mpnp(Objective):
         lo, hi = self.x_range
         return lo + (hi - lo) * torch.rand(batch, self.config.n_pseudo, self.x_dim, generator=generator, dtype=dtype, device=device)
 
-    def pseudo_labels(self, r, x_pseudo, noise):
+    def pseudo_labels(self, rep, x_pseudo, noise):
         """y~ = g(r_C, x~, eps): (B, n_pseudo)."""
+        r = rep[0]
         feats = torch.cat([r[:, None].expand(-1, x_pseudo.shape[1], -1), x_pseudo, noise], -1)
         return self.generator(feats)[..., 0]
 
@@ -128,7 +134,7 @@ class Mpnp(Objective):
         means, scales = [], []
         for i in range(noise.shape[0]):
             y_pseudo = self.pseudo_labels(r, x_pseudo, noise[i])
-            union = torch.cat([context_h, head.embed_points(x_pseudo, y_pseudo)], dim=1)
+            union = torch.cat([context_h, head.embed_points(x_pseudo, y_pseudo)], dim=1)  # C u Z_k
             mean, scale = head(body.decode(target_h, body.represent(union)))
             means.append(mean)
             scales.append(scale)

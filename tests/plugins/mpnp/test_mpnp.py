@@ -11,7 +11,7 @@ from genloom.testing import check_model_config, tiny_model
 from genloom.toolkit.amortized import GPPrior
 
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "mpnp.yaml"
-SMALL = ["backbone.d_model=16", "head.hidden=16", "objective.num_pseudo_sets=4", "objective.noise_dim=4"]
+SMALL = ["backbone.d_model=16", "backbone.n_heads=2", "head.hidden=16", "objective.num_pseudo_sets=4", "objective.noise_dim=4"]
 
 
 def _random_model(overrides=()):
@@ -54,7 +54,11 @@ def test_order_weighted_pooling_breaks_the_invariance(case):
     body = model.backbone
     original = body.represent
     try:
-        body.represent = lambda h, valid=None: (body.phi(h) * torch.linspace(0.5, 1.5, h.shape[1], dtype=h.dtype)[None, :, None]).mean(1)
+        def order_weighted(h, valid=None):
+            phi = body.phi(h)
+            return (phi * torch.linspace(0.5, 1.5, h.shape[1], dtype=h.dtype)[None, :, None]).mean(1), phi, valid
+
+        body.represent = order_weighted
         perm = torch.cat([torch.randperm(8, generator=torch.Generator().manual_seed(2)), torch.arange(8, 20)])
         assert (_functions(model, x, y, noise, x_pseudo) - _functions(model, x[:, perm], y[:, perm], noise, x_pseudo)).abs().max() > 1e-4
     finally:
@@ -88,7 +92,11 @@ def test_a_latent_variable_breaks_the_pseudo_data_only_check(case):
     body = model.backbone
     gen = torch.Generator().manual_seed(4)
     try:
-        body.represent = lambda h, valid=None: type(body).represent(body, h, valid) + 0.5 * torch.randn(h.shape[0], h.shape[-1], generator=gen, dtype=h.dtype)
+        def with_latent(h, valid=None):
+            r, phi, valid = type(body).represent(body, h, valid)
+            return r + 0.5 * torch.randn(r.shape, generator=gen, dtype=r.dtype), phi, valid
+
+        body.represent = with_latent
         same, _ = _uncertainty_only_from_pseudo_data(model, x, y, noise, x_pseudo)
         assert same > 1e-3
     finally:
@@ -116,5 +124,7 @@ def test_trained_mpnp_tracks_the_exact_gp_posterior():
     x, y, _ = data.tasks("test", 128)
     figures = posterior_agreement(model.eval(), data.prior, x, y, context=10, samples=16)
     print(figures)
-    assert figures["mse_to_posterior_mean"] < 0.5 * figures["posterior_mean_variance"]
-    assert figures["function_sample_std"] > 1e-3 and figures["spread_spearman"] > 0.2
+    # measured (600 steps): 0.159 vs 0.999; sample std 0.216; Spearman 0.33
+    assert figures["mse_to_posterior_mean"] < 0.3 * figures["posterior_mean_variance"]
+    # the function samples spread out, and more where the exact posterior is uncertain
+    assert figures["function_sample_std"] > 1e-2 and figures["spread_spearman"] > 0.15
