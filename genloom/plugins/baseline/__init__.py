@@ -338,7 +338,24 @@ def genloom_tokenizers():
     return [
         records.tokenizer("bytes", f"{_P}.tokenizers:build_bytes", BytesConfig, "Byte-level tokenizer (exact round trip of any bytes)."),
         records.tokenizer("bpe", f"{_P}.tokenizers:build_bpe", BpeConfig, "Byte-level BPE trained with Hugging Face tokenizers on the training split."),
-    ] + _time_step_tokenizer()
+    ] + _time_step_tokenizer() + _point_set_tokenizer()
+
+
+def _amortized_configs(*names: str):
+    """Config classes of the torch-free amortised-inference toolkit config, or None while it is not present."""
+    try:
+        mod = importlib.import_module("genloom.toolkit.amortized_config")
+    except ImportError:
+        return None
+    return tuple(getattr(mod, n) for n in names)
+
+
+def _point_set_tokenizer():
+    cfgs = _amortized_configs("PointSetTokenizerConfig")
+    if not cfgs:
+        return []
+    return [records.tokenizer("point-set", "genloom.toolkit.amortized:build_point_set_tokenizer", cfgs[0],
+                              "Real-valued point sets (in-context / amortised inference tasks) passed through as they are.")]
 
 
 def _time_step_tokenizer():
@@ -449,6 +466,10 @@ def genloom_datasets():
         out.append(records.dataset("nile", f"{_P}.series:build_nile", named[2], "Nile flow volume, yearly 1871-1970 (univariate)."))
         out.append(records.dataset("elec-equip", f"{_P}.series:build_elec_equip", named[3], "Euro-area electrical equipment orders, monthly 1995-2016 (univariate, season 12)."))
         out.append(records.dataset("danish-data", f"{_P}.series:build_danish_data", named[4], "Danish money demand, quarterly 1974-1987 (5 variates, season 4)."))
+    amortized = _amortized_configs("GpPriorConfig")
+    if amortized:
+        out.append(records.dataset("gp-prior", "genloom.toolkit.amortized:build_gp_prior", amortized[0],
+                                   "Synthetic regression tasks from a Gaussian-process prior (exact posterior as reference)."))
     return out
 
 
