@@ -116,6 +116,25 @@ class BatchingMetrics:
         }
 
 
+@dataclass
+class ServeResult:
+    """The completions of a served list of requests (in submission order) and the engine's figures."""
+
+    completions: list[Completion]
+    metrics: BatchingMetrics
+    tokenizer: Any = None
+
+    @property
+    def ids(self) -> list[list[int]]:
+        return [c.ids for c in self.completions]
+
+    def decode(self) -> list:
+        """Each completion decoded by the model's tokenizer."""
+        if self.tokenizer is None:
+            raise ValueError("no tokenizer to decode with")
+        return [self.tokenizer.decode(c.ids) for c in self.completions]
+
+
 ONE_TOKEN_METHODS = ("start", "propose", "verify", "advance")
 
 

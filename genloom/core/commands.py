@@ -192,6 +192,12 @@ def cmd_generate(args):
     return generate_cli.main(args)
 
 
+def cmd_serve(args):
+    from genloom.core import serve_cli
+
+    return serve_cli.main(args)
+
+
 def cmd_evaluate(args):
     """Hand the run to its objective's ``evaluate_run(gen, options)``; print what it returns."""
     import genloom
