@@ -187,6 +187,8 @@ class ContinuousBatcher:
         self.state = None
         self.batch_sizes: list[int] = []
         """The batch size of every fused step, in order (tests and benchmarks read it)."""
+        self.fused_clocks: list[int] = []
+        """The engine step of every fused step (``batch_sizes[i]`` rows at step ``fused_clocks[i]``)."""
         self._waiting: list[tuple[int, int, Request]] = []
         self._submitted = 0
 
@@ -306,6 +308,7 @@ class ContinuousBatcher:
         self.metrics.fused_steps += 1
         self.metrics.row_steps += batch
         self.batch_sizes.append(batch)
+        self.fused_clocks.append(self.clock)
         logits = self.model(tokens, state=self.state)
         valid = getattr(self.state, "valid", None)
         used = getattr(self.state, "used", None)
