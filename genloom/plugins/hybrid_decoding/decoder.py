@@ -2,14 +2,18 @@
 
 Per round, for every sequence of the batch:
 
+0. ``start``: both decoders consume the whole prompt in one pass (a source-conditioned prompt is a
+   source block read bidirectionally, so none of it may be fed later) and keep their next-token logits;
 1. ``propose``: the fast decoder consumes the tokens committed last round (one pass over a
-   left-padded chunk), its state is snapshotted, then it drafts greedily until each sequence has
-   drafted an end-of-sequence id or its remaining budget (the whole hypothesis);
+   left-padded chunk; nothing in the first round), its state is snapshotted, then it drafts
+   greedily until each sequence has drafted an end-of-sequence id or its remaining budget (the
+   whole hypothesis);
 2. ``verify``: the full decoder runs once over ``[y, d_1..d_K]`` (``y`` the last committed token,
-   not consumed yet) and takes its greedy choice ``g_i`` at every position; ``n`` = the number of
-   leading drafts with ``d_i == g_i`` (within the sequence's own draft length), and the commit is
-   ``d_1..d_n`` followed by the correction ``g_{n+1}``;
-3. ``advance``: the full decoder rolls back to keep ``y, d_1..d_n`` (within its latest advance,
+   not consumed yet; in the first round only the drafts, after the prefill's logits) and takes its
+   greedy choice ``g_i`` at every position; ``n`` = the number of leading drafts with ``d_i == g_i``
+   (within the sequence's own draft length), and the commit is ``d_1..d_n`` followed by the
+   correction ``g_{n+1}``;
+3. ``advance``: the full decoder rolls back to keep ``[y,] d_1..d_n`` (within its latest advance,
    which every state supports); the fast decoder restores its snapshot and is fed the committed
    tokens next round.
 """
@@ -28,25 +32,28 @@ class HybridDecoder(DraftModelDecoder):
     exact = "greedy"
 
     def start(self, session: Session) -> None:
+        # both decoders consume the whole prompt at once: a source-conditioned prompt is a source
+        # block read bidirectionally, so no part of it may be fed later
         batch, width = session.prompt_ids.shape
         self.draft.to(session.device)
         capacity = width + 2 * session.max_new_tokens + 16
         session.state = session.model.init_state(batch, capacity)
         session.scratch["draft_state"] = self.draft.init_state(batch, capacity)
-        if width > 1:  # the last prompt token is fed with the first round's verification
-            ids, valid = session.prompt_ids[:, :-1], session.prompt_valid[:, :-1]
-            session.forward(ids, state=session.state, valid=valid)
-            session.forward(ids, state=session.scratch["draft_state"], valid=valid, model=self.draft, name="draft")
-        last = session.prompt_ids[:, -1:]
-        session.scratch["target_pending"] = last
-        session.scratch["draft_pending"] = (last, torch.ones_like(last, dtype=torch.bool))
+        ids, valid = session.prompt_ids, session.prompt_valid
+        session.scratch["target_next"] = session.forward(ids, state=session.state, valid=valid)[:, -1]
+        session.scratch["draft_next"] = session.forward(ids, state=session.scratch["draft_state"], valid=valid, model=self.draft, name="draft")[:, -1]
+        session.scratch["target_pending"] = None  # the last committed token, when not consumed yet
+        session.scratch["draft_pending"] = None
         session.metrics.extra.update({"rounds": 0, "corrections": 0})
 
     def propose(self, session: Session):
         """Draft greedily until end-of-sequence or the budget: (B, K) drafts and (B,) draft lengths."""
         state = session.scratch["draft_state"]
-        ids, valid = session.scratch["draft_pending"]
-        logits = session.forward(ids, state=state, valid=valid, model=self.draft, name="draft")[:, -1]
+        if session.scratch["draft_pending"] is None:
+            logits = session.scratch["draft_next"]
+        else:
+            ids, valid = session.scratch["draft_pending"]
+            logits = session.forward(ids, state=state, valid=valid, model=self.draft, name="draft")[:, -1]
         session.scratch["draft_snapshot"] = state.snapshot()
         budget = session.remaining.clone()
         lengths = torch.zeros_like(budget)
@@ -74,7 +81,11 @@ class HybridDecoder(DraftModelDecoder):
     def verify(self, session: Session, proposal) -> Commit:
         drafts, lengths = proposal
         session.scratch["target_lengths"] = session.state.lengths.clone()
-        logits = session.forward(torch.cat([session.scratch["target_pending"], drafts], 1), state=session.state)  # one pass
+        pending = session.scratch["target_pending"]
+        if pending is None:  # the first round: the prefill gave the first position's logits
+            logits = torch.cat([session.scratch["target_next"][:, None], session.forward(drafts, state=session.state)], 1)  # one pass
+        else:
+            logits = session.forward(torch.cat([pending, drafts], 1), state=session.state)  # one pass
         choices = self._choices(session, logits, drafts)  # (B, K + 1)
         K = drafts.shape[1]
         agree = (drafts == choices[:, :K]) & (torch.arange(K, device=drafts.device)[None] < lengths[:, None])
@@ -91,7 +102,8 @@ class HybridDecoder(DraftModelDecoder):
 
     def advance(self, session: Session, commit: Commit) -> None:
         accepted = session.scratch["accepted"]
-        session.state.rollback(session.scratch["target_lengths"] + 1 + accepted)  # keep y, d_1..d_n
+        fed_pending = int(session.scratch["target_pending"] is not None)
+        session.state.rollback(session.scratch["target_lengths"] + fed_pending + accepted)  # keep [y,] d_1..d_n
         session.scratch["target_pending"] = session.scratch["next"][:, None]
         session.scratch["draft_state"].restore(session.scratch["draft_snapshot"])
         rows = [row[:c] for row, c in zip(commit.tokens.tolist(), commit.counts.tolist())]

@@ -67,6 +67,28 @@ def test_output_equals_greedy_of_the_full_decoder(built, scale):
         assert result.metrics.extra == {"rounds": 1, "corrections": 0}
 
 
+class Recorder:
+    """An identity processor that keeps the logits it sees, keyed by the history."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def __call__(self, logits, history):
+        for row, hist in zip(logits, history.tolist()):
+            self.seen[tuple(t for t in hist if t >= 0)] = row.clone()
+        return logits
+
+
+def test_the_full_decoder_sees_what_greedy_sees(built):
+    """Every next-token distribution greedy decoding computes, hybrid decoding computes identically:
+    in particular the source block is consumed in one pass (read bidirectionally, as in greedy)."""
+    gen = Generator(built)
+    greedy, mine = Recorder(), Recorder()
+    gen.generate(source=SOURCES, decoder=built.ctx.build("decoder", "greedy"), processors=[greedy], max_new_tokens=T)
+    gen.generate(source=SOURCES, decoder=hybrid(built, noisy_copy(built.model, 0.3)), processors=[mine], max_new_tokens=T)
+    assert greedy.seen and all(k in mine.seen and torch.allclose(mine.seen[k], v, rtol=1e-10, atol=1e-10) for k, v in greedy.seen.items())
+
+
 def test_processors_and_eos_keep_greedy_parity(built):
     procs = [built.ctx.build("processor", {"name": "repetition-penalty", "penalty": 1.5}), built.ctx.build("processor", {"name": "no-repeat-ngram", "n": 2})]
     prompts = [[5, 6, 7, 8], [9], [10, 11]]
