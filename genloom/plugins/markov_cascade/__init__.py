@@ -17,8 +17,9 @@ What this implementation does.
   gives the lower orders; its state (``MarkovState``) keeps the consumed inputs (rollback, reorder,
   snapshot, extend), so ordinary decoders and the continuous batcher run on it too.
 - decoder ``markov-cascade`` (``cascade.py``, ``decoder.py``): stages 1..m over k-gram lattices,
-  max-marginals from prefix and suffix (max, +) scans of depth ceil(log2 L) (Hillis-Steele),
-  pruning to ``max_states`` states per position by max-marginal, Viterbi on the last stage;
+  max-marginals from prefix and suffix (max, +) scans of depth ceil(log2 L) (Hillis-Steele;
+  ``parallel: true``) or from the sequential max-product passes (the default: the scan's n^3
+  products are too wide for a byte vocabulary's first stage), pruning to ``max_states`` states per position by max-marginal, Viterbi on the last stage;
   ``max_states: null`` disables pruning, and the result is exact Viterbi of the order-m CRF
   (for the Markov transformer: the most likely continuation of the requested length).
 
@@ -79,6 +80,9 @@ class MarkovCascadeConfig:
     """States (k-grams) kept per position after each stage but the last (null: no pruning, exact Viterbi of the order-m CRF)."""
     order: PositiveInt | None = None
     """The CRF's order m (null: the backbone's Markov order, e.g. markov-transformer's ``order``)."""
+    parallel: bool = False
+    """Max-marginals by (max, +) scans of depth ceil(log2 L) (O(L log L n^3) work for n states per
+    position: small vocabularies); false: sequential max-product passes (depth L, O(L n^2) work)."""
 
 
 @hookimpl

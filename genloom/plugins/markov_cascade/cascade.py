@@ -10,7 +10,8 @@ log-probability under the model.
 
 Per stage: the max-marginal of every state (the best score of a path through it) comes from a
 prefix and a suffix (max, +) scan over the edge matrices, each ``ceil(log2 L)`` levels deep
-(Hillis-Steele); states outside the ``max_states`` best max-marginals of their position are
+(Hillis-Steele), or from the sequential max-product passes for lattices too wide for the scan's
+n^3 products; states outside the ``max_states`` best max-marginals of their position are
 pruned; the surviving edges become the next stage's (k+1)-gram states. The last stage returns its
 Viterbi path. The path a stage would decode has the highest max-marginal at every position, so
 its own pruning never removes it; with no pruning the last stage is exact Viterbi of the order-m CRF.
@@ -85,12 +86,28 @@ def _padded(edges: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def max_marginals(lattice: Lattice) -> tuple[list[torch.Tensor], int]:
-    """The max-marginal of every state at positions 1..L, and the depth of the scans."""
+def max_marginals(lattice: Lattice, parallel: bool = True) -> tuple[list[torch.Tensor], int]:
+    """The max-marginal of every state at positions 1..L, and the depth of the computation.
+
+    ``parallel``: prefix and suffix (max, +) scans over the (padded, n x n) edge matrices,
+    ``ceil(log2 L)`` levels deep but O(L log L n^3) work; otherwise the sequential max-product
+    forward and backward passes (depth L, O(L n^2) work: what a large vocabulary needs)."""
+    L = lattice.length
+    if not parallel:
+        alpha, alphas = torch.zeros(1, dtype=lattice.edges[0].dtype, device=lattice.edges[0].device), []
+        for e in lattice.edges:
+            alpha = (alpha[:, None] + e).amax(0)
+            alphas.append(alpha)
+        beta = torch.zeros_like(alphas[-1])
+        out = [None] * L
+        out[-1] = alphas[-1] + beta
+        for t in range(L - 1, 0, -1):
+            beta = (lattice.edges[t] + beta[None]).amax(1)
+            out[t - 1] = alphas[t - 1] + beta
+        return out, L
     mats = _padded(lattice.edges)  # (L, n, n)
     forward, depth = prefix_scan(mats)  # forward[t-1][0, j]: best score from the prompt to state j at t
     backward, _ = prefix_scan(mats.flip(0).transpose(1, 2))  # suffix products, transposed
-    L = lattice.length
     out = []
     for t in range(1, L + 1):
         n = lattice.states[t].shape[0]
@@ -155,11 +172,12 @@ def first_lattice(context: list[int], vocab_size: int, length: int, device=None)
 
 
 def cascade(score_for_order: Callable[[int], Scorer], context: list[int], vocab_size: int, length: int, order: int,
-            max_states: int | None, device=None) -> CascadeResult:
+            max_states: int | None, device=None, parallel: bool = True) -> CascadeResult:
     """Decode ``length`` tokens after ``context`` by the cascade of stages 1..``order``.
 
     ``score_for_order(k)`` gives the order-k scorer; ``max_states`` states per position survive
-    each stage but the last (None: no pruning, the last stage is exact Viterbi of the order CRF).
+    each stage but the last (None: no pruning, the last stage is exact Viterbi of the order CRF);
+    ``parallel`` chooses the log-depth scans for the max-marginals (see :func:`max_marginals`).
     """
     lattice = first_lattice(context, vocab_size, length, device)
     # the prompt's state holds its last k tokens at stage k (-1 where the prompt is shorter)
@@ -168,7 +186,7 @@ def cascade(score_for_order: Callable[[int], Scorer], context: list[int], vocab_
         if k > 1:
             lattice.states[0] = torch.tensor([[-1] * max(0, k - len(context)) + list(context[-k:])], device=device)
         score_edges(lattice, score_for_order(k))
-        marginals, depth = max_marginals(lattice)
+        marginals, depth = max_marginals(lattice, parallel) if k < order else (None, 0)
         path, best = viterbi(lattice)
         info = {"order": k, "states": [int(s.shape[0]) for s in lattice.states[1:]], "scan_depth": depth, "score": best,
                 "path": [tuple(lattice.states[t + 1][i].tolist()) for t, i in enumerate(path)]}

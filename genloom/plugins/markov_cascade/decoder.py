@@ -36,6 +36,7 @@ class MarkovCascadeDecoder(Decoder):
         super().__init__(config, ctx)
         self.max_states = config.max_states
         self.order = config.order
+        self.parallel = config.parallel
         self.last = []
         """The :class:`~.cascade.CascadeResult` of every sequence of the last call."""
 
@@ -59,10 +60,10 @@ class MarkovCascadeDecoder(Decoder):
         results = []
         for b in range(session.batch_size):
             context = session.prompt_ids[b][session.prompt_valid[b]].tolist()
-            results.append(cascade(lambda k: model_scorer(session), context, vocab, session.max_new_tokens, order, self.max_states, session.device))
+            results.append(cascade(lambda k: model_scorer(session), context, vocab, session.max_new_tokens, order, self.max_states, session.device, self.parallel))
         self.last = results
         session.metrics.extra["stages"] = [r.stages for r in results]
-        session.metrics.extra["scan_depth"] = max(s["scan_depth"] for r in results for s in r.stages)
+        session.metrics.extra["scan_depth"] = max((s["scan_depth"] for r in results for s in r.stages), default=0)
         return results
 
     def verify(self, session: Session, results) -> Commit:

@@ -130,7 +130,7 @@ def test_local_pruning_loses_the_viterbi_path(built, monkeypatch):
 def test_scan_depth_is_logarithmic(built):
     for length in (2, 5, 9, 16):
         result = C.cascade(scorer(built.model), [1], VOCAB, length, ORDER, max_states=3)
-        assert all(stage["scan_depth"] == math.ceil(math.log2(length)) for stage in result.stages)
+        assert all(stage["scan_depth"] == math.ceil(math.log2(length)) for stage in result.stages[:-1])  # the last stage runs Viterbi only
 
 
 def test_scan_equals_sequential_max_marginals(built):
@@ -146,8 +146,10 @@ def test_scan_equals_sequential_max_marginals(built):
     for t in range(len(lattice.edges) - 1, 0, -1):
         beta = (lattice.edges[t] + beta[None]).amax(1)
         betas[t - 1] = beta
-    for mm, a, b in zip(marginals, alphas, betas):
-        assert torch.allclose(mm, a + b, atol=1e-12)
+    sequential, depth = C.max_marginals(lattice, parallel=False)
+    assert depth == 6
+    for mm, a, b, seq in zip(marginals, alphas, betas, sequential):
+        assert torch.allclose(mm, a + b, atol=1e-12) and torch.allclose(seq, a + b, atol=1e-12)
     # broken variant: forward scores alone are not max-marginals
     assert not all(torch.allclose(mm, a, atol=1e-12) for mm, a in zip(marginals, alphas))
 
@@ -155,6 +157,8 @@ def test_scan_equals_sequential_max_marginals(built):
 def test_decoder_on_the_core_loop(built):
     result = check_decoder(built, {"name": "markov-cascade", "max_states": 3}, prompts=((1, 2, 3), (4,)), max_new_tokens=LENGTH)
     assert all(len(ids) == LENGTH for ids in result.ids)
+    parallel = run(built.model, [[1, 2, 3], [4]], built.ctx.build("decoder", {"name": "markov-cascade", "max_states": 3, "parallel": True}), max_new_tokens=LENGTH)
+    assert parallel.ids == result.ids and parallel.metrics.extra["scan_depth"] == math.ceil(math.log2(LENGTH))
     exact = run(built.model, [[1, 4, 2]], built.ctx.build("decoder", {"name": "markov-cascade", "max_states": None}), max_new_tokens=LENGTH)
     every = torch.tensor(list(itertools.product(range(VOCAB), repeat=LENGTH)))
     assert exact.ids[0] == every[sequence_score(built.model, [1, 4, 2], every).argmax()].tolist()
