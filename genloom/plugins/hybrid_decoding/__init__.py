@@ -48,6 +48,8 @@ _P = "genloom.plugins.hybrid_decoding"
 
 PAPER = records.Paper(
     title="Hybrid Decoding: Rapid Pass and Selective Detailed Correction for Sequence Models",
+    year=2025,
+    arxiv="2508.19671",
 )
 
 
