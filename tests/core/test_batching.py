@@ -199,3 +199,20 @@ def test_refuses_multi_token_decoders_and_bad_requests(built):
         engine.submit(Request([1], seed=1.5))
     with pytest.raises(GenerationError, match="max_batch_size"):
         ContinuousBatcher(built.model, max_batch_size=0)
+
+
+@pytest.mark.parametrize("node,extends", [
+    ({"name": "gateloop", "d_model": 16, "n_layers": 2, "n_heads": 2}, True),  # the toolkit's RecurrentState
+    ({"name": "mega", "d_model": 16, "n_layers": 2, "ema_dim": 4, "qk_dim": 8, "value_dim": 12}, False),  # no extend: rebuilt
+])
+def test_other_backbones_equal_their_solo_logits(node, extends):
+    b = tiny_model(base={**BASE, "backbone": node}, seed=0)
+    model = b.model.double().eval()
+    dec = decoder(b, "greedy")
+    batched, alone = Recorder(), Recorder()
+    engine = ContinuousBatcher(model, dec, processors=[batched], eos_id=EOS)
+    out = engine.run(REQUESTS[:4])
+    for req, c in zip(REQUESTS, out):
+        assert c.ids == solo(b, req, dec, [alone])
+    assert same_logits(batched, alone)
+    assert (engine.metrics.rebuilds == 0) == extends
