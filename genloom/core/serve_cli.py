@@ -24,8 +24,9 @@ from genloom.core.errors import GenerationError
 #: The fields a request line may hold, with what each must be.
 FIELDS = {
     "id": "a string or an integer, unique in the file (default: the line number)",
-    "prompt": "text to continue (give prompt or prompt_ids)",
+    "prompt": "text to continue (give prompt or prompt_ids; with source: a target prefix, optional)",
     "prompt_ids": "a non-empty list of token ids (give prompt or prompt_ids)",
+    "source": "text to condition on (source-conditioned models only): decoding starts after its source block",
     "max_new_tokens": "an integer >= 0 (default: the max_new_tokens option, else the run's generate.max_new_tokens)",
     "seed": "an integer >= 0 (default: the seed option (0 when not given) + the request's index)",
     "arrival": "an integer >= 0: the engine step at which the request arrives (default 0)",
@@ -46,6 +47,7 @@ class RequestLine:
     id: object
     prompt: str | None
     prompt_ids: list[int] | None
+    source: str | None
     max_new_tokens: int | None
     seed: int | None
     arrival: int
@@ -88,7 +90,12 @@ def read_requests(path) -> list[RequestLine]:
             raise GenerationError(f"requests line {number}: unknown field '{unknown[0]}'{hint}; the fields are: "
                                   + "; ".join(f"{k}: {v}" for k, v in FIELDS.items()))
         has_text, has_ids = obj.get("prompt") is not None, obj.get("prompt_ids") is not None
-        if has_text == has_ids:
+        source = obj.get("source")
+        if source is not None and not isinstance(source, str):
+            raise GenerationError(f"requests line {number}: field 'source' must be text, got {json.dumps(source)}")
+        if source is not None and has_ids:
+            raise GenerationError(f"requests line {number}: field 'prompt_ids' cannot go with 'source' (give the target prefix as 'prompt' text)")
+        if has_text == has_ids and source is None:
             raise GenerationError(f"requests line {number}: give exactly one of the fields 'prompt' ({FIELDS['prompt']}) and 'prompt_ids' ({FIELDS['prompt_ids']})")
         prompt = obj.get("prompt")
         if has_text and not isinstance(prompt, str):
@@ -108,7 +115,7 @@ def read_requests(path) -> list[RequestLine]:
         if not isinstance(stop, list) or any(not isinstance(s, str) or not s for s in stop):
             raise GenerationError(f"requests line {number}: field 'stop' must be a list of non-empty strings, got {json.dumps(stop)}")
         out.append(RequestLine(
-            line=number, id=rid, prompt=prompt, prompt_ids=prompt_ids,
+            line=number, id=rid, prompt=prompt, prompt_ids=prompt_ids, source=source,
             max_new_tokens=None if max_new is None else _int(max_new, number, "max_new_tokens"),
             seed=None if seed is None else _int(seed, number, "seed"),
             arrival=_int(obj.get("arrival", 0), number, "arrival"), stop=tuple(stop)))
@@ -127,7 +134,15 @@ def to_requests(lines: list[RequestLine], gen, *, max_new_tokens: int | None, se
     base_seed = seed if seed is not None else 0
     out = []
     for i, r in enumerate(lines):
-        if r.prompt is not None:
+        if r.source is not None:
+            if not gen.ctx.get("source_length"):
+                raise GenerationError(f"requests line {r.line}: field 'source' needs a source-conditioned model (its data publishes source_length); this model continues a prompt")
+            try:
+                prefix = [list(gen.encode(r.prompt))] if r.prompt else None
+                ids = gen.source_prompts([list(gen.encode(r.source))], prefix)[0]
+            except (ValueError, GenerationError) as exc:
+                raise GenerationError(f"requests line {r.line}: field 'source': {exc}") from None
+        elif r.prompt is not None:
             try:
                 ids = list(gen.encode(r.prompt))
             except ValueError as exc:

@@ -125,3 +125,23 @@ def test_missing_or_empty_requests_file(config, tmp_path, capsys):
     (tmp_path / "empty.jsonl").write_text("\n\n")
     rc, _, err = serve(capsys, config, "--requests", str(tmp_path / "empty.jsonl"), "--out", out)
     assert rc == 2 and "holds no request" in err
+
+
+def test_source_conditioned_requests(tmp_path, capsys):
+    path = tmp_path / "s2s.yaml"
+    path.write_text(yaml.safe_dump({**CONFIG, "data": {"name": "seq2seq", "source_length": 6, "target_length": 7, "max_length": 6, "train_size": 10, "eval_size": 2}}))
+    src, out = write(tmp_path, [{"source": "abc", "max_new_tokens": 5}, {"source": "hello", "prompt": "o", "max_new_tokens": 4, "arrival": 1}]), tmp_path / "out.jsonl"
+    rc, _, err = serve(capsys, str(path), "--requests", src, "--out", str(out), "--no-progress")
+    assert rc == 0, err
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    gen = load(str(path))
+    assert got[0]["ids"] == gen.generate(source=[list(gen.encode("abc"))], max_new_tokens=5).ids[0]
+    assert got[1]["ids"] == gen.generate([list(gen.encode("o"))], source=[list(gen.encode("hello"))], max_new_tokens=4).ids[0]
+    # a source for a model that has none, and a source longer than the block, are named
+    rc, _, err = serve(capsys, str(path), "--requests", write(tmp_path, [{"source": "abcdefghij"}]), "--out", str(out), "--overwrite", "--no-progress")
+    assert rc == 2 and "line 1: field 'source'" in err
+
+
+def test_source_needs_a_conditioned_model(config, tmp_path, capsys):
+    rc, _, err = serve(capsys, config, "--requests", write(tmp_path, [{"source": "abc"}]), "--out", str(tmp_path / "o.jsonl"), "--no-progress")
+    assert rc == 2 and "line 1: field 'source' needs a source-conditioned model" in err
