@@ -192,7 +192,7 @@ def main(args) -> int:
     gen = genloom.load(args.run, config_overrides or None)
     requests = to_requests(lines, gen, max_new_tokens=opts.max_new_tokens, seed=opts.seed)
     shorthand = {k: getattr(opts, k) for k in OPTIONS[3:] if getattr(opts, k) is not None}
-    with _progress(len(requests), enabled=not args.no_progress) as advance:
+    with _progress(len(requests), enabled=not args.no_progress and sys.stderr.isatty()) as advance:
         result = gen.serve(requests, max_batch_size=args.max_batch_size, on_complete=advance, **shorthand)
     records = []
     for c in result.completions:
@@ -218,7 +218,7 @@ def main(args) -> int:
 
 
 class _progress:
-    """A progress bar over the requests on stderr (rich), advanced once per completed request."""
+    """A progress bar over the requests on a terminal's stderr (rich), advanced once per completed request."""
 
     def __init__(self, total: int, enabled: bool = True):
         self.total, self.enabled = total, enabled
@@ -227,9 +227,9 @@ class _progress:
         if not self.enabled:
             return lambda completion: None
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self._bar = Progress(TextColumn("serving"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True))
+        self._bar = Progress(TextColumn("serving"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
         self._bar.start()
         task = self._bar.add_task("serve", total=self.total)
         return lambda completion: self._bar.advance(task)
