@@ -168,7 +168,10 @@ def _options(overrides: list[str]):
     from genloom.core import generate_cli
 
     opts, config_overrides = generate_cli.parse(overrides, generate_cli._custom_kind_keys())
-    given = [k for k in generate_cli.OPTIONS if getattr(opts, k) is not None]
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(opts)}
+    given = [k for k in generate_cli.OPTIONS if getattr(opts, k) is not None and getattr(opts, k) != defaults.get(k)]
     refused = [k for k in given if k not in OPTIONS]
     if refused:
         raise GenerationError(f"option '{refused[0]}' does not apply to genloom serve; its options are: {', '.join(OPTIONS)}, decoder.FIELD "
