@@ -81,8 +81,11 @@ class IsingBitsConfig:
     field: AnyFloat = 0.3
     """External field h (positive: ones are likelier)."""
     train_size: PositiveInt = 20000
+    """Training vectors (drawn from the exact law)."""
     eval_size: PositiveInt = 2000
+    """Vectors in each of the validation and test splits."""
     batch_size: PositiveInt = 256
+    """Vectors per training batch."""
     seed: NonNegativeInt = 0
     """Seed of the sample streams (one per split)."""
 
