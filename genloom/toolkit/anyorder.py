@@ -21,7 +21,8 @@ single parallel step (every slot index refers to the canvas before the step, so 
 insertions never interfere), and can lock slots (ENCONTER's entity-span-aware inference forbids
 slots inside an entity span). :func:`gap_counts` and :func:`gap_tokens` give the training targets of
 an insertion model: for a sequence of which only ``keep`` survives, how many and which tokens are
-missing in each slot of the surviving canvas.
+missing in each slot of the surviving canvas. :func:`prefix_and_targets` splits a batch into the
+fixed prefix (a source block) and the targets such decoders build.
 """
 
 from __future__ import annotations
@@ -172,6 +173,22 @@ class InsertionCanvas:
                 ids[b, : len(t)] = torch.tensor(t)
                 valid[b, : len(t)] = True
         return ids.to(device), valid.to(device)
+
+
+def prefix_and_targets(batch: dict, source_length: int | None):
+    """(prefix (B, P), the target ids of each row) of a batch, for decoders that build the target freely.
+
+    On source-conditioned data (``SourceTargetPairs``) the prefix is the source block and a target
+    is the row's target without its end-of-sequence id (its length is ``mask.sum() - 1``); on plain
+    windows the prefix is the first token and the target the rest of the masked window.
+    """
+    ids = batch["ids"]
+    if source_length:
+        lengths = (batch["mask"].sum(1) - 1).tolist()
+        return ids[:, :source_length], [ids[b, source_length : source_length + n].tolist() for b, n in enumerate(lengths)]
+    mask = batch.get("mask")
+    n = [int(mask[b].sum()) if mask is not None else ids.shape[1] - 1 for b in range(ids.shape[0])]
+    return ids[:, :1], [ids[b, 1 : 1 + n[b]].tolist() for b in range(ids.shape[0])]
 
 
 def gap_tokens(sequence, keep) -> list[list[int]]:

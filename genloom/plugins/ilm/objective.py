@@ -15,21 +15,14 @@ import torch
 
 from genloom.core.model import Objective
 from genloom.core.pattern import FULL
-from genloom.toolkit.anyorder import gap_tokens
+from genloom.toolkit.anyorder import gap_tokens, prefix_and_targets
 
 from .head import joint_log_probs
 
 
 def split(batch: dict, source_length: int | None):
-    """(prefix (B, P), the target tokens of each row): the source block and the target without its
-    end-of-sequence id on source-conditioned data; else the first token and the rest of the masked window."""
-    ids = batch["ids"]
-    if source_length:
-        lengths = (batch["mask"].sum(1) - 1).tolist()
-        return ids[:, :source_length], [ids[b, source_length : source_length + n].tolist() for b, n in enumerate(lengths)]
-    mask = batch.get("mask")
-    n = [int(mask[b].sum()) if mask is not None else ids.shape[1] - 1 for b in range(ids.shape[0])]
-    return ids[:, :1], [ids[b, 1 : 1 + n[b]].tolist() for b in range(ids.shape[0])]
+    """(prefix (B, P), the target tokens of each row): ``genloom.toolkit.anyorder.prefix_and_targets``."""
+    return prefix_and_targets(batch, source_length)
 
 
 def insertion_target(target: list[int], keep: list[bool], slots: int, vocab_size: int) -> torch.Tensor:
