@@ -7,7 +7,7 @@ once and decoded greedily in two orders. Prints the held-out test split's exact 
 forward passes to decode its 200 sources as one batch (plus wall clock, not a result on a busy
 machine).
 
-    python benchmarks/anyorder_reverse.py [steps] [ar] [sigma] [sigma-l2r] [short-ar] [lo-arm] [ilm] [enconter]
+    python benchmarks/anyorder_reverse.py [steps] [ar] [sigma] [sigma-l2r] [short-ar] [lo-arm] [ilm] [enconter] [fretna]
 
 ``sigma-l2r`` is the control: the sigma-GPT head (learnt absolute position tables) trained in the
 left-to-right order only. ``short-ar`` and ``lo-arm`` use strings of 3-4 letters (source_length 4,
@@ -83,7 +83,7 @@ def first_positions(built, test, n: int = 200):
 if __name__ == "__main__":
     torch.set_num_threads(1)
     steps = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    rows = sys.argv[2:] or ["ar", "sigma", "sigma-l2r", "short-ar", "lo-arm", "ilm", "enconter"]
+    rows = sys.argv[2:] or ["ar", "sigma", "sigma-l2r", "short-ar", "lo-arm", "ilm", "enconter", "fretna"]
     print(f"{steps} training steps")
     print("| model | decoding | test exact match | forward passes (200 sources, one batch) | train s | decode s |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -119,3 +119,16 @@ if __name__ == "__main__":
         built, train_s = train({"name": "enconter"}, {"name": "enconter"}, steps)
         exact, passes, s = evaluate(built, {"name": "enconter", "greedy": True})
         print(f"| ENCONTER (no constraints, from an empty canvas) | greedy, parallel insertions | {exact:.3f} | {passes} | {train_s:.0f} | {s:.2f} |", flush=True)
+    if "fretna" in rows:
+        built, train_s = train({"name": "ctc", "upsample_ratio": 2}, {"name": "nat-ctc"}, steps)
+        exact, passes, s = evaluate(built, {"name": "nat-ctc"})
+        print(f"| NAT-CTC, offline (whole source) | one pass | {exact:.3f} | {passes} | {train_s:.0f} | {s:.2f} |", flush=True)
+        test = built.data.load("test", built.model.tokenizer, built.ctx)
+        sources = [src for src, _ in test.pairs]
+        result = Generator(built).generate(source=sources, max_new_tokens=built.ctx.target_length, decoder={"name": "fretna"}, seed=0)
+        exact = sum(ids == t + [test.eos_id] for ids, (_, t) in zip(result.ids, test.pairs)) / len(test.pairs)
+        updates = result.metrics.extra["source_updates"]
+        erased = result.metrics.extra["erasure"]
+        print(f"| FReTNA, source revealed one token at a time | one NAT pass per update | {exact:.3f} | {passes and result.metrics.forward_passes.get('target')} | {train_s:.0f} | - |", flush=True)
+        print(f"source updates: {sum(updates)} in all, {sum(updates) / len(updates):.2f} per source (= source tokens); "
+              f"tokens erased: {sum(erased) / len(erased):.2f} per source, {sum(erased) / sum(updates):.3f} per update", flush=True)
