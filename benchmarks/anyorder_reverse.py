@@ -96,6 +96,11 @@ if __name__ == "__main__":
         for label, node in (("greedy, random order", {"name": "sigma-gpt", "greedy": True}), ("greedy, left to right", {"name": "sigma-gpt", "greedy": True, "order": "left-to-right"})):
             exact, passes, s = evaluate(built, node)
             print(f"| sigma-GPT (random orders) | {label} | {exact:.3f} | {passes} | {train_s:.0f} | {s:.2f} |", flush=True)
+        test = built.data.load("test", built.model.tokenizer, built.ctx)
+        result = Generator(built).generate(source=[src for src, _ in test.pairs], max_new_tokens=9, decoder={"name": "sigma-gpt-burst"}, seed=0)
+        exact = sum(ids == t + [test.eos_id] for ids, (_, t) in zip(result.ids, test.pairs)) / len(test.pairs)
+        rounds = result.metrics.extra["rounds"]
+        print(f"| sigma-GPT (random orders) | rejection sampling (burst) | {exact:.3f} | {2 * sum(rounds) / len(rounds):.2f} per source (rows one by one) | {train_s:.0f} | - |", flush=True)
     if "sigma-l2r" in rows:
         built, train_s = train({"name": "sigma-gpt", "max_positions": 32}, {"name": "sigma-gpt", "order": "left-to-right"}, steps)
         exact, passes, s = evaluate(built, {"name": "sigma-gpt", "greedy": True, "order": "left-to-right"})

@@ -18,11 +18,18 @@ What this implementation does.
   ``order: left-to-right`` trains the plain model.
 - decoder ``sigma-gpt`` (``decoder.py``): one position per forward pass with a KV cache, in a
   uniform random order (or left to right), on the shared loop; works with ``generate(source=...)``.
+- decoder ``sigma-gpt-burst`` (``burst.py``): token-based rejection sampling. A draft pass gives
+  every remaining position's distribution given the known tokens (copies of the last known token
+  asking for each position, under an attention pattern in which the copies do not see each other);
+  a verify pass reads the drafts in a uniform order; drafts are accepted with probability
+  min(1, p/q) until the first rejection, which is resampled from the residual. Two passes commit
+  one token or many; the output law is that of random-order decoding.
 
 What it simplifies at toy scale. Learnt absolute position tables of a fixed size
 (``max_positions``); the backbone's own rotary encoding (if enabled) counts layout steps, which
-is the same for every order. The paper's rejection-sampling decoder (many tokens per pass) and its
-curriculum from left-to-right to random orders are not implemented. Logits processors are not
+is the same for every order. The paper's curriculum from left-to-right to random orders is not
+implemented, and the rejection-sampling decoder runs without a cache (each round recomputes the
+known tokens) and decodes the rows of a batch one after another. Logits processors are not
 applied by the any-order decoder (it has ``greedy`` and ``temperature`` of its own), because they
 read the history as a left-to-right prefix.
 """
@@ -76,6 +83,14 @@ class SigmaDecoderConfig:
     """Sampling temperature (unused with ``greedy``)."""
 
 
+@dataclass
+class SigmaBurstConfig:
+    """Token-based rejection sampling: a draft pass and a verify pass commit one or many tokens."""
+
+    temperature: PositiveFloat = 1.0
+    """Sampling temperature of drafts and targets alike (the output law is the tempered model's)."""
+
+
 @hookimpl
 def genloom_heads():
     return [records.head("sigma-gpt", f"{_P}.head:build", SigmaHeadConfig, "sigma-GPT head: token embedding + double positional encoding (current and next position).", PAPER)]
@@ -88,4 +103,7 @@ def genloom_objectives():
 
 @hookimpl
 def genloom_decoders():
-    return [records.decoder("sigma-gpt", f"{_P}.decoder:build", SigmaDecoderConfig, "Any-order decoding: one position per pass, in a random or left-to-right order.", PAPER)]
+    return [
+        records.decoder("sigma-gpt", f"{_P}.decoder:build", SigmaDecoderConfig, "Any-order decoding: one position per pass, in a random or left-to-right order.", PAPER),
+        records.decoder("sigma-gpt-burst", f"{_P}.burst:build", SigmaBurstConfig, "Token-based rejection sampling: drafts for every position, accepted in a random order.", PAPER),
+    ]
