@@ -1,11 +1,12 @@
-"""sigma-GPT (random-order training) against a left-to-right prefix LM on the embedded reverse task.
+"""Any-order, learnt-order, insertion and re-translation decoders against a left-to-right prefix LM
+on the embedded reverse task.
 
 All: bytes, a 2-layer d_model=64 transformer, reverse strings of 3-8 letters (data ``seq2seq``,
 source_length 8, target_length 9), AdamW steps of 64 pairs at a one-cycle learning rate of 3e-3,
 seed 0, one thread (the recipe of benchmarks/seq2seq_reverse.py). The sigma-GPT model is trained
-once and decoded greedily in two orders. Prints the held-out test split's exact match and the
-forward passes to decode its 200 sources as one batch (plus wall clock, not a result on a busy
-machine).
+once and decoded greedily in two orders and by rejection sampling. Prints the held-out test
+split's exact match and the forward passes to decode its 200 sources as one batch (plus wall
+clock, not a result on a busy machine).
 
     python benchmarks/anyorder_reverse.py [steps] [ar] [sigma] [sigma-l2r] [short-ar] [lo-arm] [ilm] [enconter] [fretna]
 
@@ -13,9 +14,6 @@ machine).
 left-to-right order only. ``short-ar`` and ``lo-arm`` use strings of 3-4 letters (source_length 4,
 target_length 5): LO-ARM scores every step of two sampled orders per pair, about ten times the
 work of a left-to-right step.
-
-``sigma-l2r`` is the control: the sigma-GPT head (learnt absolute position tables) trained in the
-left-to-right order only.
 """
 
 from __future__ import annotations
