@@ -346,7 +346,15 @@ def _time_step_tokenizer():
     if not cfgs:
         return []
     return [records.tokenizer("time-step", "genloom.toolkit.forecasting_heads:build_time_step_tokenizer", cfgs[0],
-                              "One token per time step (its V values), optional per-window normalisation; the last horizon outputs are the forecast.")]
+                              "One token per time step (its V values), optional per-window normalisation; the last horizon outputs are the forecast.")] + _patch_tokenizer()
+
+
+def _patch_tokenizer():
+    cfgs = _toolkit_configs("PatchTokenizerConfig")
+    if not cfgs:
+        return []
+    return [records.tokenizer("patch", "genloom.toolkit.forecasting_patches:build_patch_tokenizer", cfgs[0],
+                              "Channel-independent patch tokens: each variate's window in non-overlapping patches, normalised per window.")]
 
 
 @hookimpl
@@ -366,6 +374,10 @@ def genloom_heads():
         out.append(records.head("gaussian", f"{heads}:build_gaussian", probabilistic[0], "Gaussian forecast per value (mean and scale), trained by its NLL."))
         out.append(records.head("mixture", f"{heads}:build_mixture", probabilistic[1], "Mixture of K Gaussians per forecast value, trained by its NLL."))
         out.append(records.head("quantile", f"{heads}:build_quantile", probabilistic[2], "Non-crossing forecast quantiles, trained by the pinball loss."))
+    patch_head = _toolkit_configs("PatchValueHeadConfig")
+    if patch_head:
+        out.append(records.head("patch-values", "genloom.toolkit.forecasting_patches:build_patch_value_head", patch_head[0],
+                                "Identity head of backbones that embed and project patch values themselves (point forecast, MSE)."))
     return out
 
 
@@ -379,6 +391,10 @@ def genloom_objectives():
     if nll:
         out.append(records.objective("nll", "genloom.toolkit.forecasting_heads:build_nll_objective", nll[0],
                                      "A probabilistic forecasting head's own loss (NLL or pinball); MSE/MAE of its mean reported."))
+    next_patch = _toolkit_configs("NextPatchObjectiveConfig")
+    if next_patch:
+        out.append(records.objective("next-patch", "genloom.toolkit.forecasting_patches:build_next_patch_objective", next_patch[0],
+                                     "Generative forecasting: teacher-forced next-patch MSE, autoregressive rollout to any horizon."))
     return out
 
 
