@@ -288,7 +288,7 @@ class TimestepEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t * self.scale, self.d_model))
+        return self.mlp(timestep_embedding(t * self.scale, self.d_model).to(self.mlp[0].weight.dtype))
 
 
 def _full_backbone(model, h: torch.Tensor) -> torch.Tensor:
@@ -428,3 +428,9 @@ class DiffusionSeq2SeqDecoder(Decoder):
 
     def advance(self, session, commit) -> None:
         session.finished[:] = True  # the whole target came from one reverse process
+
+
+def schedule_of(ctx) -> GaussianSchedule:
+    """The forward process an objective published (``GaussianDiffusionConfig.bind``), else the default."""
+    get = ctx.get if ctx is not None else (lambda key, default=None: default)
+    return GaussianSchedule(int(get("diffusion_steps", 1000)), str(get("diffusion_schedule", "sqrt")))

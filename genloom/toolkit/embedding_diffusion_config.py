@@ -23,6 +23,11 @@ class GaussianDiffusionConfig:
     """alpha_bar(u), u = t/T: 'sqrt' 1 - sqrt(u) (Diffusion-LM / DiffuSeq: noise rises fast at first),
     'cosine' cos^2(pi/2 (u + s)/(1 + s)) / cos^2(pi/2 s/(1 + s)) (TESS), 'linear' 1 - u."""
 
+    def bind(self, ctx):
+        # the denoiser's timestep embedding and the decoders read the forward process from here
+        ctx.set("diffusion_steps", self.steps)
+        ctx.set("diffusion_schedule", self.schedule)
+
 
 @dataclass
 class EmbeddingDiffusionDecoderConfig:

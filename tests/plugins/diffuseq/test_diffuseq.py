@@ -1,0 +1,133 @@
+"""DiffuSeq: partial noising keeps the source exactly clean at every t, the loss reads target
+positions only, sampling re-imposes the source every step and rounds to the nearest embeddings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genloom.core.data import SourceTargetPairs
+from genloom.core.generation import Generator
+from genloom.plugins.diffuseq import objective as objective_module
+from genloom.plugins.diffuseq.decoder import reverse_process
+from genloom.plugins.diffuseq.objective import embedding_diffusion_loss, target_positions
+from genloom.testing import check_objective, tiny_model
+from genloom.toolkit.embedding_diffusion import GaussianSchedule, reverse_timesteps, round_to_tokens
+
+S, T = 3, 4
+
+
+def _tiny():
+    base = {
+        "data": {"name": "seq2seq", "source_length": S, "target_length": T},
+        "tokenizer": {"name": "ids", "vocab_size": 7, "eos_id": 0},
+        "head": {"name": "embedding-diffusion", "embed_dim": 4},
+        "backbone": {"name": "transformer", "d_model": 16, "n_layers": 1, "n_heads": 2},
+        "objective": {"name": "diffuseq", "steps": 50},
+        "decoder": {"name": "diffuseq", "steps": 6},
+    }
+    b = tiny_model(base=base, seed=0)
+    b.model.double()
+    return b
+
+
+def _batch(pairs=(([1, 2], [3, 4]), ([5, 6, 1], [2]), ([4], [6, 6, 5]))):
+    data = SourceTargetPairs(pairs, S, T, pad_id=0, eos_id=0)
+    return torch.utils.data.default_collate([data[i] for i in range(len(data))])
+
+
+def source_is_clean(model, batch, t_values=(1, 10, 25, 50)) -> bool:
+    """z_t[source] == z_0[source] exactly and z_t[target] != z_0[target], at each t."""
+    ids = batch["ids"]
+    z0 = model.head.vectors(ids)
+    noised = target_positions(ids.shape[0], S, T, ids.device)
+    schedule = GaussianSchedule(50, "sqrt")
+    for t in t_values:
+        z_t = embedding_diffusion_loss(model, ids, torch.full((ids.shape[0], 1), float(t)), noised, schedule, torch.Generator().manual_seed(t))["_z_t"]
+        if not torch.equal(z_t[:, :S], z0[:, :S]) or torch.equal(z_t[:, S:], z0[:, S:]):
+            return False
+    return True
+
+
+def test_partial_noising_keeps_the_source_exactly_clean(monkeypatch):
+    b = _tiny()
+    assert source_is_clean(b.model, _batch())
+    # a broken variant: noising every position (the unconditional forward process) fails the check
+    original = objective_module.partial_noise
+    monkeypatch.setattr(objective_module, "partial_noise", lambda x0, t, s, noise, noised: original(x0, t, s, noise, torch.ones_like(noised)))
+    assert not source_is_clean(b.model, _batch())
+
+
+def test_the_objective_uses_partial_noising_at_training_time(monkeypatch):
+    """The objective's own loss passes z_t with a clean source to the denoiser at a random t."""
+    b = _tiny()
+    seen = []
+    original = type(b.model.head).denoise
+    monkeypatch.setattr(type(b.model.head), "denoise", lambda self, model, x, t: seen.append((x.detach().clone(), t)) or original(self, model, x, t))
+    batch = _batch()
+    b.model.loss(batch)
+    z0 = b.model.head.vectors(batch["ids"])
+    assert torch.equal(seen[0][0][:, :S], z0[:, :S]) and seen[0][1].shape == (3, 1)
+
+
+def test_the_loss_covers_only_target_positions():
+    """The gradient of the loss w.r.t. the prediction is zero at every source position and not at the target."""
+    b = _tiny()
+    batch = _batch()
+    ids = batch["ids"]
+    noised = target_positions(3, S, T, ids.device)
+    out = embedding_diffusion_loss(b.model, ids, torch.full((3, 1), 20.0), noised, GaussianSchedule(50, "sqrt"), torch.Generator().manual_seed(0))
+    prediction = out["_prediction"]
+    grad, = torch.autograd.grad(out["loss"], prediction)
+    assert bool((grad[:, :S] == 0).all()) and bool((grad[:, S:].abs().sum(-1) > 0).all())
+    # a broken variant: scoring every position puts gradient on the source
+    out = embedding_diffusion_loss(b.model, ids, torch.full((3, 1), 20.0), torch.ones_like(noised), GaussianSchedule(50, "sqrt"), torch.Generator().manual_seed(0))
+    grad, = torch.autograd.grad(out["loss"], out["_prediction"])
+    assert bool((grad[:, :S] != 0).any())
+
+
+def test_sampling_reimposes_the_source_every_step_and_rounds_to_nearest(monkeypatch):
+    b = _tiny()
+    model = b.model.eval()
+    source = torch.tensor([[0, 1, 2], [4, 5, 6]])
+    source_vectors = model.head.vectors(source)
+    seen, predictions = [], []
+    original = type(model.head).denoise
+
+    def spy(self, m, x, t):
+        seen.append((x.detach().clone(), float(t)))
+        out = original(self, m, x, t)
+        predictions.append(out.detach().clone())
+        return out
+
+    monkeypatch.setattr(type(model.head), "denoise", spy)
+    schedule = GaussianSchedule(50, "sqrt")
+    with torch.no_grad():
+        ids, result = reverse_process(model, source, reverse_timesteps(6, 50), schedule, stochastic=True, clamp=False, generator=torch.Generator().manual_seed(0))
+    assert result.passes == 6 and torch.allclose(torch.tensor([t for _, t in seen], dtype=torch.float64), torch.linspace(50, 0, 7, dtype=torch.float64)[:-1])
+    assert all(torch.equal(x[:, :S], source_vectors) for x, _ in seen)
+    # the last step lands on the last prediction (t = 0); the output is its nearest-embedding rounding
+    assert torch.allclose(result.x[:, S:], predictions[-1][:, S:], atol=1e-12)
+    brute = torch.tensor([[min(range(7), key=lambda v: float(((x - model.head.weight[v]) ** 2).sum())) for x in row] for row in predictions[-1][:, S:]])
+    assert torch.equal(ids, brute)
+
+
+def test_generate_counts_steps_and_commits_up_to_eos():
+    b = _tiny()
+    b.model.eval()
+    result = Generator(b).generate(source=[[1, 2], [3], [4, 5, 6]], max_new_tokens=T, seed=0)
+    assert result.metrics.forward_passes == {"target": 6}
+    for ids in result.ids:
+        assert 1 <= len(ids) <= T + 1 and (0 not in ids[:-1])
+
+
+def test_objective_contract_and_bad_configs():
+    b = _tiny()
+    check_objective(b, _batch())
+    with pytest.raises(Exception, match="source-conditioned"):
+        tiny_model(base={"tokenizer": {"name": "bytes"}, "head": {"name": "embedding-diffusion"}, "backbone": {"name": "transformer", "d_model": 16, "n_layers": 1, "n_heads": 2}, "objective": {"name": "diffuseq"}})
+    with pytest.raises(Exception, match="embedding-diffusion"):
+        tiny_model(base={"data": {"name": "seq2seq", "source_length": S, "target_length": T}, "tokenizer": {"name": "ids", "vocab_size": 7, "eos_id": 0}, "head": {"name": "lm"},
+                         "backbone": {"name": "transformer", "d_model": 16, "n_layers": 1, "n_heads": 2}, "objective": {"name": "diffuseq"}}).model.loss(_batch())
+    with pytest.raises(Exception, match="steps"):
+        tiny_model(base={"tokenizer": {"name": "bytes"}, "head": {"name": "embedding-diffusion"}, "backbone": {"name": "transformer"}, "objective": {"name": "diffuseq", "steps": 1}})
