@@ -430,7 +430,84 @@ class DiffusionSeq2SeqDecoder(Decoder):
         session.finished[:] = True  # the whole target came from one reverse process
 
 
+def embedding_head(model, who: str) -> EmbeddingDiffusionHead:
+    """The model's :class:`EmbeddingDiffusionHead`, or a ConfigError naming ``who`` needs it."""
+    if not isinstance(model.head, EmbeddingDiffusionHead):
+        raise ConfigError(f"{who} diffuses token embeddings: it needs the 'embedding-diffusion' head, got {type(model.head).__name__}", path="head")
+    return model.head
+
+
+def target_positions(batch_size: int, source_length: int, target_length: int, device=None) -> torch.Tensor:
+    """(B, S + T) True at the target block (the positions a seq2seq diffusion noises and scores)."""
+    noised = torch.zeros(batch_size, source_length + target_length, dtype=torch.bool, device=device)
+    noised[:, source_length:] = True
+    return noised
+
+
+def with_clean_source(target_times: torch.Tensor, source_length: int) -> torch.Tensor:
+    """Per-position timesteps of ``[source | target]``: 0 (clean) on the source, ``target_times``
+    (..., T) on the target; a per-sequence (..., 1) timestep is spread over the target first."""
+    return torch.cat([torch.zeros(*target_times.shape[:-1], source_length, dtype=target_times.dtype, device=target_times.device), target_times], -1)
+
+
+def embedding_diffusion_loss(model, ids: torch.Tensor, t: torch.Tensor, noised: torch.Tensor, schedule: GaussianSchedule, generator=None) -> dict:
+    """The Diffusion-LM / DiffuSeq loss over the ``noised`` positions of ``ids`` (B, L) only.
+
+    ``z_0 = Emb(ids)``; ``z_t`` is its partial noising at the per-position timesteps ``t`` (B, L)
+    (clean wherever ``noised`` is False); the denoiser predicts ``z_0`` from ``z_t`` in one pass and
+    the loss is ``||f(z_t, t) - z_0||^2`` (mean over dimensions) + the rounding loss of the
+    prediction + the rounding loss of ``z_0`` (which keeps the learnt embeddings apart), each a mean
+    over the noised positions. Returns the loss, ``mse``, the prediction's rounding accuracy
+    (``token_accuracy``), and ``_z_t`` / ``_prediction`` for tests.
+    """
+    head = embedding_head(model, "this objective")
+    z0 = head.vectors(ids)
+    noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype).to(z0.device)
+    t = torch.as_tensor(t, device=ids.device).expand(ids.shape)
+    z_t = partial_noise(z0, t, schedule, noise, noised)
+    prediction = head.denoise(model, z_t, t)
+    scored = noised.to(z0.dtype)
+    mse = (((prediction - z0) ** 2).mean(-1) * scored).sum() / scored.sum().clamp_min(1.0)
+    loss = mse + rounding_loss(prediction, head.weight, ids, noised) + rounding_loss(z0, head.weight, ids, noised)
+    with torch.no_grad():
+        correct = (round_to_tokens(prediction, head.weight) == ids) & noised
+        accuracy = correct.sum() / noised.sum().clamp_min(1)
+    return {"loss": loss, "mse": mse.detach(), "token_accuracy": accuracy, "_z_t": z_t, "_prediction": prediction}
+
+
+def embedding_reverse_process(model, source: torch.Tensor, target_times: torch.Tensor, schedule: GaussianSchedule, *, stochastic: bool = False,
+                              clamp: bool = True, generator: torch.Generator | None = None) -> tuple[torch.Tensor, SampleResult]:
+    """(B, T) target ids for (B, S) source blocks by the reverse process over the target block.
+
+    ``target_times`` is (K + 1,) for one timestep shared by the target positions, or (K + 1, 1 | B, T)
+    per position, from the start down to all zeros. The target block starts as standard normal
+    noise; the source block holds its clean embeddings (timestep 0) and is re-imposed after every
+    update; with ``clamp`` each prediction is replaced by its nearest token embeddings; the final
+    target vectors are rounded to their nearest token embeddings. Also returns the
+    :class:`SampleResult` (network evaluations in ``passes``).
+    """
+    head = embedding_head(model, "this decoder")
+    S, T = source.shape[1], int(model.ctx.get("target_length"))
+    if target_times.dim() == 1:
+        target_times = target_times[:, None, None].expand(-1, 1, T)
+    times = with_clean_source(target_times, S)
+    source_vectors = head.vectors(source)
+    z = torch.randn((source.shape[0], S + T, head.embed_dim), generator=generator, device=generator.device if generator is not None else None, dtype=source_vectors.dtype).to(source.device)
+
+    def reimpose(x):
+        return torch.cat([source_vectors, x[:, S:]], 1)
+
+    result = sample_loop(lambda x, t: head.denoise(model, x, t), z, times, schedule, stochastic=stochastic,
+                         clamp=(lambda x: clamp_to_embeddings(x, head.weight)) if clamp else None, reimpose=reimpose, generator=generator)
+    return round_to_tokens(result.x[:, S:], head.weight), result
+
+
 def schedule_of(ctx) -> GaussianSchedule:
     """The forward process an objective published (``GaussianDiffusionConfig.bind``), else the default."""
     get = ctx.get if ctx is not None else (lambda key, default=None: default)
     return GaussianSchedule(int(get("diffusion_steps", 1000)), str(get("diffusion_schedule", "sqrt")))
+
+
+def build_embedding_head(config, ctx) -> EmbeddingDiffusionHead:
+    """Factory of the ``embedding-diffusion`` head (config fields ``embed_dim``, ``init_std``)."""
+    return EmbeddingDiffusionHead(ctx.vocab_size, ctx.d_model, config.embed_dim, schedule_of(ctx).steps, config.init_std)

@@ -72,7 +72,7 @@ class DiffuSeqDecoderConfig(EmbeddingDiffusionDecoderConfig):
 
 @hookimpl
 def genloom_heads():
-    return [records.head("embedding-diffusion", f"{_P}.head:build", EmbeddingDiffusionHeadConfig,
+    return [records.head("embedding-diffusion", "genloom.toolkit.embedding_diffusion:build_embedding_head", EmbeddingDiffusionHeadConfig,
                          "Continuous diffusion in a learnt embedding space: z_0 prediction, nearest-embedding rounding.", PAPER)]
 
 
