@@ -248,8 +248,15 @@ class SampleResult:
     """Network evaluations made."""
 
 
+def renoise_step(x0_hat: torch.Tensor, s, schedule: GaussianSchedule, noise: torch.Tensor) -> torch.Tensor:
+    """The update of simplex diffusion (SSD-LM, TESS): forget x_t and noise the prediction afresh to
+    level s, ``x_s = sqrt(alpha_bar_s) x0_hat + sqrt(1 - alpha_bar_s) noise``."""
+    return q_sample(x0_hat, s, schedule, noise)
+
+
 def sample_loop(denoise: Callable, x_T: torch.Tensor, times: torch.Tensor, schedule: GaussianSchedule, *, stochastic: bool = False,
-                clamp: Callable | None = None, reimpose: Callable | None = None, generator: torch.Generator | None = None) -> SampleResult:
+                clamp: Callable | None = None, reimpose: Callable | None = None, generator: torch.Generator | None = None,
+                update: str | None = None, noise_scale: float = 1.0) -> SampleResult:
     """Walk the reverse process over ``times`` (K + 1, ...) and return the final prediction.
 
     Row ``k`` of ``times`` holds the timestep of every position at step k (shape () for a shared
@@ -257,8 +264,13 @@ def sample_loop(denoise: Callable, x_T: torch.Tensor, times: torch.Tensor, sched
     ``denoise(x, t)`` predicts x0 (one network evaluation), ``clamp(x0_hat)`` optionally maps it to
     the nearest token representation, and the update moves every position from its ``t`` to its
     next ``s`` (:func:`ddim_step`, or :func:`posterior_step` when ``stochastic``). ``reimpose(x)``
-    restores positions that must stay clean (a source) after every update.
+    restores positions that must stay clean (a source) after every update. ``update`` names the rule
+    explicitly: ``"ddim"``, ``"posterior"`` (what ``stochastic`` selects) or ``"renoise"``
+    (:func:`renoise_step`); fresh noise is standard normal times ``noise_scale``.
     """
+    update = update or ("posterior" if stochastic else "ddim")
+    if update not in ("ddim", "posterior", "renoise"):
+        raise ValueError(f"update must be ddim, posterior or renoise, got '{update}'")
     x = reimpose(x_T) if reimpose is not None else x_T
     x0_hat = x
     for k in range(times.shape[0] - 1):
@@ -266,11 +278,11 @@ def sample_loop(denoise: Callable, x_T: torch.Tensor, times: torch.Tensor, sched
         x0_hat = denoise(x, t)
         if clamp is not None:
             x0_hat = clamp(x0_hat)
-        if stochastic:
-            noise = torch.randn(x.shape, generator=generator, device=generator.device if generator is not None else x.device, dtype=x.dtype).to(x.device)
-            x = posterior_step(x, x0_hat, t, s, schedule, noise)
-        else:
+        if update == "ddim":
             x = ddim_step(x, x0_hat, t, s, schedule)
+        else:
+            noise = noise_scale * torch.randn(x.shape, generator=generator, device=generator.device if generator is not None else x.device, dtype=x.dtype).to(x.device)
+            x = posterior_step(x, x0_hat, t, s, schedule, noise) if update == "posterior" else renoise_step(x0_hat, s, schedule, noise)
         if reimpose is not None:
             x = reimpose(x)
     return SampleResult(x0_hat=x0_hat, x=x, passes=times.shape[0] - 1)
@@ -506,6 +518,11 @@ def schedule_of(ctx) -> GaussianSchedule:
     """The forward process an objective published (``GaussianDiffusionConfig.bind``), else the default."""
     get = ctx.get if ctx is not None else (lambda key, default=None: default)
     return GaussianSchedule(int(get("diffusion_steps", 1000)), str(get("diffusion_schedule", "sqrt")))
+
+
+def build_simplex_head(config, ctx) -> SimplexDiffusionHead:
+    """Factory of the ``simplex-diffusion`` head (config field ``init_std``)."""
+    return SimplexDiffusionHead(ctx.vocab_size, ctx.d_model, schedule_of(ctx).steps, config.init_std)
 
 
 def build_embedding_head(config, ctx) -> EmbeddingDiffusionHead:
