@@ -6,7 +6,7 @@ of 3e-3, seed 0, one thread. Prints, per model, the held-out test split's exact 
 never seen in training), the forward passes to decode them as one batch, and the wall clock of
 training and decoding (the clock depends on the machine's load; the other columns do not).
 
-    python benchmarks/seq2seq_diffusion.py [--steps 1000] [--only diffuseq,tess]
+    python benchmarks/seq2seq_diffusion.py [--steps 1000] [--only diffuseq,tess] [--decode-steps 5,20]
 """
 
 from __future__ import annotations
@@ -57,10 +57,11 @@ def train(head, objective, decoder, steps: int = 1000, lr: float = 3e-3):
     return built
 
 
-def evaluate(built, split: str = "test"):
-    """(exact match, forward passes) of decoding the split's sources as one batch."""
+def evaluate(built, split: str = "test", decoder=None):
+    """(exact match, forward passes) of decoding the split's sources as one batch (``decoder``: a
+    node replacing the config's, e.g. another step count)."""
     test = built.data.load(split, built.model.tokenizer, built.ctx)
-    result = Generator(built).generate(source=[s for s, _ in test.pairs], max_new_tokens=built.ctx.target_length, seed=0)
+    result = Generator(built).generate(source=[s for s, _ in test.pairs], max_new_tokens=built.ctx.target_length, seed=0, decoder=decoder)
     exact = sum(ids == t + [test.eos_id] for ids, (_, t) in zip(result.ids, test.pairs)) / len(test.pairs)
     return exact, result.metrics.forward_passes.get("target")
 
@@ -69,6 +70,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--only", default=",".join(MODELS))
+    parser.add_argument("--decode-steps", default="20", help="comma list: reverse steps to decode the diffusion models with")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"| model | test exact match | forward passes (200 sources, one batch) | train s | decode s |  ({args.steps} steps)")
@@ -78,7 +80,11 @@ if __name__ == "__main__":
         start = time.perf_counter()
         built = train(head, objective, decoder, steps=args.steps)
         train_s = time.perf_counter() - start
-        start = time.perf_counter()
-        with torch.no_grad():
-            exact, passes = evaluate(built)
-        print(f"| {name} | {exact:.3f} | {passes} | {train_s:.0f} | {time.perf_counter() - start:.2f} |", flush=True)
+        variants = [(name, None)]
+        if "steps" in decoder:  # a diffusion decoder: one row per step count, same trained model
+            variants = [(name.split(" (")[0] + f" ({k} steps)", {**decoder, "steps": int(k)}) for k in args.decode_steps.split(",")]
+        for label, node in variants:
+            start = time.perf_counter()
+            with torch.no_grad():
+                exact, passes = evaluate(built, decoder=node)
+            print(f"| {label} | {exact:.3f} | {passes} | {train_s:.0f} | {time.perf_counter() - start:.2f} |", flush=True)

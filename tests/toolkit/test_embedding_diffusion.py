@@ -11,6 +11,7 @@ from genloom.toolkit.embedding_diffusion import (
     GaussianSchedule,
     clamp_to_embeddings,
     ddim_step,
+    EmbeddingDiffusionHead,
     distance_logits,
     partial_noise,
     posterior_step,
@@ -18,6 +19,7 @@ from genloom.toolkit.embedding_diffusion import (
     q_posterior,
     q_sample,
     q_step,
+    renoise_step,
     reverse_timesteps,
     round_to_tokens,
     rounding_loss,
@@ -192,3 +194,27 @@ def test_sample_loop_follows_the_table_counts_passes_and_reimposes():
     # stochastic updates with a perfect denoiser also land on x0 (the last posterior has variance 0)
     out = sample_loop(denoise, torch.randn(2, 4, 3, dtype=torch.float64), times, sched, stochastic=True, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(out.x, x0, atol=1e-12)
+
+
+def test_renoise_update_and_unknown_update():
+    sched = GaussianSchedule(100, "cosine")
+    x0 = torch.randn(2, 3, 5, dtype=torch.float64)
+    noise = torch.randn_like(x0)
+    assert torch.equal(renoise_step(x0, 40, sched, noise), q_sample(x0, 40, sched, noise))
+    # the renoise loop with a perfect predictor ends on x0 (alpha_bar(0) = 1 removes the noise)
+    out = sample_loop(lambda x, t: x0, torch.randn_like(x0), reverse_timesteps(4, 100), sched, update="renoise", noise_scale=5.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.x, x0)
+    with pytest.raises(ValueError, match="update"):
+        sample_loop(lambda x, t: x0, x0, reverse_timesteps(2, 100), sched, update="euler")
+
+
+def test_the_embedding_head_distribution_is_the_rounding_distribution():
+    head = EmbeddingDiffusionHead(vocab_size=6, d_model=8, embed_dim=3, training_steps=100).double()
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    ids = torch.randint(0, 6, (2, 4))
+    expected = -distance_logits(x, head.weight).log_softmax(-1).gather(-1, ids[..., None])[..., 0]
+    assert torch.allclose(head.token_nll(x, ids).double(), expected, atol=1e-5)
+    # a draw concentrates on the nearest embedding when x sits on it
+    scaled = EmbeddingDiffusionHead(vocab_size=6, d_model=8, embed_dim=3, training_steps=100, init_std=10.0).double()
+    on = scaled.weight[torch.tensor([[1, 4]])].detach()
+    assert torch.equal(scaled.sample(on, torch.Generator().manual_seed(0)), torch.tensor([[1, 4]]))
