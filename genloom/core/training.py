@@ -741,7 +741,11 @@ def _train(validated, run_dir: Path, registry, *, resume: bool, console, generat
     last = ckpt_dir / LAST
     ckpt_path = None
     if resume and last.exists():
-        verify_checkpoint(last)  # fail before anything heavy is built
+        done = int(load_checkpoint(last).get("global_step", 0))  # verifies it too: fail before anything heavy is built
+        if done >= tcfg.max_steps:
+            raise CheckpointError(f"nothing to resume: {last} is already at step {done} and trainer.max_steps is {tcfg.max_steps}; "
+                                  f"nothing was changed. Raise it to continue, e.g. `genloom train {run_dir} --resume "
+                                  f"trainer.max_steps={max(2 * done, done + 1)}`")
         ckpt_path = last
     elif resume:
         if (run_dir / runio.WEIGHTS).exists():
