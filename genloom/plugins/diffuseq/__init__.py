@@ -14,8 +14,9 @@ token embeddings.
 What this implementation does.
 
 - head ``embedding-diffusion`` (``genloom.toolkit.embedding_diffusion.EmbeddingDiffusionHead``,
-  built by ``head.py``): the learnt embedding space of ``embed_dim`` dimensions, the lift to the
-  backbone width with a timestep embedding added per position, and the prediction of ``z_0``.
+  shared with ar-diffusion-text): the learnt embedding space of ``embed_dim`` dimensions, the lift
+  to the backbone width with a timestep embedding added per position (each position's own noise
+  level: the clean source reads t = 0), and the prediction of ``z_0``.
 - objective ``diffuseq`` (``objective.py``): on source-conditioned data, t ~ U{1..T} per sequence,
   partial noising (``partial_noise``), one pass of the denoiser under the ``full`` pattern, and the
   loss ``||f(z_t, t) - z_0||^2`` (mean over the embedding dimensions) + the rounding loss of the
@@ -30,7 +31,8 @@ What it simplifies at toy scale. Uniform t instead of the paper's importance-sam
 thousand training steps on the embedded synthetic tasks instead of 2000-step processes on
 paraphrase and question data; the rounding term is applied to both the clean embeddings and the
 prediction (the paper's code applies it to the clean ones; the prediction's term makes short
-training runs round correctly); no minimum-Bayes-risk selection over several samples.
+training runs round correctly); the source positions' timestep embedding is that of t = 0 (the
+paper adds the sequence's t everywhere); no minimum-Bayes-risk selection over several samples.
 """
 
 from __future__ import annotations
