@@ -134,4 +134,4 @@ def test_trains_on_the_reverse_task():
         result = Generator(b).generate(source=[s for s, _ in test.pairs], max_new_tokens=9, seed=0)
     exact = sum(ids == t + [test.eos_id] for ids, (_, t) in zip(result.ids, test.pairs)) / len(test.pairs)
     assert result.metrics.forward_passes == {"target": 20}
-    assert exact >= 0.9  # measured MEAS_ARDIFF (docs/seq2seq.md)
+    assert exact >= 0.9  # measured 0.995 (docs/seq2seq.md)
