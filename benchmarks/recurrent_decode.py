@@ -33,6 +33,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import pin_threads, spread  # noqa: E402
 
+from genloom.core.generation import state_nbytes  # noqa: E402
 from genloom.testing import tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,24 +61,6 @@ def build(name: str, max_len: int):
     return model
 
 
-def state_bytes(obj, seen=None) -> int:
-    """Bytes of every distinct tensor storage reachable from ``obj`` (attributes, lists, dicts)."""
-    seen = set() if seen is None else seen
-    if isinstance(obj, torch.Tensor):
-        ptr = obj.untyped_storage().data_ptr()
-        if ptr in seen:
-            return 0
-        seen.add(ptr)
-        return obj.untyped_storage().nbytes()
-    if isinstance(obj, (list, tuple)):
-        return sum(state_bytes(x, seen) for x in obj)
-    if isinstance(obj, dict):
-        return sum(state_bytes(x, seen) for x in obj.values())
-    if hasattr(obj, "__dict__") and not isinstance(obj, torch.nn.Module):
-        return sum(state_bytes(x, seen) for x in vars(obj).values())
-    return 0
-
-
 @torch.no_grad()
 def decode(model, prompt: torch.Tensor, new: int) -> tuple[float, int, list[int]]:
     """Prefill ``prompt``, then decode ``new`` tokens greedily; seconds per token, state bytes, tokens."""
@@ -91,7 +74,7 @@ def decode(model, prompt: torch.Tensor, new: int) -> tuple[float, int, list[int]
         token = logits[:, -1].argmax(-1, keepdim=True)
         out.append(int(token))
     seconds = (time.perf_counter() - start) / new
-    return seconds, state_bytes(state), out
+    return seconds, state_nbytes(state), out
 
 
 def main(argv=None) -> None:

@@ -219,6 +219,10 @@ class Session:
             out.append(step)
         return torch.stack(out, 1)
 
+    def tokens_done(self) -> int:
+        """Tokens generated so far over the batch, a finished sequence counting ``max_new_tokens``."""
+        return int(sum(self.max_new_tokens if f else min(len(g), self.max_new_tokens) for g, f in zip(self.generated, self.finished.tolist())))
+
     @property
     def remaining(self) -> torch.Tensor:
         """(B,) tokens each sequence may still generate (0 once finished)."""
@@ -401,13 +405,15 @@ def check_memory(model, rows: int, prompt_length: int, max_new_tokens: int, *, w
                               f"num_return_sequences, the number of prompts or max_new_tokens, or generate in smaller batches")
 
 
-def run(model, prompts, decoder: Decoder, *, max_new_tokens: int = 64, processors=(), seed: int | None = 0, eos_id=None, stop_strings=(), tokenizer=None, cache: str = "dynamic", compile: bool = False) -> GenerationResult:
+def run(model, prompts, decoder: Decoder, *, max_new_tokens: int = 64, processors=(), seed: int | None = 0, eos_id=None, stop_strings=(), tokenizer=None, cache: str = "dynamic", compile: bool = False,
+        progress=None) -> GenerationResult:
     """Generate continuations of ``prompts`` (lists of ids) with ``decoder`` on the shared loop.
 
     ``eos_id`` is one id or a collection of them; ``seed=None`` draws a fresh seed. The seed used is
     in ``result.metrics.seed`` either way. ``cache="static"`` decodes through a preallocated cache
     of fixed shape and ``compile=True`` runs each one-token step through ``torch.compile``
-    (:mod:`genloom.core.static_decode`).
+    (:mod:`genloom.core.static_decode`). ``progress(done, total)``, if given, is called after every
+    commit with the tokens generated so far (a finished sequence counts in full) and the most there can be.
     """
     device = model_device(model)
     if cache != "dynamic" or compile:
@@ -429,6 +435,8 @@ def run(model, prompts, decoder: Decoder, *, max_new_tokens: int = 64, processor
                 proposal = decoder.propose(session)
                 commit = decoder.verify(session, proposal)
                 session.commit(commit)
+                if progress is not None:
+                    progress(session.tokens_done(), session.batch_size * session.max_new_tokens)
                 if session.done():
                     break
                 decoder.advance(session, commit)
@@ -603,7 +611,7 @@ class Generator:
         return self.ctx.build("decoder", node, path="decoder")
 
     def generate(self, prompt_ids=None, max_new_tokens: int | None = None, decoder=None, *, processors=None, seed: int | None = None, stop_strings=(), attention_mask=None,
-                 cache: str | None = None, compile: bool | None = None, source=None, **options) -> GenerationResult:
+                 cache: str | None = None, compile: bool | None = None, source=None, progress=None, **options) -> GenerationResult:
         """Continue ``prompt_ids``; returns the generated ids per sequence and the metrics.
 
         ``prompt_ids``: one list of ids, a list of them, a 1-D tensor or a (B, L) tensor (with an
@@ -625,6 +633,9 @@ class Generator:
         (:func:`genloom.core.data.source_block`) and decoding starts after it; ``prompt_ids``,
         when given, is a target prefix to continue (None: the target starts empty). The result
         holds the generated target only.
+
+        ``progress(done, total)``: called after every commit with the tokens generated so far and
+        the most there can be (``genloom generate`` draws a progress bar with it on a terminal).
         """
         if source is not None:
             prompt_ids = self.source_prompts(source, prompt_ids, attention_mask)
@@ -655,7 +666,8 @@ class Generator:
         if n_return > 1:
             prompts = [p for p in prompts for _ in range(n_return)]
         cache, compile = self._cache_options(cache, compile)
-        return run(self.model, prompts, dec, max_new_tokens=max_new_tokens, processors=procs, seed=seed, eos_id=eos_ids, stop_strings=stop_strings, tokenizer=self.tokenizer, cache=cache, compile=compile)
+        return run(self.model, prompts, dec, max_new_tokens=max_new_tokens, processors=procs, seed=seed, eos_id=eos_ids, stop_strings=stop_strings, tokenizer=self.tokenizer, cache=cache, compile=compile,
+                   progress=progress)
 
     def source_prompts(self, source, target_prefix=None, attention_mask=None) -> list[list[int]]:
         """The prompts that condition on ``source``: each source block followed by its target prefix."""

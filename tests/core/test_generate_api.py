@@ -140,3 +140,11 @@ def test_a_run_pinned_plugin_hint_only_for_the_runs_own_component(tmp_path):
     assert "unknown decoder 'nonexistent'" in str(err.value) and "install the distribution" not in str(err.value)
     with pytest.raises(ConfigError, match=r"built with decoder 'gone' from plugin 'some-plugin' \(distribution 'genloom-some-plugin' 1.2\).*install"):
         runio.validate_run_config(run_dir("gone"))
+
+
+def test_progress_reports_tokens_done_up_to_the_total(gen):
+    seen = []
+    result = gen.generate([[1, 2], [3]], max_new_tokens=5, progress=lambda done, total: seen.append((done, total)))
+    assert seen and all(t == 10 for _, t in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1][0] == 10
+    assert len(seen) == 5 and sum(len(ids) for ids in result.ids) == 10  # one commit per token with greedy decoding
