@@ -33,7 +33,7 @@ def equals_plain_training(model) -> bool:
     """noise_augmented_loss at max_noise 0 == plain continuous AR loss (same diffusion draws), to 1e-12."""
     augmented = noise_augmented_loss(model, IDS, 0.0, torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))["loss"]
     plain = plain_continuous_ar_loss(model, IDS, torch.Generator().manual_seed(2))
-    return abs(float(augmented) - float(plain)) < 1e-12
+    return abs(float(augmented.detach()) - float(plain.detach())) < 1e-12
 
 
 def test_max_noise_zero_is_plain_continuous_ar_training(monkeypatch):
@@ -41,7 +41,7 @@ def test_max_noise_zero_is_plain_continuous_ar_training(monkeypatch):
     assert equals_plain_training(b.model)
     # and augmentation changes it
     noisy = noise_augmented_loss(b.model, IDS, 0.5, torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))["loss"]
-    assert abs(float(noisy) - float(plain_continuous_ar_loss(b.model, IDS, torch.Generator().manual_seed(2)))) > 1e-6
+    assert abs(float(noisy.detach()) - float(plain_continuous_ar_loss(b.model, IDS, torch.Generator().manual_seed(2)).detach())) > 1e-6
     # a broken variant: a level embedding that is not zero at the clean level changes the model at sigma = 0
     monkeypatch.setattr(head_module.CamHead, "level_embedding", lambda self, sigma: self.level(torch.as_tensor(sigma, dtype=torch.float32)))
     assert not equals_plain_training(b.model)

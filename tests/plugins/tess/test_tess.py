@@ -112,7 +112,7 @@ def test_the_loss_is_the_cross_entropy_of_the_target_only():
     grad, = torch.autograd.grad(out["loss"], logits)
     assert bool((grad[:, :S] == 0).all()) and bool((grad[:, S:].abs().sum(-1) > 0).all())
     ce = torch.nn.functional.cross_entropy(logits[:, S:].flatten(0, 1), ids[:, S:].flatten())
-    assert abs(float(ce) - float(out["loss"])) < 1e-10
+    assert abs(float(ce.detach()) - float(out["loss"].detach())) < 1e-10
 
 
 def test_decoding_projects_renoises_and_feeds_predictions_back(monkeypatch):
