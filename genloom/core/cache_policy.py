@@ -140,6 +140,8 @@ class ManagedKVCache(KVCache):
         self.policy = policy if policy is not None else FullPolicy()
         self.kv_source = check_kv_source(kv_source, n_layers)
         self.layer_skip = None
+        self.router = None
+        self._advances = 0
         self.n_kv_heads, self.head_dim = n_kv_heads, head_dim
         self._device = torch.device(device) if device is not None else torch.device("cpu")
         self.entries: list[Entries | None] = [self._empty(dtype) if self.kv_source[i] == i else None for i in range(n_layers)]
@@ -225,6 +227,7 @@ class ManagedKVCache(KVCache):
         valid = valid.to(self.device, torch.bool)
         positions = (self._lengths[:, None] + valid.long().cumsum(1) - 1).clamp_min(0)
         self._chunk = (positions, valid)
+        self._advances += 1
         self._last = valid.shape[1]
         self._lengths = self._lengths + valid.long().sum(1)
         return positions, valid

@@ -127,6 +127,10 @@ class KVCache(State):
         self.kv_source = check_kv_source(kv_source, n_layers)
         self.layer_skip: torch.Tensor | None = None
         """(B, n_layers) bool: layers each sequence skips (:meth:`set_layer_skip`); None: none."""
+        self.router = None
+        """A callable ``(layer, h, valid) -> (B,) bool`` (True: the row skips ``layer``) asked once per
+        layer during the first advance, with the layer's input hidden states (:meth:`route`); None: no router."""
+        self._advances = 0
         shape = (batch_size, n_kv_heads, max(capacity, 1), head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) if self.kv_source[i] == i else None for i in range(n_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) if self.kv_source[i] == i else None for i in range(n_layers)]
@@ -202,6 +206,29 @@ class KVCache(State):
                 self._drop_layer(i)
         self._relink()
 
+    def route(self, layer: int, h: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
+        """The (B,) mask of rows that skip ``layer`` in this advance, or None when every row runs it.
+
+        A backbone calls it before each layer with the layer's input ``h``. During the first advance
+        (the prefill) a :attr:`router` decides, once per layer, and the decision joins
+        :attr:`layer_skip`: fixed for every later step. A layer that reads another's keys/values is
+        skipped wherever its source is.
+        """
+        if self.router is not None and self._advances == 1 and not getattr(self, "_routed", {}).get(layer):
+            col = torch.as_tensor(self.router(layer, h, valid), device=self.device).to(torch.bool).reshape(self.batch_size)
+            skip = self.layer_skip.clone() if self.layer_skip is not None else torch.zeros(self.batch_size, self.n_layers, dtype=torch.bool, device=self.device)
+            src = self.kv_source[layer]
+            skip[:, layer] = col | (skip[:, src] if src != layer else False)
+            self.layer_skip = skip
+            self.__dict__.setdefault("_routed", {})[layer] = True
+            if bool(skip[:, layer].all()) and src == layer:
+                self._drop_layer(layer)
+                self._relink()
+        if self.layer_skip is None:
+            return None
+        col = self.layer_skip[:, layer]
+        return col if bool(col.any()) else None
+
     def _drop_layer(self, layer: int) -> None:
         empty = self.k[layer][:, :, :0].clone()
         self.k[layer], self.v[layer] = empty, empty.clone()
@@ -240,6 +267,7 @@ class KVCache(State):
         self._start = self.used
         self._last_advance_slots = (self.used, L)
         self.used += L
+        self._advances += 1
         self._end = self.used  # the slots update()/read() return: up to this advance
         self._lengths = self._lengths + valid.long().sum(1)
         return positions, valid
@@ -479,6 +507,11 @@ class StaticKVCache(KVCache):
     def set_layer_skip(self, skip) -> None:
         if skip is not None:
             raise ValueError("the static KV cache does not route layers per row (set_layer_skip); use cache=dynamic")
+
+    def route(self, layer: int, h: torch.Tensor, valid: torch.Tensor | None) -> None:
+        if self.router is not None:
+            raise ValueError("the static KV cache does not route layers per row (a layer router); use cache=dynamic")
+        return None
 
     def reorder(self, index: torch.Tensor) -> None:
         index = index.to(self.device)

@@ -12,7 +12,8 @@ Three cache features, each off by default (docs/generation.md, "KV-cache policie
   attention passes its queries to ``update`` and attends to what it returns (a retrieved subset);
 - ``kv_source`` shares keys/values across layers: a reading layer has no key/value projections and
   attends with its source layer's keys/values (the same cache storage);
-- a cache's layer-skip mask (:meth:`~genloom.core.state.KVCache.set_layer_skip`) makes a layer the
+- a cache's layer-skip mask (:meth:`~genloom.core.state.KVCache.set_layer_skip`, or a router
+  asked at the prefill through :meth:`~genloom.core.state.KVCache.route`) makes a layer the
   identity for the rows that skip it: the block runs on the other rows only and writes only their
   keys/values.
 """
@@ -165,13 +166,14 @@ class Transformer(Backbone):
             positions = torch.arange(L, device=h.device).expand(B, L)
         rope = self.rotary(pattern.positions(positions), h.dtype) if self.rotary is not None else None
         shared = {} if any(s != i for i, s in enumerate(self.kv_source)) else None
-        skip = getattr(state, "layer_skip", None)
+        route = getattr(state, "route", None)
         for i, block in enumerate(self.layers):
             source = self.kv_source[i] if self.kv_source[i] != i else None
-            if skip is None or not bool(skip[:, i].any()):
+            skip = route(i, h, valid) if route is not None else None
+            if skip is None:
                 h = block(h, pattern=pattern, rope=rope, positions=positions, valid=valid, cache=state, layer=i, source=source, shared=shared)
                 continue
-            rows = (~skip[:, i]).nonzero().flatten()
+            rows = (~skip).nonzero().flatten()
             if rows.numel():  # the rows that keep layer i run it; for the others it is the identity
                 part = block(h[rows], pattern=pattern, rope=tuple(t[rows] for t in rope) if rope is not None else None, positions=positions[rows],
                              valid=valid[rows] if valid is not None else None, cache=state, layer=i, source=source, shared=shared, rows=rows)
