@@ -1,4 +1,4 @@
-"""Cross-Layer Attention (Brandon, Mishra, Nrusimha, Panda & Ragan-Kelley 2024).
+"""Cross-Layer Attention (2024).
 
 What the paper does. Beyond sharing key/value heads among the query heads of a layer (MQA/GQA),
 CLA shares them between adjacent layers: with sharing factor ``s`` only every ``s``-th layer

@@ -1,4 +1,4 @@
-"""FiRST: Finetuning Router-Selective Transformers (Jain et al. 2024).
+"""FiRST: Finetuning Router-Selective Transformers (2024).
 
 What the paper does. Every layer of a pretrained decoder gets a small router that reads the layer's
 input hidden states and decides whether to run the layer or skip it (identity). The decisions are
@@ -34,7 +34,7 @@ from genloom.core.constraints import AnyFloat, NonNegativeFloat, Probability
 
 _P = "genloom.plugins.first_router"
 
-PAPER = records.Paper(title="FiRST: Finetuning Router-Selective Transformers for Input-Adaptive Latency Reduction", year=2024, arxiv="2410.12513")
+PAPER = records.Paper(title="FiRST: Finetuning Router-Selective Transformers for Input-Adaptive Latency Reduction", year=2024)
 
 
 @dataclass

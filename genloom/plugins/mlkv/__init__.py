@@ -1,4 +1,4 @@
-"""MLKV: Multi-Layer Key-Value heads (Zuhri, Adilazuarda, Purwarianti & Aji 2024).
+"""MLKV: Multi-Layer Key-Value heads (2024).
 
 What the paper does. Multi-query and grouped-query attention share key/value heads among the query
 heads of one layer. MLKV shares them across layers as well: only ``m`` of the ``L`` layers have
