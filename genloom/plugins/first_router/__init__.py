@@ -34,7 +34,7 @@ from genloom.core.constraints import AnyFloat, NonNegativeFloat, Probability
 
 _P = "genloom.plugins.first_router"
 
-PAPER = records.Paper(title="FiRST: Finetuning Router-Selective Transformers for Input-Adaptive Latency Reduction", year=2024)
+PAPER = records.Paper(title="FiRST: Finetuning Router-Selective Transformers for Input-Adaptive Latency Reduction", year=2024, arxiv="2410.12513")
 
 
 @dataclass

@@ -33,7 +33,7 @@ from genloom.core.constraints import PositiveInt, Probability
 
 _P = "genloom.plugins.louiskv"
 
-PAPER = records.Paper(title="LouisKV: Efficient KV Cache Retrieval for Long Input-Output Sequences", year=2025)
+PAPER = records.Paper(title="LouisKV: Efficient KV Cache Retrieval for Long Input-Output Sequences", year=2025, arxiv="2510.11292")
 
 
 @dataclass
