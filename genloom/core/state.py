@@ -293,6 +293,7 @@ class KVCache(State):
         else:
             self.k[layer][rows, :, sl] = k
             self.v[layer][rows, :, sl] = v
+        self._end = self._start + L  # what this advance's layers read (a subclass's begin may not set it)
         return self.read(layer, rows=rows)
 
     def read(self, layer: int, *, q: torch.Tensor | None = None, rows: torch.Tensor | None = None):
