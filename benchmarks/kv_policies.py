@@ -15,7 +15,9 @@ prompt fed in chunks of ``--chunk`` tokens (so a budget bounds the memory during
 then **teacher-forced** along the reference continuation: agreement is the fraction of steps whose
 greedy token equals the reference's (a free-running comparison would stop meaning anything after
 the first difference). KV bytes come from the cache's own accounting (``cache.layer_nbytes()``),
-the peak over every advance after the first chunk. Cross-layer sharing schemes (CLA2, MLKV) are
+the peak over every advance after the first chunk; "entries read" is the mean number of entries a
+layer's attention read per decode step (``cache.stats``) over the final context length, which is
+what a retrieval policy saves. Cross-layer sharing schemes (CLA2, MLKV) are
 listed with the bytes their layout holds for the same model shape (their own full-cache agreement
 is exact by construction: tests/plugins/cla, tests/plugins/mlkv). tokens/s are printed, but they
 depend on the machine's load.
@@ -72,6 +74,8 @@ def run_policy(model, prompt, reference, policy, chunk):
 
     with torch.inference_mode():
         logits = feed(model, prompt, state, chunk, measure)
+        if hasattr(state, "stats"):
+            state.stats.update(read=0, reads=0)  # count the decode steps' reads only
         agree, t0 = 0, time.perf_counter()
         for tok in reference:
             agree += int(int(logits.argmax(-1)) == tok)
@@ -79,7 +83,10 @@ def run_policy(model, prompt, reference, policy, chunk):
             measure(state)
         seconds = time.perf_counter() - t0
     model.backbone.cache_policy = None
-    return agree / len(reference), peak[0], len(reference) / seconds
+    stats = getattr(state, "stats", None)
+    read = stats["read"] / stats["reads"] if stats and stats.get("reads") else float(state.lengths.max())
+    held = float(state.lengths.max())
+    return agree / len(reference), peak[0], len(reference) / seconds, read / held
 
 
 def greedy_reference(model, prompt, n, chunk):
@@ -145,7 +152,7 @@ def main(argv=None) -> None:
     print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, {cfg.n_layers} layers, d_model {cfg.d_model}; "
           f"{len(texts)} prompts of {args.prompt_tokens} tokens, {args.new_tokens} new tokens, prefill chunks of {args.chunk}", flush=True)
     refs = [greedy_reference(model, p, args.new_tokens, args.chunk) for p in texts]
-    print("\n| policy | budget | KV bytes held (peak) | of full | greedy agreement | tokens/s (load-dependent) |\n| --- | --- | --- | --- | --- | --- |")
+    print("\n| policy | budget | KV bytes held (peak) | of full | entries read per step (of context) | greedy agreement | tokens/s (load-dependent) |\n| --- | --- | --- | --- | --- | --- | --- |")
     full_bytes = None
     for fraction in (float(f) for f in args.budgets.split(",")):
         budget = max(1, int(round(fraction * context)))
@@ -154,9 +161,10 @@ def main(argv=None) -> None:
             agree = sum(r[0] for r in results) / len(results)
             peak = max(r[1] for r in results)
             speed = sum(r[2] for r in results) / len(results)
+            read = sum(r[3] for r in results) / len(results)
             full_bytes = full_bytes or (peak if fraction >= 1.0 else None)
             share = f"{peak / full_bytes:.0%}" if full_bytes else "?"
-            print(f"| {name} | {fraction:.0%} ({budget} tokens) | {peak:,} | {share} | {agree:.1%} | {speed:.0f} |", flush=True)
+            print(f"| {name} | {fraction:.0%} ({budget} tokens) | {peak:,} | {share} | {read:.0%} | {agree:.1%} | {speed:.0f} |", flush=True)
     print(f"\n| sharing layout (same shape, {context} tokens, one sequence) | KV bytes | of no sharing |\n| --- | --- | --- |")
     rows = sharing_rows(model, context)
     for name, nbytes in rows:

@@ -150,8 +150,9 @@ class ManagedKVCache(KVCache):
         self._lengths = torch.zeros(batch_size, dtype=torch.long, device=self._device)
         self._chunk: tuple[torch.Tensor, torch.Tensor] | None = None
         self._last: int | None = 0  # tokens of the most recent advance (the tail of every layer); None after a rollback
-        self.stats = {"evicted": 0, "retrieved_steps": 0}
-        """Counts a benchmark or a policy reads: entries evicted, layer-steps that attended a retrieved subset."""
+        self.stats = {"evicted": 0, "retrieved_steps": 0, "read": 0, "reads": 0}
+        """Counts a benchmark or a policy reads: entries evicted, layer-steps that attended a retrieved
+        subset, entries attended in all (``read``) over ``reads`` layer-advances."""
 
     def _empty(self, dtype) -> Entries:
         B, H, Dh, d = self.batch_size, self.n_kv_heads, self.head_dim, self._device
@@ -284,6 +285,8 @@ class ManagedKVCache(KVCache):
             if subset is not held:
                 self.stats["retrieved_steps"] += 1
             held = subset
+        self.stats["read"] += int(held.valid.sum())
+        self.stats["reads"] += 1
         if rows is not None:
             return held.k[rows], held.v[rows], held.pos[rows], held.valid[rows]
         return held.k, held.v, held.pos, held.valid
