@@ -177,3 +177,17 @@ def test_resume_continues_from_the_checkpoint_state(finished_run, tmp_path):
     assert res.global_step == 6
     after = load_checkpoint(run / "checkpoints" / "last.ckpt")
     assert after["genloom"]["batches_seen"] == 6
+
+
+def test_resume_past_max_steps_says_so_and_changes_nothing(finished_run, tmp_path):
+    """Resuming a run already at trainer.max_steps is refused with the step reached and the fix,
+    not a silent success; the checkpoint is left as it was."""
+    from genloom.core.training import train
+
+    run = _copy_run(finished_run, tmp_path / "run")
+    last = run / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    for steps in (4, 2):
+        with pytest.raises(CheckpointError, match=r"already at step 4 and trainer.max_steps is %d.*trainer.max_steps=8" % steps):
+            train(run, [f"trainer.max_steps={steps}"], resume=True, generate=False)
+    assert last.read_bytes() == before

@@ -163,6 +163,33 @@ def test_validation_bits_per_byte_is_the_exact_sum_over_the_whole_split(tiny_run
     assert m["bits_per_byte"] < 8.0
 
 
+def test_evaluate_reproduces_the_final_validation_and_scores_the_test_split(tiny_run, tmp_path, capsys):
+    """`genloom evaluate RUN split=val` gives metrics.json's validation figures exactly (same
+    batches, same seed); split=test scores the untouched split; out= is written once, not overwritten."""
+    import json
+
+    import genloom
+    from genloom.core import cli
+    from genloom.core.evaluation import evaluate_split
+
+    gen = genloom.load(tiny_run.run_dir)
+    val = evaluate_split(gen, "val", progress=False)
+    saved = json.loads((tiny_run.run_dir / "metrics.json").read_text())["val"]
+    assert val == pytest.approx(saved, rel=1e-12) and val["total_tokens"] == saved["total_tokens"]
+    test = evaluate_split(gen, "test", progress=False)
+    assert test["total_tokens"] > 0 and test["total_nats"] != val["total_nats"]
+    partial = evaluate_split(gen, "test", max_batches=1, progress=False)
+    assert partial["total_tokens"] < test["total_tokens"]
+    out = tmp_path / "eval.json"
+    assert cli.main(["evaluate", str(tiny_run.run_dir), f"out={out}"]) == 0
+    assert json.loads(out.read_text())["metrics"]["bits_per_byte"] == pytest.approx(test["bits_per_byte"], rel=1e-12)
+    before = out.read_text()
+    for bad, message in ((f"out={out}", "already exists"), ("split=holdout", "split must be one of"), ("max_batches=0", "max_batches"), ("colour=red", "unknown evaluate option")):
+        assert cli.main(["evaluate", str(tiny_run.run_dir), bad]) == 2
+        assert message in capsys.readouterr().err
+    assert out.read_text() == before
+
+
 def test_existing_checkpoints_need_resume_or_overwrite(tiny_run):
     from genloom.core.training import train
 

@@ -49,9 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", metavar="key=value", help="prompt=TEXT, max_new_tokens=N, num_samples=N, seed=N, out=PATH, decoder=NAME, decoder.FIELD=VALUE, and the transformers-style shorthand (temperature, top_k, top_p, num_beams...; see docs/generation.md)")
     s.add_argument("--json", action="store_true", help="print metrics as JSON at the end")
 
-    s = sub.add_parser("evaluate", help="evaluate a run on its test split through its objective (forecasters: rolling origins + baselines)")
+    s = sub.add_parser("evaluate", help="evaluate a run on a held-out split through its objective (forecasters: rolling origins + baselines)")
     s.add_argument("run")
-    s.add_argument("options", nargs="*", metavar="key=value", help="options of the objective's evaluation (forecasters: step, count, window, window_size, baselines, out)")
+    s.add_argument("options", nargs="*", metavar="key=value", help="split=test|val|train, max_batches=N, out=FILE.json, overwrite=true (forecasters: step, count, window, window_size, baselines, out)")
 
     s = sub.add_parser("report", help="write one offline HTML page about a run: config, curves, samples, plugins, evaluation")
     s.add_argument("run", help="a run directory written by `genloom train`")

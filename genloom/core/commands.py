@@ -193,7 +193,7 @@ def cmd_generate(args):
 
 
 def cmd_evaluate(args):
-    """Hand the run to its objective's ``evaluate_run(gen, options)``; print what it returns."""
+    """The objective's own ``evaluate_run(gen, options)`` where it has one, else its figures over a held-out split."""
     import genloom
     from genloom.core.errors import ConfigError
 
@@ -203,11 +203,10 @@ def cmd_evaluate(args):
         if not sep:
             raise ConfigError(f"'{item}' is not of the form key=value")
         options[key] = value
+    from genloom.core.evaluation import evaluate_run
+
     gen = genloom.load(args.run)
-    evaluate = getattr(gen.model.objective, "evaluate_run", None)
-    if evaluate is None:
-        raise ConfigError(f"objective '{type(gen.model.objective).__name__}' has no evaluation procedure (evaluate_run)", path="objective")
-    print(evaluate(gen, options))
+    print(evaluate_run(gen, options, run_path=args.run))
     return 0
 
 

@@ -35,7 +35,9 @@ class GenerateOptions:
     seed: int | None = None
     """Seed of the sampler (default: generate.seed; none there: a fresh seed, printed so the sample can be reproduced)."""
     out: str | None = None
-    """Write ids and metrics as JSON here (text), or the samples file (images, series)."""
+    """Write ids and metrics as JSON here (text), or the samples file (images, series); an existing file needs overwrite=true."""
+    overwrite: bool = False
+    """Replace an existing ``out`` file."""
     decoder: str | None = None
     """Decoder to use instead of the run's (fields as decoder.FIELD=VALUE)."""
     cache: Literal["dynamic", "static"] | None = None
@@ -156,10 +158,41 @@ def _custom_kind_keys() -> tuple[str, ...]:
     return tuple(keys)
 
 
+def _write_json(out: str, result) -> None:
+    """ids and metrics as JSON, written atomically (a temporary file renamed over ``out``)."""
+    from genloom.core import runio
+
+    try:
+        runio.write_text(Path(out), json.dumps({"ids": result.ids, "metrics": result.metrics.to_dict()}))
+    except OSError as exc:
+        raise GenerationError(f"option 'out': could not write '{out}' ({exc.strerror or exc})") from None
+
+
+def _progress():
+    """A transient progress bar over the generated tokens on a terminal's stderr (None elsewhere)."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+
+
+def _generate(gen, *args, **kwargs):
+    bar = _progress()
+    if bar is None:
+        return gen.generate(*args, **kwargs)
+    with bar:
+        task = bar.add_task("generating", total=None)
+        return gen.generate(*args, progress=lambda done, total: bar.update(task, completed=done, total=total), **kwargs)
+
+
 def main(args) -> int:
     import genloom
 
     opts, config_overrides = parse(args.overrides, _custom_kind_keys())
+    if opts.out is not None and Path(opts.out).exists() and not opts.overwrite:
+        raise GenerationError(f"option 'out': '{opts.out}' already exists; pass overwrite=true to replace it, or choose another out=")
     gen = genloom.load(args.run, config_overrides or None)
     defaults = gen.model.config.sections.get("generate") if gen.model.config is not None else None
     n = opts.num_samples if opts.num_samples is not None else (defaults.num_samples if defaults else 1)
@@ -191,14 +224,11 @@ def main(args) -> int:
         max_new = max(0, min(max_new, limit - len(ids)))  # a default never exceeds what the model can attend to
     if limit is not None and len(ids) + max_new > limit:
         raise GenerationError(f"option 'max_new_tokens': the prompt ({len(ids)} tokens) + max_new_tokens ({max_new}) exceeds the {limit} positions this model can attend to; use max_new_tokens <= {max(limit - len(ids), 0)}")
-    result = gen.generate([ids] * n, max_new_tokens=max_new, seed=seed, cache=opts.cache, compile=opts.compile, **shorthand)
+    result = _generate(gen, [ids] * n, max_new_tokens=max_new, seed=seed, cache=opts.cache, compile=opts.compile, **shorthand)
     for text in result.decode():
         sys.stdout.write(prompt + (text if isinstance(text, str) else str(text)) + "\n")
     if opts.out:
-        try:
-            Path(opts.out).write_text(json.dumps({"ids": result.ids, "metrics": result.metrics.to_dict()}))
-        except OSError as exc:
-            raise GenerationError(f"option 'out': could not write '{opts.out}' ({exc.strerror or exc})") from None
+        _write_json(opts.out, result)
     if args.json:
         print(json.dumps(result.metrics.to_dict()))
     else:
@@ -214,14 +244,11 @@ def _generate_from_source(gen, opts, n, seed, max_new, shorthand, args) -> int:
     except ValueError as exc:
         raise GenerationError(f"option 'source': {exc}") from None
     prefix = [list(gen.encode(opts.prompt))] if opts.prompt else None
-    result = gen.generate(prefix, max_new_tokens=max_new, seed=seed, cache=opts.cache, compile=opts.compile, source=[source] * n, **shorthand)
+    result = _generate(gen, prefix, max_new_tokens=max_new, seed=seed, cache=opts.cache, compile=opts.compile, source=[source] * n, **shorthand)
     for text in result.decode():
         sys.stdout.write((opts.prompt or "") + (text if isinstance(text, str) else str(text)) + "\n")
     if opts.out:
-        try:
-            Path(opts.out).write_text(json.dumps({"ids": result.ids, "metrics": result.metrics.to_dict()}))
-        except OSError as exc:
-            raise GenerationError(f"option 'out': could not write '{opts.out}' ({exc.strerror or exc})") from None
+        _write_json(opts.out, result)
     if args.json:
         print(json.dumps(result.metrics.to_dict()))
     return 0

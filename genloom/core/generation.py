@@ -219,6 +219,10 @@ class Session:
             out.append(step)
         return torch.stack(out, 1)
 
+    def tokens_done(self) -> int:
+        """Tokens generated so far over the batch, a finished sequence counting ``max_new_tokens``."""
+        return int(sum(self.max_new_tokens if f else min(len(g), self.max_new_tokens) for g, f in zip(self.generated, self.finished.tolist())))
+
     @property
     def remaining(self) -> torch.Tensor:
         """(B,) tokens each sequence may still generate (0 once finished)."""
@@ -332,13 +336,84 @@ def fresh_seed() -> int:
     return int.from_bytes(os.urandom(8), "little") & (2**63 - 1)
 
 
-def run(model, prompts, decoder: Decoder, *, max_new_tokens: int = 64, processors=(), seed: int | None = 0, eos_id=None, stop_strings=(), tokenizer=None, cache: str = "dynamic", compile: bool = False) -> GenerationResult:
+def state_nbytes(obj, _seen=None) -> int:
+    """Bytes of every distinct tensor storage reachable from ``obj`` (a decoding state: its
+    attributes, lists, tuples and dicts; modules are not followed). A growing cache counts its
+    allocated capacity."""
+    seen = set() if _seen is None else _seen
+    if isinstance(obj, torch.Tensor):
+        storage = obj.untyped_storage()
+        if storage.data_ptr() in seen:
+            return 0
+        seen.add(storage.data_ptr())
+        return storage.nbytes()
+    if isinstance(obj, (list, tuple)):
+        return sum(state_nbytes(x, seen) for x in obj)
+    if isinstance(obj, dict):
+        return sum(state_nbytes(x, seen) for x in obj.values())
+    if hasattr(obj, "__dict__") and not isinstance(obj, torch.nn.Module):
+        return sum(state_nbytes(x, seen) for x in vars(obj).values())
+    return 0
+
+
+def available_memory(device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (CUDA: free device memory; CPU: the
+    kernel's MemAvailable), or None where it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def check_memory(model, rows: int, prompt_length: int, max_new_tokens: int, *, what: str = "", fraction: float = 0.9) -> None:
+    """Refuse, before anything is allocated, a generation whose decoding state and logits would not
+    fit in ``fraction`` of the memory available: ``rows`` sequences, each with one state row sized for
+    the prompt and the new tokens (measured on a one-row state) and a few vocabulary-sized buffers."""
+    device = model_device(model)
+    free = available_memory(device)
+    if free is None or rows <= 0:
+        return
+    vocab = getattr(getattr(model, "tokenizer", None), "vocab_size", None) or 0
+    per_row = 4 * 4 * int(vocab) + 8 * (prompt_length + max_new_tokens)  # logits and processed copies, token ids
+    if rows * per_row <= fraction * free and rows <= 4096:
+        return  # small enough whatever the state: skip building one
+    try:
+        state = model.init_state(1, prompt_length + min(max_new_tokens, 4096) + 16)
+        per_row += state_nbytes(state)
+        del state
+    except Exception:  # a model without an incremental state (it regenerates the whole sequence)
+        pass
+    need = rows * per_row
+    if need > fraction * free:
+        raise GenerationError(f"generating {rows} sequences ({what or f'{rows} rows'}) needs about {_size(need)} of decoding state and "
+                              f"logits ({_size(per_row)} per sequence) but {_size(free)} is available on {device}; lower "
+                              f"num_return_sequences, the number of prompts or max_new_tokens, or generate in smaller batches")
+
+
+def run(model, prompts, decoder: Decoder, *, max_new_tokens: int = 64, processors=(), seed: int | None = 0, eos_id=None, stop_strings=(), tokenizer=None, cache: str = "dynamic", compile: bool = False,
+        progress=None) -> GenerationResult:
     """Generate continuations of ``prompts`` (lists of ids) with ``decoder`` on the shared loop.
 
     ``eos_id`` is one id or a collection of them; ``seed=None`` draws a fresh seed. The seed used is
     in ``result.metrics.seed`` either way. ``cache="static"`` decodes through a preallocated cache
     of fixed shape and ``compile=True`` runs each one-token step through ``torch.compile``
-    (:mod:`genloom.core.static_decode`).
+    (:mod:`genloom.core.static_decode`). ``progress(done, total)``, if given, is called after every
+    commit with the tokens generated so far (a finished sequence counts in full) and the most there can be.
     """
     device = model_device(model)
     if cache != "dynamic" or compile:
@@ -360,6 +435,8 @@ def run(model, prompts, decoder: Decoder, *, max_new_tokens: int = 64, processor
                 proposal = decoder.propose(session)
                 commit = decoder.verify(session, proposal)
                 session.commit(commit)
+                if progress is not None:
+                    progress(session.tokens_done(), session.batch_size * session.max_new_tokens)
                 if session.done():
                     break
                 decoder.advance(session, commit)
@@ -534,7 +611,7 @@ class Generator:
         return self.ctx.build("decoder", node, path="decoder")
 
     def generate(self, prompt_ids=None, max_new_tokens: int | None = None, decoder=None, *, processors=None, seed: int | None = None, stop_strings=(), attention_mask=None,
-                 cache: str | None = None, compile: bool | None = None, source=None, **options) -> GenerationResult:
+                 cache: str | None = None, compile: bool | None = None, source=None, progress=None, **options) -> GenerationResult:
         """Continue ``prompt_ids``; returns the generated ids per sequence and the metrics.
 
         ``prompt_ids``: one list of ids, a list of them, a 1-D tensor or a (B, L) tensor (with an
@@ -556,6 +633,9 @@ class Generator:
         (:func:`genloom.core.data.source_block`) and decoding starts after it; ``prompt_ids``,
         when given, is a target prefix to continue (None: the target starts empty). The result
         holds the generated target only.
+
+        ``progress(done, total)``: called after every commit with the tokens generated so far and
+        the most there can be (``genloom generate`` draws a progress bar with it on a terminal).
         """
         if source is not None:
             prompt_ids = self.source_prompts(source, prompt_ids, attention_mask)
@@ -581,10 +661,13 @@ class Generator:
         if limit is not None and longest + max_new_tokens > limit:
             raise GenerationError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the {limit} positions this model can attend to (max_positions)")
         dec, procs, n_return = self._resolve(decoder, processors, options, shorthand, n_return)
+        check_memory(self.model, len(prompts) * n_return * int(getattr(dec, "num_beams", 1) or 1), longest, max_new_tokens,
+                     what=f"{len(prompts)} prompt(s) x num_return_sequences {n_return}" + (f" x num_beams {dec.num_beams}" if getattr(dec, "num_beams", 1) > 1 else ""))
         if n_return > 1:
             prompts = [p for p in prompts for _ in range(n_return)]
         cache, compile = self._cache_options(cache, compile)
-        return run(self.model, prompts, dec, max_new_tokens=max_new_tokens, processors=procs, seed=seed, eos_id=eos_ids, stop_strings=stop_strings, tokenizer=self.tokenizer, cache=cache, compile=compile)
+        return run(self.model, prompts, dec, max_new_tokens=max_new_tokens, processors=procs, seed=seed, eos_id=eos_ids, stop_strings=stop_strings, tokenizer=self.tokenizer, cache=cache, compile=compile,
+                   progress=progress)
 
     def source_prompts(self, source, target_prefix=None, attention_mask=None) -> list[list[int]]:
         """The prompts that condition on ``source``: each source block followed by its target prefix."""

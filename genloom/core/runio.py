@@ -386,7 +386,7 @@ def validate_run_config(run_dir: Path, overrides=None, registry=None):
     except ConfigError as exc:
         if manifest:
             for key, comp in pins.items():
-                if exc.path == f"{key}.name" and "unknown" in str(exc):
+                if exc.path == f"{key}.name" and f"unknown {comp.get('kind')} '{comp.get('name')}'" in str(exc):  # the run's own, not a name the user just chose
                     raise ConfigError(f"{exc} This run was built with {comp.get('kind')} '{comp.get('name')}' from plugin '{comp.get('plugin')}': "
                                       f"install the distribution '{comp.get('distribution')}' (version {comp.get('version')}).") from exc
         raise

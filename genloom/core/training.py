@@ -260,28 +260,11 @@ class GenloomModule(L.LightningModule):
     def on_validation_start(self):
         # validation draws its noise from a fixed seed and hands the training random state back
         self._train_rng = get_rng_state()
-        torch.manual_seed(self.seed + 7919)
-        self._val_sums: dict[str, torch.Tensor] = {}
-        self._val_weighted: dict[str, torch.Tensor] = {}
-        self._val_count = torch.zeros((), dtype=torch.float64)
+        torch.manual_seed(self.seed + VALIDATION_SEED_OFFSET)
+        self._val = MetricSums()
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        out = self.model.loss(batch)
-        n = _batch_size(batch)
-        extra = {}
-        objective = getattr(self.model, "objective", None)
-        if objective is not None and hasattr(objective, "metrics"):
-            extra = objective.metrics(out, batch) or {}
-        for key, value in list(out.items()) + list(extra.items()):
-            v = value.detach().double().cpu() if torch.is_tensor(value) else torch.tensor(float(value), dtype=torch.float64)
-            if v.numel() != 1:
-                continue
-            v = v.reshape(())
-            if key.startswith("_"):
-                self._val_sums[key] = self._val_sums.get(key, 0) + v
-            else:
-                self._val_weighted[key] = self._val_weighted.get(key, 0) + v * n
-        self._val_count += n
+        self._val.add(self.model, batch)
 
     def on_validation_epoch_end(self):
         metrics = self._reduce_validation()
@@ -299,8 +282,7 @@ class GenloomModule(L.LightningModule):
         self._tick = None  # validation time is not training throughput
 
     def _reduce_validation(self) -> dict[str, float]:
-        sums = {k: v for k, v in self._val_sums.items()}
-        weighted = {k: v for k, v in self._val_weighted.items()}
+        sums, weighted = self._val.sums, self._val.weighted
         keys_s, keys_w = sorted(sums), sorted(weighted)
         world = self.trainer.world_size
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -310,26 +292,12 @@ class GenloomModule(L.LightningModule):
             keys_w = sorted({k for g in gathered for k in g[1]})
         vec = torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64) for k in keys_s]
                           + [torch.as_tensor(weighted.get(k, 0.0), dtype=torch.float64) for k in keys_w]
-                          + [self._val_count.to(torch.float64)])
+                          + [self._val.count.to(torch.float64)])
         if world > 1:
             vec = self.trainer.strategy.reduce(vec.to(self.device), reduce_op="sum").cpu().double()
         total = dict(zip(keys_s, vec[: len(keys_s)].tolist()))
         means = {k: v for k, v in zip(keys_w, vec[len(keys_s): len(keys_s) + len(keys_w)].tolist())}
-        count = float(vec[-1])
-        out: dict[str, float] = {}
-        if count > 0:
-            out.update({k: v / count for k, v in means.items()})
-        nats, tokens, nbytes = total.get("_nats"), total.get("_tokens"), total.get("_bytes")
-        if nats is not None and tokens:
-            loss = nats / tokens
-            out["loss"] = loss
-            out["bits_per_token"] = loss / math.log(2)
-            out["ppl"] = math.exp(min(loss, 30.0))
-        if nats is not None and nbytes:
-            out["bits_per_byte"] = nats / math.log(2) / nbytes
-        for k, v in total.items():
-            out[f"total{k}"] = v
-        return out
+        return MetricSums.finish(total, means, float(vec[-1]))
 
     # -- checkpoint state ------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
@@ -420,6 +388,60 @@ class EvalShard(torch.utils.data.Sampler):
 
     def __len__(self):
         return len(self.indices)
+
+
+#: Validation (and ``genloom evaluate``) draw their noise from ``seed + VALIDATION_SEED_OFFSET``.
+VALIDATION_SEED_OFFSET = 7919
+
+
+class MetricSums:
+    """What validation adds up over a split: ``model.loss(batch)`` keys starting with ``_`` are
+    summed (``_nats``, ``_tokens``, ``_bytes``), other scalar metrics (and the objective's
+    ``metrics``) are averaged over samples; :meth:`finish` turns the totals into the figures logged."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.weighted: dict[str, torch.Tensor] = {}
+        self.count = torch.zeros((), dtype=torch.float64)
+
+    def add(self, model, batch) -> None:
+        out = model.loss(batch)
+        n = _batch_size(batch)
+        extra = {}
+        objective = getattr(model, "objective", None)
+        if objective is not None and hasattr(objective, "metrics"):
+            extra = objective.metrics(out, batch) or {}
+        for key, value in list(out.items()) + list(extra.items()):
+            v = value.detach().double().cpu() if torch.is_tensor(value) else torch.tensor(float(value), dtype=torch.float64)
+            if v.numel() != 1:
+                continue
+            v = v.reshape(())
+            if key.startswith("_"):
+                self.sums[key] = self.sums.get(key, 0) + v
+            else:
+                self.weighted[key] = self.weighted.get(key, 0) + v * n
+        self.count += n
+
+    def result(self) -> dict[str, float]:
+        """The figures of one process's sums (validation across ranks reduces them first)."""
+        return self.finish({k: float(v) for k, v in self.sums.items()}, {k: float(v) for k, v in self.weighted.items()}, float(self.count))
+
+    @staticmethod
+    def finish(total: dict[str, float], means: dict[str, float], count: float) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if count > 0:
+            out.update({k: v / count for k, v in means.items()})
+        nats, tokens, nbytes = total.get("_nats"), total.get("_tokens"), total.get("_bytes")
+        if nats is not None and tokens:
+            loss = nats / tokens
+            out["loss"] = loss
+            out["bits_per_token"] = loss / math.log(2)
+            out["ppl"] = math.exp(min(loss, 30.0))
+        if nats is not None and nbytes:
+            out["bits_per_byte"] = nats / math.log(2) / nbytes
+        for k, v in total.items():
+            out[f"total{k}"] = v
+        return out
 
 
 class GenloomDataModule(L.LightningDataModule):
@@ -741,7 +763,11 @@ def _train(validated, run_dir: Path, registry, *, resume: bool, console, generat
     last = ckpt_dir / LAST
     ckpt_path = None
     if resume and last.exists():
-        verify_checkpoint(last)  # fail before anything heavy is built
+        done = int(load_checkpoint(last).get("global_step", 0))  # verifies it too: fail before anything heavy is built
+        if done >= tcfg.max_steps:
+            raise CheckpointError(f"nothing to resume: {last} is already at step {done} and trainer.max_steps is {tcfg.max_steps}; "
+                                  f"nothing was changed. Raise it to continue, e.g. `genloom train {run_dir} --resume "
+                                  f"trainer.max_steps={max(2 * done, done + 1)}`")
         ckpt_path = last
     elif resume:
         if (run_dir / runio.WEIGHTS).exists():

@@ -24,4 +24,10 @@ Topics:
   [x_t, x_0] pattern, conversion, the block decoder).
 - :mod:`genloom.toolkit.draft` / :mod:`~genloom.toolkit.draft_config` -- draft-model loading for
   decoders that draft with a second model (speculative sampling, SpecTr).
+- :mod:`genloom.toolkit.acceptance` -- acceptance rules of speculative verification (exact,
+  LANTERN's relaxed, GSD's grouped; continuous densities); :mod:`genloom.toolkit.tree` -- token
+  trees; :mod:`genloom.toolkit.jacobi` -- speculative Jacobi decoding.
+- :mod:`genloom.toolkit.image_ar` / :mod:`~genloom.toolkit.image_ar_config` -- the raster-order
+  image AR setting (VQ tokens with class start tokens, its objective, token latents and their
+  neighbourhoods).
 """

@@ -49,14 +49,6 @@ class BlockDecoderConfig:
     cache: bool = True
     """Keep finished blocks' keys/values (False: recompute the whole context every step)."""
 
-    def __post_init__(self):
-        if self.block_size is not None and self.block_size < 1:
-            raise ValueError(f"block_size must be at least 1, got {self.block_size}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-
     def bind(self, ctx):
         ctx.add_special_token("mask")
         if self.block_size is None:

@@ -48,7 +48,7 @@ from genloom.toolkit.tree_config import TreeDraftConfig
 
 __all__ = [
     "TreeDraftConfig", "TreeShape", "TreeResult", "TreeDecoder", "TreeSpeculativeDecoder", "serves_tree",
-    "target_tree_logits", "verify_greedy", "verify_sampling",
+    "target_tree_logits", "verify_greedy", "verify_sampling", "verify_static",
 ]
 
 
@@ -170,6 +170,57 @@ def verify_sampling(shape: TreeShape, target_probs: torch.Tensor, draft_probs: t
             target = torch.where(accept, child, target)
             moved = moved | accept
             r = torch.where((testing & ~accept)[:, None], _residual(r, q), r)
+        stop = live & ~moved
+        if bool(stop.any()):
+            draw = torch.multinomial(r.float() if r.dtype not in (torch.float32, torch.float64) else r, 1, generator=generator).squeeze(1)
+            next_token = torch.where(stop, draw, next_token)
+        node = target
+        live = moved
+    if bool(live.any()):  # every level accepted: a bonus token from the leaf's law
+        draw = torch.multinomial(target_probs[rows, node], 1, generator=generator).squeeze(1)
+        next_token = torch.where(live, draw, next_token)
+    return TreeResult(node, shape.depth.to(dev)[node], next_token)
+
+
+def verify_static(shape: TreeShape, target_probs: torch.Tensor, tokens: torch.Tensor, rule=None, generator=None) -> TreeResult:
+    """Rejection sampling down a tree whose children were chosen deterministically (static top-k trees).
+
+    A chosen child ``x`` is a draft whose law is the point mass on ``x``, so at node u with residual
+    law ``r`` (first the target's ``p``) child j is accepted with ``rule.accept_probability(r, 1_x, x)``
+    -- ``r(x)`` for the exact rule -- and after a rejection ``r`` becomes ``norm(max(0, r - 1_x))``
+    (``r`` with ``x`` removed). Each step is an exact speculative step for ``r``, so with
+    :class:`genloom.toolkit.acceptance.ExactAcceptance` (``rule=None``) the committed tokens follow
+    the target's law whatever the children are. A relaxed rule raises each child's acceptance by at
+    most its ``delta``, so a node's token law moves by at most ``delta`` per child tested.
+    ``target_probs`` (B, N, V), ``tokens`` (B, N).
+    """
+    if rule is None:
+        from genloom.toolkit.acceptance import ExactAcceptance
+
+        rule = ExactAcceptance()
+    B, N, V = target_probs.shape
+    dev = tokens.device
+    rows = torch.arange(B, device=dev)
+    first = shape.first_child.to(dev)
+    node = torch.zeros(B, dtype=torch.long, device=dev)
+    live = torch.ones(B, dtype=torch.bool, device=dev)
+    next_token = torch.zeros(B, dtype=torch.long, device=dev)
+    for k in shape.branching:
+        r = target_probs[rows, node]
+        base = first[node]
+        moved = torch.zeros(B, dtype=torch.bool, device=dev)
+        target = node.clone()
+        for j in range(k):
+            child = base + j
+            x = tokens[rows, child]
+            point = torch.nn.functional.one_hot(x, V).to(r.dtype)
+            chance = rule.accept_probability(r, point, x)
+            u = torch.rand(B, generator=generator, device=dev, dtype=r.dtype)
+            testing = live & ~moved
+            accept = testing & (u < chance)
+            target = torch.where(accept, child, target)
+            moved = moved | accept
+            r = torch.where((testing & ~accept)[:, None], _residual(r, point), r)
         stop = live & ~moved
         if bool(stop.any()):
             draw = torch.multinomial(r.float() if r.dtype not in (torch.float32, torch.float64) else r, 1, generator=generator).squeeze(1)

@@ -105,3 +105,46 @@ def test_eos_token_id_shorthand_and_errors(gen):
 def test_an_unknown_keyword_lists_the_shorthand(gen):
     with pytest.raises(GenerationError, match="pad_token_id.*do_sample"):
         gen.generate([1, 2], max_new_tokens=2, pad_token_id=0)
+
+
+def test_a_generation_that_cannot_fit_in_memory_is_refused_before_anything_is_allocated(gen, monkeypatch):
+    from genloom.core import generation
+
+    monkeypatch.setattr(generation, "available_memory", lambda device: 64 * 1024 * 1024)  # 64 MiB free
+    with pytest.raises(GenerationError, match=r"generating 4000000 sequences \(2 prompt\(s\) x num_return_sequences 2000000\) needs about .* but 64.0 MiB"):
+        gen.generate([[1, 2], [3]], max_new_tokens=8, num_return_sequences=2_000_000)
+    assert len(gen.generate([[1, 2], [3]], max_new_tokens=4, num_return_sequences=3).ids) == 6  # what fits still runs
+    per_row = generation.state_nbytes(gen.model.init_state(1, 2 + 4 + 16))
+    assert per_row > 0
+
+
+def test_a_run_pinned_plugin_hint_only_for_the_runs_own_component(tmp_path):
+    """An unknown name the user just chose gets the list of allowed names, not 'install the
+    distribution' of the run's (installed) plugin; a run whose own plugin is missing gets the hint."""
+    import json
+
+    import yaml
+
+    from genloom.core import runio
+
+    def run_dir(decoder_name):
+        d = tmp_path / decoder_name
+        d.mkdir()
+        (d / "config.yaml").write_text(yaml.safe_dump({**TINY, "decoder": {"name": decoder_name}}))
+        pin = {"kind": "decoder", "name": decoder_name, "plugin": "some-plugin", "distribution": "genloom-some-plugin", "version": "1.2"}
+        (d / "plugins.json").write_text(json.dumps({"components": {"decoder": pin}}))
+        return d
+
+    with pytest.raises(ConfigError) as err:
+        runio.validate_run_config(run_dir("greedy"), ["decoder=nonexistent"])
+    assert "unknown decoder 'nonexistent'" in str(err.value) and "install the distribution" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"built with decoder 'gone' from plugin 'some-plugin' \(distribution 'genloom-some-plugin' 1.2\).*install"):
+        runio.validate_run_config(run_dir("gone"))
+
+
+def test_progress_reports_tokens_done_up_to_the_total(gen):
+    seen = []
+    result = gen.generate([[1, 2], [3]], max_new_tokens=5, progress=lambda done, total: seen.append((done, total)))
+    assert seen and all(t == 10 for _, t in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1][0] == 10
+    assert len(seen) == 5 and sum(len(ids) for ids in result.ids) == 10  # one commit per token with greedy decoding

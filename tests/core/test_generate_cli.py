@@ -113,3 +113,18 @@ def test_decoder_override_reaches_genloom_configure_and_import_failures_are_clea
     rc, _, err = gen(capsys, run_dir, "prompt=1", "max_new_tokens=2", "reward.name=length", "reward.weight=2")
     assert rc == 0, err
     assert extension.seen[-1][1] == {"name": "length", "weight": 2}
+
+
+def test_out_is_written_atomically_and_an_existing_file_is_kept_unless_overwrite(capsys, run_dir, tmp_path):
+    import json
+
+    out = tmp_path / "ids.json"
+    rc, _, _ = gen(capsys, run_dir, "prompt=1 2 3", "max_new_tokens=3", f"out={out}")
+    assert rc == 0 and len(json.loads(out.read_text())["ids"][0]) == 3
+    config = tmp_path / "config.yaml"  # say, a run's own file
+    config.write_text("keep me")
+    rc, _, err = gen(capsys, run_dir, "prompt=1 2 3", "max_new_tokens=3", f"out={config}")
+    assert rc == 2 and "already exists" in err and "overwrite=true" in err and config.read_text() == "keep me"
+    rc, _, _ = gen(capsys, run_dir, "prompt=1 2 3", "max_new_tokens=2", f"out={out}", "overwrite=true")
+    assert rc == 0 and len(json.loads(out.read_text())["ids"][0]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "ids.json"]  # no temporary file left

@@ -34,6 +34,7 @@ from typing import Annotated
 
 from genloom.core import hookimpl, records
 from genloom.core.constraints import Interval, NonNegativeFloat, NonNegativeInt, PositiveInt, Probability
+from genloom.toolkit.blocks_config import BlockDecoderConfig
 
 PAPER = records.Paper(title="From Next-Token to Next-Block: A Principled Adaptation Path for Diffusion LLMs", year=2025, arxiv="2512.06776")
 
@@ -77,28 +78,9 @@ class NBDiffObjectiveConfig:
 
 
 @dataclass
-class NBDiffDecoderConfig:
-    """Context-causal block decoding with threshold commits."""
-
-    block_size: PositiveInt | None = None
-    """Tokens per block (None: the objective's target block size)."""
-    threshold: Probability = 0.9
-    """Commit every masked position of the block whose confidence is >= threshold (at least one per step)."""
-    temperature: NonNegativeFloat = 0.0
-    """0: argmax predictions; > 0: Gumbel-noised draws at this temperature."""
-    cache: bool = True
-    """Keep the causal context's keys/values (False: recompute the context every step)."""
-
-    def __post_init__(self):
-        if self.block_size is not None and self.block_size < 1:
-            raise ValueError(f"block_size must be at least 1, got {self.block_size}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
-
-    def bind(self, ctx):
-        ctx.add_special_token("mask")
-        if self.block_size is None:
-            self.block_size = ctx.get("block_size")
+class NBDiffDecoderConfig(BlockDecoderConfig):
+    """Context-causal block decoding with threshold commits (the toolkit's block decoder config:
+    ``block_size``, ``threshold``, ``temperature``, ``cache`` -- here the causal context's keys/values)."""
 
 
 @hookimpl

@@ -146,5 +146,12 @@ def test_bad_config_names_the_field():
     from genloom.plugins.sdar import SDARDecoderConfig, SDARObjectiveConfig
     with pytest.raises(ValueError, match="block_size"):
         SDARObjectiveConfig(block_size=0)
-    with pytest.raises(ValueError, match="threshold"):
-        SDARDecoderConfig(threshold=1.5)
+    from pathlib import Path
+
+    from genloom.core import config as config_mod
+    from genloom.core.errors import ConfigError
+
+    cfg = Path(__file__).resolve().parents[3] / "configs" / "sdar.yaml"
+    with pytest.raises(ConfigError, match=r"decoder.threshold.*1.5"):  # the range is declared once and checked by the core
+        config_mod.validate(config_mod.compose(cfg, ["decoder.threshold=1.5"]))
+    assert SDARDecoderConfig(threshold=0.5).threshold == 0.5
