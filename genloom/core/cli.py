@@ -49,6 +49,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", metavar="key=value", help="prompt=TEXT, max_new_tokens=N, num_samples=N, seed=N, out=PATH, decoder=NAME, decoder.FIELD=VALUE, and the transformers-style shorthand (temperature, top_k, top_p, num_beams...; see docs/generation.md)")
     s.add_argument("--json", action="store_true", help="print metrics as JSON at the end")
 
+    s = sub.add_parser("serve", help="continuous batching of a JSONL file of requests (one JSON object per line) into a JSONL file of completions")
+    s.add_argument("run", help="a run directory, a weights file or a config .yaml")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="decoder=NAME, decoder.FIELD=VALUE, max_new_tokens=N and seed=N (defaults for the requests), and the processor shorthand (temperature, top_k, top_p, do_sample...)")
+    s.add_argument("--requests", required=True, metavar="IN.jsonl", help="requests: {\"prompt\": TEXT or \"prompt_ids\": [...] or \"source\": TEXT, \"max_new_tokens\", \"seed\", \"arrival\", \"id\", \"stop\"} per line")
+    s.add_argument("--out", required=True, metavar="OUT.jsonl", help="completions, one JSON object per request, in the requests' order")
+    s.add_argument("--overwrite", action="store_true", help="replace OUT.jsonl if it exists")
+    s.add_argument("--max-batch-size", type=int, default=None, metavar="N", help="live requests at most (default: no limit)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--json", action="store_true", help="print the engine's metrics as JSON at the end")
+
     s = sub.add_parser("evaluate", help="evaluate a run on a held-out split through its objective (forecasters: rolling origins + baselines)")
     s.add_argument("run")
     s.add_argument("options", nargs="*", metavar="key=value", help="split=test|val|train, max_batches=N, out=FILE.json, overwrite=true (forecasters: step, count, window, window_size, baselines, out)")
@@ -101,7 +111,7 @@ def _main(argv: list[str] | None = None) -> int:
 
         return int(train_cli.main(argv[train_at + 1:]) or 0)
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command == "generate" and not any(e.startswith("-") for e in extra):
+    if extra and args.command in ("generate", "serve") and not any(e.startswith("-") for e in extra):
         args.overrides += extra  # `generate RUN --json key=value`: options after the flag
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

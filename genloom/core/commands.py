@@ -192,6 +192,12 @@ def cmd_generate(args):
     return generate_cli.main(args)
 
 
+def cmd_serve(args):
+    from genloom.core import serve_cli
+
+    return serve_cli.main(args)
+
+
 def cmd_evaluate(args):
     """The objective's own ``evaluate_run(gen, options)`` where it has one, else its figures over a held-out split."""
     import genloom

@@ -669,6 +669,38 @@ class Generator:
         return run(self.model, prompts, dec, max_new_tokens=max_new_tokens, processors=procs, seed=seed, eos_id=eos_ids, stop_strings=stop_strings, tokenizer=self.tokenizer, cache=cache, compile=compile,
                    progress=progress)
 
+    def serve(self, requests, decoder=None, *, processors=None, max_batch_size: int | None = None, on_complete=None, **options):
+        """Serve ``requests`` with continuous batching (:mod:`genloom.core.batching`): each request is
+        prefilled when it arrives and joins one fused decode step with the others; finished ones
+        leave the batch. Every request's output equals what :meth:`generate` gives it alone (greedy:
+        token for token; sampling: with the request's seed).
+
+        ``requests``: :class:`~genloom.core.batching.Request` objects or dicts of their fields
+        (``prompt`` ids, ``max_new_tokens``, ``arrival``, ``seed``, ``id``, ``stop_strings``).
+        ``decoder`` (a one-token decoder: name, node or object; default the config's), ``processors``
+        and the processor shorthand in ``options`` (``temperature``, ``top_p``, ``do_sample``...) are
+        those of :meth:`generate`; ``max_batch_size`` caps the live requests. Returns a
+        :class:`~genloom.core.batching.ServeResult` (completions in request order, engine metrics).
+        """
+        from genloom.core.batching import ContinuousBatcher, Request, ServeResult
+
+        reqs = [r if isinstance(r, Request) else Request(**r) for r in requests]
+        limit = self.max_positions
+        for i, r in enumerate(reqs):
+            if limit is not None and len(r.prompt) + r.max_new_tokens > limit:
+                raise GenerationError(f"request {r.id if r.id is not None else i}: prompt ({len(r.prompt)} tokens) + max_new_tokens ({r.max_new_tokens}) "
+                                      f"exceeds the {limit} positions this model can attend to (max_positions)")
+        shorthand = {k: options.pop(k) for k in list(options) if k in SHORTHAND}
+        refused = [k for k in ("num_beams", "num_return_sequences", "length_penalty", "early_stopping") if shorthand.get(k) not in (None, 1)]
+        if refused:
+            raise GenerationError(f"{', '.join(refused)} do(es) not apply to continuous batching (one-token decoders only)")
+        eos = shorthand.pop("eos_token_id", None)
+        dec, procs, _ = self._resolve(decoder, processors, options, shorthand, 1)
+        engine = ContinuousBatcher(self.model, dec, processors=procs, eos_id=self.eos_ids if eos is None else eos_tuple(eos),
+                                   max_batch_size=max_batch_size, tokenizer=self.tokenizer)
+        completions = engine.run(reqs, on_complete=on_complete)
+        return ServeResult(completions, engine.metrics, self.tokenizer)
+
     def source_prompts(self, source, target_prefix=None, attention_mask=None) -> list[list[int]]:
         """The prompts that condition on ``source``: each source block followed by its target prefix."""
         from genloom.core.data import pad_id_of, source_block

@@ -63,6 +63,19 @@ class State:
         """
         raise NotImplementedError(f"{type(self).__name__} cannot keep a subset of its last advance")
 
+    def extend(self, other: "State") -> None:
+        """Append the rows of ``other`` (a state of the same kind, from the same model) after this
+        state's rows, each row keeping exactly what it has consumed: continuous batching admits a
+        request prefilled on its own into a running batch this way.
+
+        Afterwards row ``batch_size + i`` is ``other``'s row i; neither state's most recent advance
+        can be rolled back into or kept from any more (take a snapshot before if needed). ``other``
+        must not be used afterwards. Optional: a state that cannot do it raises
+        ``NotImplementedError`` (the continuous-batching engine then rebuilds the batch's state by
+        prefilling every live sequence again, which is exact but costs a forward pass).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot append another state's rows")
+
     def snapshot(self):
         """An opaque value :meth:`restore` accepts to return to this point."""
         raise NotImplementedError
@@ -374,6 +387,46 @@ class KVCache(State):
         self._lengths = lengths
         self.used = start + int(valid.long().sum(1).max()) if self.batch_size else start
         self._last_advance_slots = (start, self.used - start)
+
+    def extend(self, other: "State") -> None:
+        """:meth:`State.extend`: the two stores are stacked along the batch; the shorter one's missing
+        slots are invalid (attention masks them) and the capacity is the larger of the two."""
+        if type(other) is not type(self) or type(self) is not KVCache:
+            raise NotImplementedError(f"{type(self).__name__}.extend takes another {type(self).__name__} (got a {type(other).__name__})")
+        if other.n_layers != self.n_layers or other.k[0].shape[1::2] != self.k[0].shape[1::2]:
+            raise ValueError(f"cannot stack caches of different models: {self.n_layers} layers of {tuple(self.k[0].shape[1::2])} (heads, head size) "
+                             f"and {other.n_layers} of {tuple(other.k[0].shape[1::2])}")
+        self._grow(other.capacity)
+        extra = self.capacity - other.capacity
+
+        def widen(t: torch.Tensor, dim: int) -> torch.Tensor:
+            if not extra:
+                return t
+            shape = list(t.shape)
+            shape[dim] = extra
+            return torch.cat([t, t.new_zeros(shape)], dim)
+
+        self.k = [torch.cat([a, widen(b, 2).to(a.dtype)]) for a, b in zip(self.k, other.k)]
+        self.v = [torch.cat([a, widen(b, 2).to(a.dtype)]) for a, b in zip(self.v, other.v)]
+        self.valid = torch.cat([self.valid, widen(other.valid, 1)])
+        self.pos = torch.cat([self.pos, widen(other.pos, 1)])
+        self._lengths = torch.cat([self._lengths, other._lengths])
+        self.used = max(self.used, other.used)
+        self.batch_size += other.batch_size
+        self._last_advance_slots = (None, None)
+
+    def compact(self) -> None:
+        """Move every sequence's valid slots to the left, in order, and reclaim the slots past the
+        longest sequence (what a continuous batch does after evicting finished sequences). Keys keep
+        their stored positions, so attention is unchanged."""
+        order = torch.sort((~self.valid).int(), dim=1, stable=True).indices  # valid slots first, order kept
+        for store in (self.k, self.v):
+            for i, t in enumerate(store):
+                store[i] = t.gather(2, order[:, None, :, None].expand_as(t))
+        self.pos = self.pos.gather(1, order)
+        self.valid = self.valid.gather(1, order)
+        self.used = int(self.valid.sum(1).max()) if self.batch_size else 0
+        self._last_advance_slots = (None, None)
 
     def snapshot(self):
         return (self.used, self.valid.clone(), self.pos.clone(), self._lengths.clone())

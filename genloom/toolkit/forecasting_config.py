@@ -157,3 +157,47 @@ class NllObjectiveConfig:
 
     pattern: Literal["full", "causal"] = "full"
     """Attention pattern over the tokens: variate tokens see each other ('full'); 'causal' for causal mixers."""
+
+
+@dataclass
+class PatchTokenizerConfig:
+    """Channel-independent patch tokens: each variate's window cut into non-overlapping patches.
+
+    A window (B, lookback, V) becomes tokens (B * V, lookback / patch_len, patch_len): every
+    variate is its own sequence (the channel-independence of PatchTST and its successors).
+    Binding publishes ``patch_len`` and ``token_features`` = ``token_outputs`` = ``patch_len``.
+    """
+
+    patch_len: PositiveInt = 4
+    """Steps per patch (the lookback must be a multiple of it)."""
+    instance_norm: bool = True
+    """Normalise each variate of each window by its own lookback mean/std and undo it on the forecast."""
+    eps: PositiveFloat = 1e-5
+    """Added to the variance before the square root (instance_norm only)."""
+    horizon: PositiveInt | None = None
+    """Forecast steps kept by ``decode`` (None: the data set's horizon)."""
+
+    def bind(self, ctx) -> None:
+        if self.horizon is None:
+            self.horizon = ctx.horizon
+        lookback = ctx.get("lookback", None)
+        if lookback is not None and lookback % self.patch_len:
+            from genloom.core.errors import ConfigError
+
+            raise ConfigError(f"patch_len ({self.patch_len}) must divide the data set's lookback ({lookback})", path="tokenizer.patch_len")
+        ctx.set("patch_len", self.patch_len)
+        ctx.set("token_features", self.patch_len)
+        ctx.set("token_outputs", self.patch_len)
+
+
+@dataclass
+class PatchValueHeadConfig:
+    """The identity head of backbones that embed and project patch values themselves."""
+
+
+@dataclass
+class NextPatchObjectiveConfig:
+    """Generative forecasting by next-patch prediction: teacher-forced MSE, autoregressive rollout to any horizon."""
+
+    target_only: bool = False
+    """Score only the predictions of the target window's patches (False: every next patch of lookback + target)."""

@@ -52,6 +52,17 @@ def _select(value, index):
     return value
 
 
+def _stack(mine, theirs):
+    """``mine`` with ``theirs``'s batch rows appended (tensors, nested in dicts and lists)."""
+    if torch.is_tensor(mine):
+        return torch.cat([mine, theirs.to(mine.dtype)])
+    if isinstance(mine, dict):
+        return {k: _stack(v, theirs[k]) for k, v in mine.items()}
+    if isinstance(mine, list):
+        return [_stack(a, b) for a, b in zip(mine, theirs)]
+    return mine
+
+
 def rollback_within_advance(lengths: torch.Tensor, current: torch.Tensor, before: torch.Tensor | None, what: str) -> bool:
     """Check a rollback of a state that returns only inside its most recent advance: ``lengths``
     (B,) asked for, ``current`` held, ``before`` held before the advance (None: no advance yet).
@@ -133,6 +144,16 @@ class RecurrentState(State):
         keep = self._steps & (self._steps.long().cumsum(1) <= kept[:, None])
         self.layers = [self._replay(i, self._before[i], self._records[i], keep) for i in range(len(self.layers))]
         self._lengths = lengths.clone()
+
+    def extend(self, other: State) -> None:
+        """Append ``other``'s rows (the core contract's ``State.extend``): each layer's state tensors
+        stack along the batch; the last advance is forgotten (no rollback into it)."""
+        if type(other) is not type(self) or len(other.layers) != len(self.layers):
+            raise NotImplementedError(f"a {type(self).__name__} extends only by another of as many layers (got {type(other).__name__})")
+        self.layers = _stack(self.layers, other.layers)
+        self._lengths = torch.cat([self._lengths, other._lengths])
+        self._before = self._records = self._steps = self._lengths_before = None
+        self.batch_size = int(self._lengths.numel())
 
     def snapshot(self):
         return ([dict(layer) for layer in self.layers], self._lengths, self._before, self._records, self._steps, self._lengths_before, self.batch_size)

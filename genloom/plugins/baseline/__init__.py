@@ -383,7 +383,24 @@ def genloom_tokenizers():
     return [
         records.tokenizer("bytes", f"{_P}.tokenizers:build_bytes", BytesConfig, "Byte-level tokenizer (exact round trip of any bytes)."),
         records.tokenizer("bpe", f"{_P}.tokenizers:build_bpe", BpeConfig, "Byte-level BPE trained with Hugging Face tokenizers on the training split."),
-    ] + _time_step_tokenizer()
+    ] + _time_step_tokenizer() + _point_set_tokenizer()
+
+
+def _amortized_configs(*names: str):
+    """Config classes of the torch-free amortised-inference toolkit config, or None while it is not present."""
+    try:
+        mod = importlib.import_module("genloom.toolkit.amortized_config")
+    except ImportError:
+        return None
+    return tuple(getattr(mod, n) for n in names)
+
+
+def _point_set_tokenizer():
+    cfgs = _amortized_configs("PointSetTokenizerConfig")
+    if not cfgs:
+        return []
+    return [records.tokenizer("point-set", "genloom.toolkit.amortized:build_point_set_tokenizer", cfgs[0],
+                              "Real-valued point sets (in-context / amortised inference tasks) passed through as they are.")]
 
 
 def _time_step_tokenizer():
@@ -391,7 +408,15 @@ def _time_step_tokenizer():
     if not cfgs:
         return []
     return [records.tokenizer("time-step", "genloom.toolkit.forecasting_heads:build_time_step_tokenizer", cfgs[0],
-                              "One token per time step (its V values), optional per-window normalisation; the last horizon outputs are the forecast.")]
+                              "One token per time step (its V values), optional per-window normalisation; the last horizon outputs are the forecast.")] + _patch_tokenizer()
+
+
+def _patch_tokenizer():
+    cfgs = _toolkit_configs("PatchTokenizerConfig")
+    if not cfgs:
+        return []
+    return [records.tokenizer("patch", "genloom.toolkit.forecasting_patches:build_patch_tokenizer", cfgs[0],
+                              "Channel-independent patch tokens: each variate's window in non-overlapping patches, normalised per window.")]
 
 
 @hookimpl
@@ -411,6 +436,10 @@ def genloom_heads():
         out.append(records.head("gaussian", f"{heads}:build_gaussian", probabilistic[0], "Gaussian forecast per value (mean and scale), trained by its NLL."))
         out.append(records.head("mixture", f"{heads}:build_mixture", probabilistic[1], "Mixture of K Gaussians per forecast value, trained by its NLL."))
         out.append(records.head("quantile", f"{heads}:build_quantile", probabilistic[2], "Non-crossing forecast quantiles, trained by the pinball loss."))
+    patch_head = _toolkit_configs("PatchValueHeadConfig")
+    if patch_head:
+        out.append(records.head("patch-values", "genloom.toolkit.forecasting_patches:build_patch_value_head", patch_head[0],
+                                "Identity head of backbones that embed and project patch values themselves (point forecast, MSE)."))
     return out
 
 
@@ -424,6 +453,10 @@ def genloom_objectives():
     if nll:
         out.append(records.objective("nll", "genloom.toolkit.forecasting_heads:build_nll_objective", nll[0],
                                      "A probabilistic forecasting head's own loss (NLL or pinball); MSE/MAE of its mean reported."))
+    next_patch = _toolkit_configs("NextPatchObjectiveConfig")
+    if next_patch:
+        out.append(records.objective("next-patch", "genloom.toolkit.forecasting_patches:build_next_patch_objective", next_patch[0],
+                                     "Generative forecasting: teacher-forced next-patch MSE, autoregressive rollout to any horizon."))
     return out
 
 
@@ -478,6 +511,10 @@ def genloom_datasets():
         out.append(records.dataset("nile", f"{_P}.series:build_nile", named[2], "Nile flow volume, yearly 1871-1970 (univariate)."))
         out.append(records.dataset("elec-equip", f"{_P}.series:build_elec_equip", named[3], "Euro-area electrical equipment orders, monthly 1995-2016 (univariate, season 12)."))
         out.append(records.dataset("danish-data", f"{_P}.series:build_danish_data", named[4], "Danish money demand, quarterly 1974-1987 (5 variates, season 4)."))
+    amortized = _amortized_configs("GpPriorConfig")
+    if amortized:
+        out.append(records.dataset("gp-prior", "genloom.toolkit.amortized:build_gp_prior", amortized[0],
+                                   "Synthetic regression tasks from a Gaussian-process prior (exact posterior as reference)."))
     return out
 
 

@@ -156,6 +156,19 @@ class MambaState(State):
         self._advances = [None] * len(self.conv)
         self._tree = None
 
+    def extend(self, other: State) -> None:
+        """Append ``other``'s rows (the core contract's ``State.extend``): conv windows and SSM
+        states are per row, so they stack; the last advance is forgotten (no rollback into it)."""
+        if not isinstance(other, MambaState) or len(other.conv) != len(self.conv):
+            raise NotImplementedError(f"a MambaState extends only by another MambaState of as many layers (got {type(other).__name__})")
+        self.conv = [torch.cat([a, b.to(a.dtype)]) for a, b in zip(self.conv, other.conv)]
+        self.ssm = [torch.cat([a, b.to(a.dtype)]) for a, b in zip(self.ssm, other.ssm)]
+        self._lengths = torch.cat([self._lengths, other._lengths])
+        self._advances = [None] * len(self.conv)
+        self._lengths_before = None
+        self._tree = None
+        self.batch_size = int(self._lengths.numel())
+
     def snapshot(self):
         advances = [a.clone() if a is not None else None for a in self._advances]
         before = self._lengths_before.clone() if self._lengths_before is not None else None
