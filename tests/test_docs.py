@@ -41,7 +41,7 @@ def test_catalogue_index_lists_every_plugin():
 # -- the API a plugin author uses is documented -----------------------------------------------
 
 #: The core modules whose public names plugin authors use (the CLI and training runtime are the user's side).
-AUTHOR_MODULES = ("records", "context", "state", "model", "pattern", "kernels", "data", "generation", "errors", "config", "plugins")
+AUTHOR_MODULES = ("records", "context", "state", "cache_policy", "model", "pattern", "kernels", "data", "generation", "errors", "config", "plugins")
 
 
 def public_names(path: Path) -> list[str]:

@@ -8,6 +8,21 @@ rolled back to per-sequence lengths and snapshotted/restored (speculative verifi
 with a per-sequence validity mask and stored positions, so sequences of one batch can have
 different lengths (left padding, different numbers of accepted drafts) without copying: a rolled
 back token just becomes an invalid slot, and attention masks it.
+
+Three additions serve the cache techniques (docs/generation.md, "KV-cache policies"):
+
+- **memory accounting**: :attr:`KVCache.nbytes` and :meth:`KVCache.layer_nbytes` count the bytes of
+  the tensors the cache actually holds (each storage once), so savings are read, not assumed;
+- **cross-layer sharing**: ``kv_source[layer]`` names the layer whose keys/values a layer reads
+  (itself by default). A reading layer owns no storage: :meth:`KVCache.read` hands it the very
+  tensors of its source (same ``data_ptr``), and the byte count shows the saving;
+- **prompt-time layer routing**: :meth:`KVCache.set_layer_skip` fixes, before the first advance, a
+  (B, n_layers) mask of layers each sequence skips; a backbone that honours it runs a layer only
+  for the rows that keep it (``update(..., rows=...)``), so skipped layers neither compute nor
+  write, and a layer every row skips holds no storage.
+
+A :class:`genloom.core.cache_policy.ManagedKVCache` keeps this contract under a policy that evicts,
+retrieves or compresses entries within a budget.
 """
 
 from __future__ import annotations
@@ -75,6 +90,33 @@ def as_lengths(lengths, batch: int, device) -> torch.Tensor:
     return torch.as_tensor(lengths, dtype=torch.long, device=device)
 
 
+def check_kv_source(kv_source, n_layers: int) -> list[int]:
+    """``kv_source`` as a list (identity when None); each layer reads itself or an earlier layer that owns its keys/values."""
+    if kv_source is None:
+        return list(range(n_layers))
+    src = [int(s) for s in kv_source]
+    if len(src) != n_layers:
+        raise ValueError(f"kv_source must name one source layer per layer ({n_layers}), got {len(src)}")
+    for i, s in enumerate(src):
+        if not (0 <= s <= i and src[s] == s):
+            raise ValueError(f"kv_source[{i}] = {s}: a layer reads itself or an earlier layer that holds its own keys/values")
+    return src
+
+
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (a storage several tensors view counts once)."""
+    seen, total = set(), 0
+    for t in tensors:
+        if t is None:
+            continue
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen:
+            continue
+        seen.add(storage.data_ptr())
+        total += storage.nbytes()
+    return total
+
+
 class KVCache(State):
     """A ragged key/value cache for ``n_layers`` attention layers.
 
@@ -88,13 +130,24 @@ class KVCache(State):
     """
 
     rollback_any = True
+    policy = None
+    """The :class:`~genloom.core.cache_policy.CachePolicy` managing the cache (None: keep everything)."""
 
-    def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, head_dim: int, capacity: int = 256, *, device=None, dtype=torch.float32):
+    def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, head_dim: int, capacity: int = 256, *, device=None, dtype=torch.float32,
+                 kv_source=None):
         self.n_layers = n_layers
         self.batch_size = batch_size
+        self.kv_source = check_kv_source(kv_source, n_layers)
+        self.layer_skip: torch.Tensor | None = None
+        """(B, n_layers) bool: layers each sequence skips (:meth:`set_layer_skip`); None: none."""
+        self.router = None
+        """A callable ``(layer, h, valid) -> (B,) bool`` (True: the row skips ``layer``) asked once per
+        layer during the first advance, with the layer's input hidden states (:meth:`route`); None: no router."""
+        self._advances = 0
         shape = (batch_size, n_kv_heads, max(capacity, 1), head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) if self.kv_source[i] == i else None for i in range(n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) if self.kv_source[i] == i else None for i in range(n_layers)]
+        self._relink()
         self.valid = torch.zeros(batch_size, shape[2], dtype=torch.bool, device=device)
         self.pos = torch.zeros(batch_size, shape[2], dtype=torch.long, device=device)
         self.used = 0
@@ -113,15 +166,102 @@ class KVCache(State):
     def lengths(self) -> torch.Tensor:
         return self._lengths
 
+    # -- memory, sharing and routing --------------------------------------------------------
+    def owners(self) -> list[int]:
+        """The layers that hold keys/values of their own (every layer unless ``kv_source`` shares)."""
+        return [i for i, s in enumerate(self.kv_source) if s == i]
+
+    def _relink(self) -> None:
+        """Point every reading layer at its source's tensors (after an operation replaced them)."""
+        for i, s in enumerate(self.kv_source):
+            if s != i:
+                self.k[i], self.v[i] = self.k[s], self.v[s]
+
+    def shares(self, layer: int) -> bool:
+        """True when ``layer`` reads another layer's keys/values (:meth:`read`, not :meth:`update`)."""
+        return self.kv_source[layer] != layer
+
+    def _tensors(self) -> list[torch.Tensor]:
+        """Every tensor the cache holds (keys, values and bookkeeping), each once."""
+        return [*(self.k[i] for i in self.owners()), *(self.v[i] for i in self.owners()), self.valid, self.pos, self._lengths]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of memory the cache holds: every tensor's storage, counted once (shared storage once)."""
+        return storage_bytes(self._tensors())
+
+    def layer_nbytes(self) -> list[int]:
+        """Bytes of key/value storage each layer owns (a layer that reads another's, or that every
+        sequence skips, owns 0)."""
+        return [storage_bytes([self.k[i], self.v[i]]) if self.kv_source[i] == i else 0 for i in range(self.n_layers)]
+
+    def set_layer_skip(self, skip: torch.Tensor | None) -> None:
+        """Fix the layers each sequence skips: ``skip`` (B, n_layers) bool, set before the first advance.
+
+        A skipped layer is the identity for that sequence at every later step (prefill included) and
+        its keys/values are never written; a layer that every sequence skips gives its storage back.
+        A layer another layer reads (``kv_source``) cannot be skipped alone: the reader must be too.
+        """
+        if bool((self.lengths > 0).any()):
+            raise ValueError("set_layer_skip: the skip mask is fixed at prefill, before the cache holds any token")
+        if skip is None:
+            self.layer_skip = None
+            return
+        skip = torch.as_tensor(skip, device=self.device).to(torch.bool)
+        if skip.shape != (self.batch_size, self.n_layers):
+            raise ValueError(f"set_layer_skip: the mask must be (batch, n_layers) = {(self.batch_size, self.n_layers)}, got {tuple(skip.shape)}")
+        for i, s in enumerate(self.kv_source):
+            if s != i and bool((skip[:, s] & ~skip[:, i]).any()):
+                raise ValueError(f"set_layer_skip: layer {i} reads layer {s}'s keys/values, so layer {s} cannot be skipped where layer {i} runs")
+        self.layer_skip = skip
+        for i in self.owners():
+            if bool(skip[:, i].all()):
+                self._drop_layer(i)
+        self._relink()
+
+    def route(self, layer: int, h: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
+        """The (B,) mask of rows that skip ``layer`` in this advance, or None when every row runs it.
+
+        A backbone calls it before each layer with the layer's input ``h``. During the first advance
+        (the prefill) a :attr:`router` decides, once per layer, and the decision joins
+        :attr:`layer_skip`: fixed for every later step. A layer that reads another's keys/values is
+        skipped wherever its source is.
+        """
+        if self.router is not None and self._advances == 1 and not getattr(self, "_routed", {}).get(layer):
+            col = torch.as_tensor(self.router(layer, h, valid), device=self.device).to(torch.bool).reshape(self.batch_size)
+            skip = self.layer_skip.clone() if self.layer_skip is not None else torch.zeros(self.batch_size, self.n_layers, dtype=torch.bool, device=self.device)
+            src = self.kv_source[layer]
+            skip[:, layer] = col | (skip[:, src] if src != layer else False)
+            self.layer_skip = skip
+            self.__dict__.setdefault("_routed", {})[layer] = True
+            if bool(skip[:, layer].all()) and src == layer:
+                self._drop_layer(layer)
+                self._relink()
+        if self.layer_skip is None:
+            return None
+        col = self.layer_skip[:, layer]
+        return col if bool(col.any()) else None
+
+    def _drop_layer(self, layer: int) -> None:
+        empty = self.k[layer][:, :, :0].clone()
+        self.k[layer], self.v[layer] = empty, empty.clone()
+
+    def _dropped(self, layer: int) -> bool:
+        return self.layer_skip is not None and bool(self.layer_skip[:, layer].all())
+
     def _grow(self, needed: int) -> None:
         if needed <= self.capacity:
             return
         new_cap = max(needed, 2 * self.capacity)
         extra = new_cap - self.capacity
         for store in (self.k, self.v):
-            for i, t in enumerate(store):
+            for i in self.owners():
+                t = store[i]
+                if self._dropped(i):
+                    continue
                 pad = t.new_zeros(t.shape[0], t.shape[1], extra, t.shape[3])
                 store[i] = torch.cat([t, pad], dim=2)
+        self._relink()
         self.valid = torch.cat([self.valid, self.valid.new_zeros(self.batch_size, extra)], dim=1)
         self.pos = torch.cat([self.pos, self.pos.new_zeros(self.batch_size, extra)], dim=1)
 
@@ -140,25 +280,52 @@ class KVCache(State):
         self._start = self.used
         self._last_advance_slots = (self.used, L)
         self.used += L
+        self._advances += 1
+        self._end = self.used  # the slots update()/read() return: up to this advance
         self._lengths = self._lengths + valid.long().sum(1)
         return positions, valid
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Write the current chunk's keys/values for ``layer``; return all keys/values, positions and validity."""
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, *, q: torch.Tensor | None = None, rows: torch.Tensor | None = None):
+        """Write the current chunk's keys/values for ``layer``; return all keys/values, positions and validity.
+
+        ``q`` (the chunk's queries) is for a cache policy and ignored here. ``rows`` (a (R,) index):
+        ``k``/``v`` are those batch rows only (layer routing: the other rows skip this layer); the
+        return value is then of those rows too.
+        """
+        if self.shares(layer):
+            raise ValueError(f"layer {layer} reads layer {self.kv_source[layer]}'s keys/values (kv_source): call read(), not update()")
         L = k.shape[2]
         sl = slice(self._start, self._start + L)
         if self.k[layer].dtype != k.dtype:
             self.k[layer] = self.k[layer].to(k.dtype)
             self.v[layer] = self.v[layer].to(v.dtype)
-        self.k[layer][:, :, sl] = k
-        self.v[layer][:, :, sl] = v
-        used = self._start + L
-        return self.k[layer][:, :, :used], self.v[layer][:, :, :used], self.pos[:, :used], self.valid[:, :used]
+            self._relink()
+        if rows is None:
+            self.k[layer][:, :, sl] = k
+            self.v[layer][:, :, sl] = v
+        else:
+            self.k[layer][rows, :, sl] = k
+            self.v[layer][rows, :, sl] = v
+        self._end = self._start + L  # what this advance's layers read (a subclass's begin may not set it)
+        return self.read(layer, rows=rows)
+
+    def read(self, layer: int, *, q: torch.Tensor | None = None, rows: torch.Tensor | None = None):
+        """Keys/values, positions and validity ``layer`` attends to (its source's, for a reading
+        layer), up to the current chunk; the tensors are views of the cache's own storage."""
+        used = getattr(self, "_end", 0)
+        src = self.kv_source[layer]
+        k, v, pos, valid = self.k[src][:, :, :used], self.v[src][:, :, :used], self.pos[:, :used], self.valid[:, :used]
+        if rows is not None:
+            return k[rows], v[rows], pos[rows], valid[rows]
+        return k, v, pos, valid
 
     def reorder(self, index: torch.Tensor) -> None:
         index = index.to(self.device)
-        self.k = [t.index_select(0, index) for t in self.k]
-        self.v = [t.index_select(0, index) for t in self.v]
+        self.k = [t.index_select(0, index) if t is not None and self.kv_source[i] == i else None for i, t in enumerate(self.k)]
+        self.v = [t.index_select(0, index) if t is not None and self.kv_source[i] == i else None for i, t in enumerate(self.v)]
+        self._relink()
+        if self.layer_skip is not None:
+            self.layer_skip = self.layer_skip.index_select(0, index)
         self.valid = self.valid.index_select(0, index)
         self.pos = self.pos.index_select(0, index)
         self._lengths = self._lengths.index_select(0, index)
@@ -211,8 +378,10 @@ class KVCache(State):
         order, valid, pos, lengths = self._kept_layout(start, L, keep)
         sl = slice(start, start + L)
         for store in (self.k, self.v):
-            for t in store:
-                t[:, :, sl] = t[:, :, sl].gather(2, order[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3]))
+            for i in self.owners():
+                t = store[i]
+                if not self._dropped(i):
+                    t[:, :, sl] = t[:, :, sl].gather(2, order[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3]))
         self.valid[:, sl] = valid
         self.pos[:, sl] = pos
         self._lengths = lengths
@@ -290,8 +459,9 @@ class StaticKVCache(KVCache):
       compiled step then captures anew.
     """
 
-    def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, head_dim: int, capacity: int = 256, *, device=None, dtype=torch.float32):
-        super().__init__(n_layers, batch_size, n_kv_heads, head_dim, capacity, device=device, dtype=dtype)
+    def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, head_dim: int, capacity: int = 256, *, device=None, dtype=torch.float32,
+                 kv_source=None):
+        super().__init__(n_layers, batch_size, n_kv_heads, head_dim, capacity, device=device, dtype=dtype, kv_source=kv_source)
         self._used = torch.zeros((), dtype=torch.long, device=self.device)
         self._slots = torch.arange(self.capacity, device=self.device)
 
@@ -299,7 +469,7 @@ class StaticKVCache(KVCache):
     def like(cls, cache: KVCache) -> "StaticKVCache":
         """An empty static cache with the shapes, capacity, device and dtype of ``cache``."""
         k = cache.k[0]
-        return cls(cache.n_layers, cache.batch_size, k.shape[1], k.shape[3], cache.capacity, device=k.device, dtype=k.dtype)
+        return cls(cache.n_layers, cache.batch_size, k.shape[1], k.shape[3], cache.capacity, device=k.device, dtype=k.dtype, kv_source=cache.kv_source)
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -307,7 +477,11 @@ class StaticKVCache(KVCache):
 
     def buffers(self) -> list[torch.Tensor]:
         """Every tensor of the store."""
-        return [*self.k, *self.v, self.valid, self.pos, self._lengths, self._used, self._slots]
+        return [*self._kv(), self.valid, self.pos, self._lengths, self._used, self._slots]
+
+    def _kv(self) -> list[torch.Tensor]:
+        """The key and value tensors, each once (reading layers share their source's)."""
+        return [*(self.k[i] for i in self.owners()), *(self.v[i] for i in self.owners())]
 
     def mark_static(self) -> None:
         """Tell ``torch.compile`` that the store's tensors keep their addresses (a CUDA graph then
@@ -341,7 +515,7 @@ class StaticKVCache(KVCache):
     def compact(self) -> None:
         """Move every sequence's valid slots to the left, in order, and reclaim the rest."""
         order = torch.sort((~self.valid).int(), dim=1, stable=True).indices  # valid slots first, order kept
-        for t in (*self.k, *self.v):
+        for t in self._kv():
             t.copy_(t.gather(2, order[:, None, :, None].expand_as(t)))
         self.pos.copy_(self.pos.gather(1, order))
         self.valid.copy_(self.valid.gather(1, order))
@@ -364,16 +538,34 @@ class StaticKVCache(KVCache):
         self._lengths.add_(valid.long().sum(1))
         return positions, valid
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, *, q: torch.Tensor | None = None, rows: torch.Tensor | None = None):
         """Write the current chunk's keys/values; return the whole store, positions and validity."""
+        if rows is not None:
+            raise ValueError("the static KV cache does not route layers per row (set_layer_skip); use cache=dynamic")
         L = k.shape[2]
         if self.k[layer].dtype != k.dtype and not torch.compiler.is_compiling():
             self.k[layer] = self.k[layer].to(k.dtype)  # once, in the eager prefill (autocast)
             self.v[layer] = self.v[layer].to(v.dtype)
+            self._relink()
         index = self._used - L + torch.arange(L, device=self.device)  # the slots begin() reserved
         self.k[layer].index_copy_(2, index, k)
         self.v[layer].index_copy_(2, index, v)
         return self.k[layer], self.v[layer], self.pos, self.valid
+
+    def read(self, layer: int, *, q: torch.Tensor | None = None, rows: torch.Tensor | None = None):
+        if rows is not None:
+            raise ValueError("the static KV cache does not route layers per row (set_layer_skip); use cache=dynamic")
+        src = self.kv_source[layer]
+        return self.k[src], self.v[src], self.pos, self.valid
+
+    def set_layer_skip(self, skip) -> None:
+        if skip is not None:
+            raise ValueError("the static KV cache does not route layers per row (set_layer_skip); use cache=dynamic")
+
+    def route(self, layer: int, h: torch.Tensor, valid: torch.Tensor | None) -> None:
+        if self.router is not None:
+            raise ValueError("the static KV cache does not route layers per row (a layer router); use cache=dynamic")
+        return None
 
     def reorder(self, index: torch.Tensor) -> None:
         index = index.to(self.device)
@@ -382,7 +574,7 @@ class StaticKVCache(KVCache):
             if getattr(self, "_static_marked", False):
                 self.mark_static()
             return
-        for t in (*self.k, *self.v, self.valid, self.pos, self._lengths):
+        for t in (*self._kv(), self.valid, self.pos, self._lengths):
             t.copy_(t.index_select(0, index))
 
     def rollback(self, lengths) -> None:
@@ -401,7 +593,7 @@ class StaticKVCache(KVCache):
         start, L, keep = self._last_advance(keep)
         order, valid, pos, lengths = self._kept_layout(start, L, keep)
         sl = slice(start, start + L)
-        for t in (*self.k, *self.v):
+        for t in self._kv():
             t[:, :, sl].copy_(t[:, :, sl].gather(2, order[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3])))
         self.valid[:, sl].copy_(valid)
         self.pos[:, sl].copy_(pos)

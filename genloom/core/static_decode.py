@@ -111,10 +111,14 @@ class StaticDecoding:
             cache.reset()
             return cache
         template = self.model.init_state(batch_size, 1)
+        policy = getattr(template, "policy", None)
+        if policy is not None and not getattr(policy, "static", False):
+            raise ConfigError(f"cache=static is not available with cache policy '{policy.name}': it evicts or retrieves entries, so the "
+                              f"cache cannot keep fixed shapes; use cache=dynamic (or cache_policy: full)", path="generate.cache")
         if type(template) is not KVCache:
             raise ConfigError(f"cache=static is not available: the backbone's state is a {type(template).__name__}, not the core KVCache; use cache=dynamic", path="generate.cache")
         k = template.k[0]
-        cache = StaticKVCache(template.n_layers, batch_size, k.shape[1], k.shape[3], capacity, device=k.device, dtype=k.dtype)
+        cache = StaticKVCache(template.n_layers, batch_size, k.shape[1], k.shape[3], capacity, device=k.device, dtype=k.dtype, kv_source=template.kv_source)
         if self.compile:
             cache.mark_static()
         self._cache = cache

@@ -69,8 +69,19 @@ class TransformerConfig:
     """Positions the model may attend to (prompt + generated tokens); generation refuses to go past
     it. None: no limit (rotary positions extrapolate, quality permitting). ``genloom import hf`` sets
     it from max_position_embeddings."""
+    kv_source: list[NonNegativeInt] | None = None
+    """Cross-layer key/value sharing: entry i is the layer whose keys/values layer i attends with
+    (itself, or an earlier layer that uses its own). A reading layer has no key/value projections
+    and its cache holds nothing of its own. None: every layer uses its own."""
 
     def __post_init__(self):
+        if self.kv_source is not None:
+            src = list(self.kv_source)
+            if len(src) != self.n_layers:
+                raise ValueError(f"kv_source must name one source layer per layer (n_layers = {self.n_layers}), got {len(src)} entries")
+            for i, j in enumerate(src):
+                if not (j <= i and src[j] == j):
+                    raise ValueError(f"kv_source[{i}] = {j}: a layer reads itself or an earlier layer that uses its own keys/values")
         if self.max_positions is not None and self.max_positions < 1:
             raise ValueError(f"max_positions must be at least 1 (or null), got {self.max_positions}")
         kv = self.n_kv_heads or self.n_heads
@@ -99,6 +110,25 @@ class NextTokenConfig:
     """Next-token prediction (causal language modelling)."""
 
     label_smoothing: Probability = 0.0
+
+
+# -- KV-cache policies (the cache_policy kind) ---------------------------------------------------
+@dataclass
+class CachePolicyConfig:
+    """Budget fields every cache policy shares (both None: unlimited)."""
+
+    budget: PositiveInt | None = None
+    """Tokens each layer may hold per sequence (the tokens of the latest advance always stay)."""
+    budget_bytes: PositiveInt | None = None
+    """Bytes the keys/values of one sequence may take, all layers together (turned into tokens per layer)."""
+
+
+@dataclass
+class WindowPolicyConfig(CachePolicyConfig):
+    """Sliding window with attention sinks: the first ``sinks`` tokens and the most recent ones."""
+
+    sinks: NonNegativeInt = 4
+    """How many of the earliest held tokens always stay (the attention sinks)."""
 
 
 # -- decoders ---------------------------------------------------------------------------------
@@ -331,6 +361,21 @@ def _optional(module: str, *names: str):
     except ImportError:
         return None
     return tuple(getattr(mod, n) for n in names)
+
+
+@hookimpl
+def genloom_component_kinds():
+    return [records.ComponentKind("cache_policy", "What a KV cache keeps, evicts, retrieves or compresses, under a budget", config_key="cache_policy")]
+
+
+@hookimpl
+def genloom_components():
+    policy = lambda name, factory, config, summary: records.Component(kind="cache_policy", name=name, factory=f"{_P}.cache_policies:{factory}",  # noqa: E731
+                                                                       config=config, summary=summary)
+    return [
+        policy("full", "build_full", records.NoConfig, "Keep and read every entry (the plain KV cache)."),
+        policy("window", "build_window", WindowPolicyConfig, "Sliding window with attention sinks: the earliest and the most recent tokens, within the budget."),
+    ]
 
 
 @hookimpl

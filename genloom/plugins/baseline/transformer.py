@@ -4,6 +4,18 @@ RMSNorm pre-norm blocks, rotary position embeddings (the rotate-half convention)
 feed-forward, grouped-query attention through the kernel dispatcher, and a ragged KV cache
 (:class:`genloom.core.state.KVCache`) for step-wise decoding. Parameter names follow Llama's so a
 Hugging Face checkpoint converts by renaming (:mod:`genloom.core.hf`).
+
+Three cache features, each off by default (docs/generation.md, "KV-cache policies"):
+
+- the config's ``cache_policy`` node (``ctx.cache_policy``) gives every cache a
+  :class:`~genloom.core.cache_policy.CachePolicy` (a :class:`~genloom.core.cache_policy.ManagedKVCache`);
+  attention passes its queries to ``update`` and attends to what it returns (a retrieved subset);
+- ``kv_source`` shares keys/values across layers: a reading layer has no key/value projections and
+  attends with its source layer's keys/values (the same cache storage);
+- a cache's layer-skip mask (:meth:`~genloom.core.state.KVCache.set_layer_skip`, or a router
+  asked at the prefill through :meth:`~genloom.core.state.KVCache.route`) makes a layer the
+  identity for the rows that skip it: the block runs on the other rows only and writes only their
+  keys/values.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ from torch import nn
 from genloom.core import kernels
 from genloom.core.model import Backbone
 from genloom.core.pattern import CAUSAL, AttentionPattern
+from genloom.core.cache_policy import FullPolicy, ManagedKVCache
 from genloom.core.state import KVCache
 
 
@@ -48,26 +61,41 @@ class Rotary(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int):
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, *, owns_kv: bool = True):
         super().__init__()
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
         self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
+        if owns_kv:  # a layer that reads another layer's keys/values (kv_source) has no projections of its own
+            self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
+            self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
 
-    def forward(self, x, *, pattern, rope, positions, valid, cache, layer):
+    def forward(self, x, *, pattern, rope, positions, valid, cache, layer, source=None, shared=None, rows=None):
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             cos, sin = rope
             q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+        if source is None:
+            k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            if rope is not None:
+                k = k * cos + rotate_half(k) * sin
+            if shared is not None:
+                shared[layer] = (k, v)
+        elif cache is None:
+            k, v = shared[source]  # the source layer's keys/values of this same forward
         if cache is not None:
-            k, v, kv_pos, kv_valid = cache.update(layer, k, v)
+            extra = {}
+            if cache.policy is not None:
+                extra["q"] = q
+            if rows is not None:
+                extra["rows"] = rows
+            if source is None:
+                k, v, kv_pos, kv_valid = cache.update(layer, k, v, **extra)
+            else:
+                k, v, kv_pos, kv_valid = cache.read(layer, **extra)
             out = kernels.call("attention", q, k, v, pattern=pattern, q_pos=positions, kv_pos=kv_pos, kv_valid=kv_valid)
         elif valid is None:
             out = kernels.call("attention", q, k, v, pattern=pattern)
@@ -88,10 +116,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg, hidden: int):
+    def __init__(self, cfg, hidden: int, *, owns_kv: bool = True):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.self_attn = Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads)
+        self.self_attn = Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, owns_kv=owns_kv)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg.d_model, hidden)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -107,11 +135,14 @@ class Transformer(Backbone):
     patterns = frozenset({"any"})
     static_cache = True  # the cache is reached only through begin/update: StaticKVCache fits
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, cache_policy=None):
         super().__init__()
         self.cfg = cfg
+        self.cache_policy = cache_policy
+        """The policy every cache of this backbone gets (None or the full policy: the plain KVCache)."""
+        self.kv_source = list(getattr(cfg, "kv_source", None) or range(cfg.n_layers))
         hidden = cfg.ffn_hidden or 32 * -(-int(8 * cfg.d_model / 3) // 32)
-        self.layers = nn.ModuleList(Block(cfg, hidden) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, hidden, owns_kv=self.kv_source[i] == i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.final_norm else nn.Identity()
         self.rotary = Rotary(cfg.d_model // cfg.n_heads, cfg.rope_theta) if cfg.rope else None
         self.apply(self._init)
@@ -134,14 +165,30 @@ class Transformer(Backbone):
         else:
             positions = torch.arange(L, device=h.device).expand(B, L)
         rope = self.rotary(pattern.positions(positions), h.dtype) if self.rotary is not None else None
+        shared = {} if any(s != i for i, s in enumerate(self.kv_source)) else None
+        route = getattr(state, "route", None)
         for i, block in enumerate(self.layers):
-            h = block(h, pattern=pattern, rope=rope, positions=positions, valid=valid, cache=state, layer=i)
+            source = self.kv_source[i] if self.kv_source[i] != i else None
+            skip = route(i, h, valid) if route is not None else None
+            if skip is None:
+                h = block(h, pattern=pattern, rope=rope, positions=positions, valid=valid, cache=state, layer=i, source=source, shared=shared)
+                continue
+            rows = (~skip).nonzero().flatten()
+            if rows.numel():  # the rows that keep layer i run it; for the others it is the identity
+                part = block(h[rows], pattern=pattern, rope=tuple(t[rows] for t in rope) if rope is not None else None, positions=positions[rows],
+                             valid=valid[rows] if valid is not None else None, cache=state, layer=i, source=source, shared=shared, rows=rows)
+                h = h.index_copy(0, rows, part)
         return self.norm(h)
 
     def init_state(self, batch_size: int, capacity: int = 256, device=None, dtype=None):
         cfg = self.cfg
-        return KVCache(cfg.n_layers, batch_size, cfg.n_kv_heads or cfg.n_heads, cfg.d_model // cfg.n_heads, capacity, device=device, dtype=dtype or torch.float32)
+        shape = (cfg.n_layers, batch_size, cfg.n_kv_heads or cfg.n_heads, cfg.d_model // cfg.n_heads, capacity)
+        kv_source = self.kv_source if any(s != i for i, s in enumerate(self.kv_source)) else None
+        policy = self.cache_policy
+        if policy is None or type(policy) is FullPolicy:
+            return KVCache(*shape, device=device, dtype=dtype or torch.float32, kv_source=kv_source)
+        return ManagedKVCache(*shape, device=device, dtype=dtype or torch.float32, kv_source=kv_source, policy=policy)
 
 
 def build(config, ctx):
-    return Transformer(config)
+    return Transformer(config, ctx.get("cache_policy"))

@@ -1,0 +1,175 @@
+"""KV-cache policies and cross-layer sharing on long-context greedy decoding.
+
+    python benchmarks/kv_policies.py --run runs/kv-bench            # a trained run (see below)
+    python benchmarks/kv_policies.py --run runs/kv-bench --prompts 2 --new-tokens 32
+
+The run is a briefly trained quickstart model, so that agreement means something::
+
+    genloom train configs/quickstart.yaml data.seq_len=256 trainer.max_steps=400 \\
+        trainer.max_time_minutes=4 logger=none run_dir=runs/kv-bench
+
+For each prompt (``--prompt-tokens`` BPE tokens of a Python standard-library file the model did not
+see whole), the full cache decodes ``--new-tokens`` greedily: the reference. Every registered cache
+policy with a ``budget`` field then runs at 100/50/25% of the context (prompt + new tokens), the
+prompt fed in chunks of ``--chunk`` tokens (so a budget bounds the memory during the prefill too),
+then **teacher-forced** along the reference continuation: agreement is the fraction of steps whose
+greedy token equals the reference's (a free-running comparison would stop meaning anything after
+the first difference). KV bytes come from the cache's own accounting (``cache.layer_nbytes()``),
+the peak over every advance after the first chunk; "entries read" is the mean number of entries a
+layer's attention read per decode step (``cache.stats``) over the final context length, which is
+what a retrieval policy saves. Cross-layer sharing schemes (CLA2, MLKV) are
+listed with the bytes their layout holds for the same model shape (their own full-cache agreement
+is exact by construction: tests/plugins/cla, tests/plugins/mlkv). tokens/s are printed, but they
+depend on the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FILES = ["inspect.py", "argparse.py", "typing.py", "dataclasses.py", "pathlib.py", "subprocess.py"]
+
+
+def prompts(tokenizer, n: int, length: int) -> list[list[int]]:
+    import sysconfig
+
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for name in FILES:
+        ids = tokenizer.encode((lib / name).read_bytes().decode("utf-8", "replace"))
+        if len(ids) >= length:
+            mid = len(ids) // 2 - length // 2  # the middle of the file, away from the license header
+            out.append(ids[mid:mid + length])
+        if len(out) == n:
+            break
+    return out
+
+
+def feed(model, ids: list[int], state, chunk: int, measure) -> torch.Tensor:
+    """Prefill ``ids`` in chunks; returns the last logits."""
+    x = torch.tensor([ids])
+    logits = None
+    for start in range(0, x.shape[1], chunk):
+        logits = model(x[:, start:start + chunk], state=state)
+        measure(state)
+    return logits[:, -1]
+
+
+def run_policy(model, prompt, reference, policy, chunk):
+    model.backbone.cache_policy = policy
+    state = model.init_state(1, len(prompt) + len(reference) + 8)
+    peak = [0]
+
+    def measure(s):
+        peak[0] = max(peak[0], sum(s.layer_nbytes()))
+
+    with torch.inference_mode():
+        logits = feed(model, prompt, state, chunk, measure)
+        if hasattr(state, "stats"):
+            state.stats.update(read=0, reads=0)  # count the decode steps' reads only
+        agree, t0 = 0, time.perf_counter()
+        for tok in reference:
+            agree += int(int(logits.argmax(-1)) == tok)
+            logits = model(torch.tensor([[tok]]), state=state)[:, -1]
+            measure(state)
+        seconds = time.perf_counter() - t0
+    model.backbone.cache_policy = None
+    stats = getattr(state, "stats", None)
+    read = stats["read"] / stats["reads"] if stats and stats.get("reads") else float(state.lengths.max())
+    held = float(state.lengths.max())
+    return agree / len(reference), peak[0], len(reference) / seconds, read / held
+
+
+def greedy_reference(model, prompt, n, chunk):
+    model.backbone.cache_policy = None
+    state = model.init_state(1, len(prompt) + n + 8)
+    out = []
+    with torch.inference_mode():
+        logits = feed(model, prompt, state, chunk, lambda s: None)
+        for _ in range(n):
+            tok = int(logits.argmax(-1))
+            out.append(tok)
+            logits = model(torch.tensor([[tok]]), state=state)[:, -1]
+    return out
+
+
+def policies(registry, budget: int):
+    """Every registered cache policy with a ``budget`` field, at ``budget`` tokens."""
+    out = []
+    for name in registry.names("cache_policy"):
+        rec = registry.get("cache_policy", name)
+        fields = {f.name for f in dataclasses.fields(rec.config)} if dataclasses.is_dataclass(rec.config) else set()
+        if "budget" not in fields:
+            continue
+        out.append((name, rec.load_factory()(rec.config(budget=budget), None)))
+    return out
+
+
+def sharing_rows(model, context: int):
+    """Bytes a cache holds after ``context`` tokens for the model's shape under each sharing layout."""
+    from genloom.core.state import KVCache
+    from genloom.plugins.cla.model import cla_layout
+    from genloom.toolkit.kv_sharing import grouped_layout
+
+    cfg = model.backbone.cfg
+    L, kv, dh = cfg.n_layers, cfg.n_kv_heads or cfg.n_heads, cfg.d_model // cfg.n_heads
+    layouts = {"none": list(range(L)), "CLA2 (cla, sharing_factor 2)": cla_layout(L, 2), "MLKV m=1 (mlkv, kv_layers 1)": grouped_layout(L, 1)}
+    rows = []
+    for name, src in layouts.items():
+        cache = KVCache(L, 1, kv, dh, context, kv_source=src if src != list(range(L)) else None)
+        rows.append((name, sum(cache.layer_nbytes())))
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default="runs/kv-bench")
+    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--prompt-tokens", type=int, default=2048)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--chunk", type=int, default=128)
+    parser.add_argument("--budgets", default="1.0,0.5,0.25")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import genloom
+    from genloom.core.plugins import get_registry
+
+    gen = genloom.load(args.run)
+    model = gen.model.eval()
+    cfg = model.backbone.cfg
+    texts = prompts(gen.tokenizer, args.prompts, args.prompt_tokens)
+    context = args.prompt_tokens + args.new_tokens
+    print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, {cfg.n_layers} layers, d_model {cfg.d_model}; "
+          f"{len(texts)} prompts of {args.prompt_tokens} tokens, {args.new_tokens} new tokens, prefill chunks of {args.chunk}", flush=True)
+    refs = [greedy_reference(model, p, args.new_tokens, args.chunk) for p in texts]
+    print("\n| policy | budget | KV bytes held (peak) | of full | entries read per step (of context) | greedy agreement | tokens/s (load-dependent) |\n| --- | --- | --- | --- | --- | --- | --- |")
+    full_bytes = None
+    for fraction in (float(f) for f in args.budgets.split(",")):
+        budget = max(1, int(round(fraction * context)))
+        for name, policy in policies(get_registry(), budget):
+            results = [run_policy(model, p, r, policy, args.chunk) for p, r in zip(texts, refs)]
+            agree = sum(r[0] for r in results) / len(results)
+            peak = max(r[1] for r in results)
+            speed = sum(r[2] for r in results) / len(results)
+            read = sum(r[3] for r in results) / len(results)
+            full_bytes = full_bytes or (peak if fraction >= 1.0 else None)
+            share = f"{peak / full_bytes:.0%}" if full_bytes else "?"
+            print(f"| {name} | {fraction:.0%} ({budget} tokens) | {peak:,} | {share} | {read:.0%} | {agree:.1%} | {speed:.0f} |", flush=True)
+    print(f"\n| sharing layout (same shape, {context} tokens, one sequence) | KV bytes | of no sharing |\n| --- | --- | --- |")
+    rows = sharing_rows(model, context)
+    for name, nbytes in rows:
+        print(f"| {name} | {nbytes:,} | {nbytes / rows[0][1]:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
