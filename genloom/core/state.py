@@ -393,6 +393,10 @@ class KVCache(State):
         slots are invalid (attention masks them) and the capacity is the larger of the two."""
         if type(other) is not type(self) or type(self) is not KVCache:
             raise NotImplementedError(f"{type(self).__name__}.extend takes another {type(self).__name__} (got a {type(other).__name__})")
+        if self.layer_skip is not None or other.layer_skip is not None or self.router is not None or other.router is not None:
+            raise NotImplementedError("a cache with routed layers cannot append another cache's rows (the rows' skip masks differ)")
+        if other.kv_source != self.kv_source:
+            raise ValueError(f"cannot stack caches with different layer sharing: kv_source {self.kv_source} and {other.kv_source}")
         if other.n_layers != self.n_layers or other.k[0].shape[1::2] != self.k[0].shape[1::2]:
             raise ValueError(f"cannot stack caches of different models: {self.n_layers} layers of {tuple(self.k[0].shape[1::2])} (heads, head size) "
                              f"and {other.n_layers} of {tuple(other.k[0].shape[1::2])}")
@@ -406,8 +410,10 @@ class KVCache(State):
             shape[dim] = extra
             return torch.cat([t, t.new_zeros(shape)], dim)
 
-        self.k = [torch.cat([a, widen(b, 2).to(a.dtype)]) for a, b in zip(self.k, other.k)]
-        self.v = [torch.cat([a, widen(b, 2).to(a.dtype)]) for a, b in zip(self.v, other.v)]
+        owners = set(self.owners())
+        self.k = [torch.cat([a, widen(b, 2).to(a.dtype)]) if i in owners else None for i, (a, b) in enumerate(zip(self.k, other.k))]
+        self.v = [torch.cat([a, widen(b, 2).to(a.dtype)]) if i in owners else None for i, (a, b) in enumerate(zip(self.v, other.v))]
+        self._relink()
         self.valid = torch.cat([self.valid, widen(other.valid, 1)])
         self.pos = torch.cat([self.pos, widen(other.pos, 1)])
         self._lengths = torch.cat([self._lengths, other._lengths])
@@ -421,8 +427,11 @@ class KVCache(State):
         their stored positions, so attention is unchanged."""
         order = torch.sort((~self.valid).int(), dim=1, stable=True).indices  # valid slots first, order kept
         for store in (self.k, self.v):
-            for i, t in enumerate(store):
-                store[i] = t.gather(2, order[:, None, :, None].expand_as(t))
+            for i in self.owners():
+                t = store[i]
+                if t.shape[2] == self.capacity:  # not a layer every row skips (it holds nothing)
+                    store[i] = t.gather(2, order[:, None, :, None].expand_as(t))
+        self._relink()  # reading layers keep sharing their source's new storage
         self.pos = self.pos.gather(1, order)
         self.valid = self.valid.gather(1, order)
         self.used = int(self.valid.sum(1).max()) if self.batch_size else 0

@@ -66,6 +66,30 @@ def test_sharing_survives_reorder_rollback_keep():
     assert state.k[1] is state.k[0] and state.v[3] is state.v[2]
 
 
+def test_sharing_survives_extend_and_compact_and_routing_refuses_extend():
+    """Continuous batching's operations on a shared cache: appended rows and compacted slots keep
+    the reading layers on their source's storage, and decoding on equals each row decoded alone."""
+    model = lm(SHARED)
+    a, b = [[1, 2, 3, 4, 5]], [[9, 8]]
+    with torch.inference_mode():
+        solo = [model(torch.tensor(p)) for p in (a, b)]
+        sa, sb = model.init_state(1, 8), model.init_state(1, 4)
+        model(torch.tensor(a), state=sa)
+        model(torch.tensor(b), state=sb)
+        sa.extend(sb)
+        assert sa.k[1] is sa.k[0] and sa.v[3] is sa.v[2] and sa.batch_size == 2
+        sa.compact()
+        assert sa.k[1] is sa.k[0] and sa.v[3] is sa.v[2]
+        step = model(torch.tensor([[6], [7]]), state=sa)[:, -1]
+        full_a, full_b = model(torch.tensor([a[0] + [6]]))[:, -1], model(torch.tensor([b[0] + [7]]))[:, -1]
+    assert torch.allclose(step[0], full_a[0], atol=1e-10) and torch.allclose(step[1], full_b[0], atol=1e-10)
+    assert solo[0].shape[1] == 5
+    routed = model.init_state(1, 4)
+    routed.set_layer_skip(torch.tensor([[False, True, False, False]]))
+    with pytest.raises(NotImplementedError, match="routed layers"):
+        routed.extend(model.init_state(1, 4))
+
+
 def test_sharing_off_is_the_plain_transformer_and_bad_layouts_are_refused():
     plain, shared_off = lm(BACKBONE), lm({**BACKBONE, "kv_source": [0, 1, 2, 3]})
     seq = torch.tensor([[3, 1, 4, 1, 5]])
