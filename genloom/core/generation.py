@@ -219,6 +219,23 @@ class Session:
             out.append(step)
         return torch.stack(out, 1)
 
+    def prefill_all_but_last(self, state, *, model=None, name: str = "target") -> None:
+        """Feed every prompt token but the last into ``state`` (decoders that feed the last one with
+        their first drafts). A source-conditioned model (its context holds ``source_length``) whose
+        prompt ends inside the bidirectional source block (an empty target prefix) is fed the whole
+        prompt and rolled back by one position instead: every source position then sees the whole
+        block, as in a plain prefill, and feeding the last token again reproduces it exactly."""
+        if self.prompt_ids.shape[1] <= 1:
+            return
+        m = self.model if model is None else model
+        ctx = getattr(m, "ctx", None)
+        source_length = ctx.get("source_length") if ctx is not None and hasattr(ctx, "get") else None
+        if source_length and bool((self.prompt_valid.sum(1) <= int(source_length)).any()):
+            self.forward(self.prompt_ids, state=state, valid=self.prompt_valid, model=model, name=name)
+            state.rollback(state.lengths - 1)
+        else:
+            self.forward(self.prompt_ids[:, :-1], state=state, valid=self.prompt_valid[:, :-1], model=model, name=name)
+
     def tokens_done(self) -> int:
         """Tokens generated so far over the batch, a finished sequence counting ``max_new_tokens``."""
         return int(sum(self.max_new_tokens if f else min(len(g), self.max_new_tokens) for g, f in zip(self.generated, self.finished.tolist())))

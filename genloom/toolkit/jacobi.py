@@ -63,8 +63,7 @@ class SpeculativeJacobiDecoder(Decoder):
         if width == 0:
             raise GenerationError("speculative Jacobi decoding needs a non-empty prompt per sequence")
         session.state = session.model.init_state(batch, width + session.max_new_tokens + self.window + 16)
-        if width > 1:
-            session.forward(session.prompt_ids[:, :-1], state=session.state, valid=session.prompt_valid[:, :-1])
+        session.prefill_all_but_last(session.state)
         session.scratch["pending"] = session.prompt_ids[:, -1:]
         session.scratch["vocab"] = int(session.model.ctx.vocab_size)
         session.scratch["window"] = self._uniform(session, batch, self.window, session.scratch["vocab"])

@@ -306,8 +306,7 @@ class TreeDecoder(Decoder):
                                   "drop the processors or use the 'speculative' decoder")
         batch, width = session.prompt_ids.shape
         session.state = session.model.init_state(batch, width + session.max_new_tokens + self.shape.size + 16)
-        if width > 1:  # the last prompt token is the first round's root
-            session.forward(session.prompt_ids[:, :-1], state=session.state, valid=session.prompt_valid[:, :-1])
+        session.prefill_all_but_last(session.state)  # the last prompt token is the first round's root
         session.scratch["root"] = session.prompt_ids[:, -1]
         self.start_drafting(session)
 
@@ -358,8 +357,7 @@ class TreeSpeculativeDecoder(TreeDecoder, DraftModelDecoder):
         draft_state = self.draft.init_state(batch, width + session.max_new_tokens + self.shape.size + 16)
         session.scratch["draft_tree"] = serves_tree(self.draft, draft_state) and not isinstance(draft_state, StaticKVCache)
         session.scratch["draft_state"] = draft_state
-        if width > 1:
-            session.forward(session.prompt_ids[:, :-1], state=draft_state, valid=session.prompt_valid[:, :-1], model=self.draft, name="draft")
+        session.prefill_all_but_last(draft_state, model=self.draft, name="draft")
         last = session.prompt_ids[:, -1:]
         session.scratch["draft_pending"] = (last, torch.ones_like(last, dtype=torch.bool))
 

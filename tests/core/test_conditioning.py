@@ -169,3 +169,41 @@ def test_docstring_signature_pairs_split_by_file():
         assert "(" in t and t.endswith(")") and s
     loaded = data.load("test", b.model.tokenizer, b.ctx)
     assert len(loaded) == len(texts["test"])
+
+
+@pytest.mark.parametrize("decoder", ["speculative", "sparse-to-dense"])
+def test_decoders_holding_back_the_last_prompt_token_keep_the_source_block_whole(built, decoder):
+    """Greedy speculative-style decoders feed the last prompt token with their first drafts; when the
+    prompt ends inside the bidirectional source block (empty target prefix) that token must still be
+    part of the block every source position sees (Session.prefill_all_but_last): token for token the
+    plain greedy output. Broken variant: prefilling prompt[:-1] as before changes the tokens."""
+    from genloom.core import generation
+    from genloom.core.generation import run
+
+    gen = Generator(built)
+    with torch.no_grad():
+        for p in built.model.parameters():
+            p.mul_(3.0)  # attention far from uniform, so a split source block shows
+    try:
+        sources = [list(b"abc"), list(b"hello"), list(b"x")]
+        prompts = gen.source_prompts(sources)
+        greedy = run(built.model, prompts, built.ctx.build("decoder", "greedy"), max_new_tokens=T, seed=0).ids
+        node = {"name": decoder, "gamma": 3} if decoder == "sparse-to-dense" else {"name": "speculative", "draft": _config(), "gamma": 3, "greedy": True}
+        dec = built.ctx.build("decoder", node)
+        if decoder == "speculative":
+            dec._draft = built.model  # a draft equal to the target: every difference comes from the prefill
+        assert run(built.model, prompts, dec, max_new_tokens=T, seed=0).ids == greedy
+
+        def split_prefill(self, state, *, model=None, name="target"):
+            self.forward(self.prompt_ids[:, :-1], state=state, valid=self.prompt_valid[:, :-1], model=model, name=name)
+
+        original = generation.Session.prefill_all_but_last
+        generation.Session.prefill_all_but_last = split_prefill
+        try:
+            assert run(built.model, prompts, dec, max_new_tokens=T, seed=0).ids != greedy
+        finally:
+            generation.Session.prefill_all_but_last = original
+    finally:
+        with torch.no_grad():
+            for p in built.model.parameters():
+                p.div_(3.0)

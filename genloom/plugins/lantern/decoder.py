@@ -78,10 +78,8 @@ class LanternDecoder(DraftModelDecoder):
         capacity = width + session.max_new_tokens + self.gamma + 16
         session.state = session.model.init_state(batch, capacity)
         session.scratch["draft_state"] = self.draft.init_state(batch, capacity)
-        if width > 1:
-            ids, valid = session.prompt_ids[:, :-1], session.prompt_valid[:, :-1]
-            session.forward(ids, state=session.state, valid=valid)
-            session.forward(ids, state=session.scratch["draft_state"], valid=valid, model=self.draft, name="draft")
+        session.prefill_all_but_last(session.state)
+        session.prefill_all_but_last(session.scratch["draft_state"], model=self.draft, name="draft")
         last = session.prompt_ids[:, -1:]
         session.scratch["target_pending"] = last
         session.scratch["draft_pending"] = (last, torch.ones_like(last, dtype=torch.bool))

@@ -40,8 +40,7 @@ class SparseToDenseDecoder(Decoder):
             raise GenerationError("the sparse-to-dense decoder is greedy and applies no logits processors; drop the processors")
         batch, width = session.prompt_ids.shape
         session.state = session.model.init_state(batch, width + session.max_new_tokens + self.gamma + 16)
-        if width > 1:
-            session.forward(session.prompt_ids[:, :-1], state=session.state, valid=session.prompt_valid[:, :-1])
+        session.prefill_all_but_last(session.state)
         session.scratch["pending"] = session.prompt_ids[:, -1]
 
     def propose(self, session: Session):
