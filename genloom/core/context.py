@@ -48,6 +48,8 @@ class BuildContext:
         values = object.__getattribute__(self, "_values")
         if key in values:
             return values[key]
+        if key.startswith("__") and key.endswith("__"):  # copy, pickle and friends probe for these
+            raise AttributeError(key)
         raise ConfigError(
             f"{self.current or 'a component'} needs '{key}', which no earlier component provides "
             f"(known: {', '.join(sorted(values)) or 'none'}). Set it in the component's config or use a component that provides it.",

@@ -528,7 +528,7 @@ def apply_shorthand(options: dict, decoder_node: dict, processor_nodes: list) ->
         given = [k for k in SAMPLING_ONLY if k in opts]
         if given:
             raise GenerationError(f"{', '.join(given)} only change(s) sampling, and the decoder is '{node.get('name')}': pass do_sample=True (or decoder='sampling')")
-    procs = [dict(n) for n in processor_nodes]
+    procs = [dict(n) if isinstance(n, dict) else n for n in processor_nodes]  # callables pass through
     keep = opts.get("min_tokens_to_keep")
     for key, proc, fld, off in SHORTHAND_PROCESSORS:
         if key not in opts:

@@ -148,3 +148,15 @@ def test_progress_reports_tokens_done_up_to_the_total(gen):
     assert seen and all(t == 10 for _, t in seen)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1][0] == 10
     assert len(seen) == 5 and sum(len(ids) for ids in result.ids) == 10  # one commit per token with greedy decoding
+
+
+def test_callable_processors_with_a_named_decoder_and_a_model_deepcopy(gen):
+    import copy
+
+    banned = lambda logits, history: logits.index_fill(-1, torch.tensor([2]), float("-inf"))  # noqa: E731
+    out = gen.generate([[1, 2]], max_new_tokens=4, decoder="greedy", processors=[banned]).ids
+    assert 2 not in out[0] and gen.generate([[1, 2]], max_new_tokens=4, decoder="greedy", processors=[]).ids != out
+    sampled = gen.generate([[1, 2]], max_new_tokens=4, decoder="sampling", processors=[banned], temperature=0.7, seed=3).ids
+    assert 2 not in sampled[0]
+    twin = copy.deepcopy(gen.model)  # the build context answers copy's probes with AttributeError
+    assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), gen.model.state_dict().values()))
