@@ -17,7 +17,7 @@ import time
 import torch
 
 from genloom.core.generation import Generator
-from genloom.testing import tiny_model
+from genloom.testing import tiny_model, train_briefly
 
 MODELS = {
     "ar": ("AR prefix LM (next-token, greedy)", {"name": "lm"}, {"name": "next-token"}, {"name": "greedy"}),
@@ -34,26 +34,8 @@ def train(head, objective, decoder, steps: int = 1000, lr: float = 3e-3):
         "tokenizer": {"name": "bytes"}, "head": head, "objective": objective, "decoder": decoder,
         "backbone": {"name": "transformer", "d_model": 64, "n_layers": 2, "n_heads": 4},
     }
-    built = tiny_model(base=base, data=True, seed=0)
+    built = train_briefly(tiny_model(base=base, data=True, seed=0), steps, lr=lr)
     model = built.model
-    train_split = built.data.load("train", model.tokenizer, built.ctx)
-    loader = torch.utils.data.DataLoader(train_split, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    torch.manual_seed(0)
-    step = 0
-    while step < steps:
-        for batch in loader:
-            loss = model.loss(batch)["loss"]
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            schedule.step()
-            step += 1
-            if step >= steps:
-                break
-    model.eval()
     return built
 
 

@@ -19,7 +19,8 @@ checks the record, the config dataclass and the factory) and asserts the contrac
 - decoder: output stays in the vocabulary; a seeded run reproduces exactly;
 - kernel: the backend agrees with the op's ``reference`` backend.
 
-``exact_continuations`` enumerates a tiny model's exact continuation distribution, the reference
+``train_briefly`` trains a tiny model with data for a few hundred reproducible steps (tests and
+benchmarks that need a trained model). ``exact_continuations`` enumerates a tiny model's exact continuation distribution, the reference
 for testing that a decoder preserves the target distribution (speculative sampling, SpecTr).
 """
 
@@ -36,6 +37,7 @@ from genloom.testing.checks import (  # noqa: F401
     check_tokenizer,
     exact_continuations,
     tiny_model,
+    train_briefly,
 )
 
 try:

@@ -231,6 +231,36 @@ def tiny_model(config_path=None, overrides=None, base: dict | None = None, regis
 
 
 @_keeps_rng
+def train_briefly(built, steps: int, *, lr: float = 3e-3, batch_size: int = 64, seed: int = 0, clip: float = 1.0):
+    """Train a :func:`tiny_model` built with ``data=True`` for ``steps`` optimizer steps on its
+    training split (AdamW without weight decay, a one-cycle schedule with 10% warm-up, gradients
+    clipped to ``clip``; shuffling and noise drawn from ``seed``), then put it in eval mode. The
+    short, reproducible training run of property tests and benchmarks that need a trained model;
+    returns ``built``."""
+    model = built.model
+    train = built.data.load("train", model.tokenizer, built.ctx)
+    loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=getattr(built.data, "collate", None),
+                                         generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    torch.manual_seed(seed)
+    model.train()
+    step = 0
+    while step < steps:
+        for batch in loader:
+            loss = model.loss(batch)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            schedule.step()
+            step += 1
+            if step >= steps:
+                break
+    model.eval()
+    return built
+
+
 def check_objective(built, batch: dict):
     """``built.model.loss(batch)`` (``built`` from :func:`tiny_model`) returns ``{"loss": finite scalar, ...}``
     and gradients reach the model. Returns the loss dict."""

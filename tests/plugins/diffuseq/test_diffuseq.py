@@ -8,7 +8,7 @@ import torch
 
 from genloom.core.data import SourceTargetPairs
 from genloom.core.generation import Generator
-from genloom.testing import check_objective, tiny_model
+from genloom.testing import check_objective, tiny_model, train_briefly
 from genloom.toolkit import embedding_diffusion as ed
 from genloom.toolkit.embedding_diffusion import GaussianSchedule, embedding_diffusion_loss, reverse_timesteps, target_positions, with_clean_source
 
@@ -142,26 +142,8 @@ def test_trains_on_the_reverse_task():
         "tokenizer": {"name": "bytes"}, "head": {"name": "embedding-diffusion", "embed_dim": 16}, "objective": {"name": "diffuseq", "steps": 1000}, "decoder": {"name": "diffuseq", "steps": 20},
         "backbone": {"name": "transformer", "d_model": 64, "n_layers": 2, "n_heads": 4},
     }
-    b = tiny_model(base=base, data=True, seed=0)
+    b = train_briefly(tiny_model(base=base, data=True, seed=0), 1000, lr=3e-3)
     model = b.model
-    loader = torch.utils.data.DataLoader(b.data.load("train", model.tokenizer, b.ctx), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
-    steps, lr = 1000, 3e-3
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    torch.manual_seed(0)
-    step = 0
-    while step < steps:
-        for batch in loader:
-            loss = model.loss(batch)["loss"]
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            if step >= steps:
-                break
-    model.eval()
     test = b.data.load("test", model.tokenizer, b.ctx)
     with torch.no_grad():
         result = Generator(b).generate(source=[s for s, _ in test.pairs], max_new_tokens=9, seed=0)

@@ -11,7 +11,7 @@ import torch
 from genloom.core.generation import Generator
 from genloom.plugins.nat_ctc.head import parallel_logits
 from genloom.plugins.nat_ctc.objective import split_batch
-from genloom.testing import check_objective, tiny_model
+from genloom.testing import check_objective, tiny_model, train_briefly
 from genloom.toolkit.ctc import collapse, ctc_nll_by_enumeration
 
 S = 2
@@ -115,27 +115,8 @@ def test_trains_on_the_reverse_task_to_high_exact_match():
         "backbone": {"name": "transformer", "d_model": 64, "n_layers": 2, "n_heads": 4},
         "objective": {"name": "nat-ctc"},
     }
-    b = tiny_model(base=base, data=True, seed=0)
+    b = train_briefly(tiny_model(base=base, data=True, seed=0), 1000, lr=3e-3)
     model = b.model
-    train = b.data.load("train", model.tokenizer, b.ctx)
-    loader = torch.utils.data.DataLoader(train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
-    steps, lr = 1000, 3e-3
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    torch.manual_seed(0)
-    step = 0
-    while step < steps:
-        for batch in loader:
-            loss = model.loss(batch)["loss"]
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            if step >= steps:
-                break
-    model.eval()
     test = b.data.load("test", model.tokenizer, b.ctx)
     with torch.no_grad():
         exact = float(model.loss(torch.utils.data.default_collate([test[i] for i in range(len(test))]))["exact_match"])
