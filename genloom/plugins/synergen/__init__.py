@@ -12,12 +12,15 @@ What this implementation does.
 
 - data set ``synthetic-behaviour``: seeded synthetic behavioural sequences of ``n_items`` item ids
   with timestamps. Items belong to ``n_clusters`` clusters; after a short gap the next item stays
-  in the current cluster, after a long gap (a new session) it jumps to a random cluster, so the
-  time gaps carry information. Each window starts at a random absolute time offset.
+  in the current cluster (or drifts to the next cluster with probability ``drift``), after a long
+  gap (a new session) it returns to the window's home cluster (that of its first item), so the time
+  gaps carry information. Each window starts at a random absolute time offset.
 - backbone ``synergen``: a pre-norm causal transformer whose attention uses the time-aware rotary
   embedding: of the ``Dh/2`` rotation planes of a head, the first ``Dh/2 - time_planes`` turn with
-  the position, the last ``time_planes`` with ``timestamp / time_scale``. Its forward takes the
-  timestamps as ``times=`` (absent: all zero, i.e. plain positional rotary).
+  the position, the last ``time_planes`` with ``timestamp / time_scale`` (own frequency ladder,
+  1 down to 1 / ``time_theta``). Its forward takes the
+  timestamps as ``times=`` (absent: all zero, i.e. plain positional rotary) and, optionally, the
+  times the queries turn with as ``query_times=``.
 - objective ``synergen``: ``retrieval_weight * InfoNCE + pointwise_weight * BCE +
   pairwise_weight * BPR`` on one decoder. Queries are the hidden states at every position, item
   vectors are the head's input embeddings; InfoNCE is cross-entropy over the (N, N) matrix of
@@ -58,7 +61,9 @@ class SyntheticBehaviourConfig:
     seq_len: PositiveInt = 24
     """Events per training window (the sample holds seq_len + 1 events)."""
     session_gap: PositiveFloat = 5.0
-    """Gaps longer than this start a new session (the next item's cluster is redrawn)."""
+    """Gaps longer than this start a new session (the next item returns to the home cluster)."""
+    drift: Annotated[float, Interval(ge=0, le=1)] = 0.3
+    """Probability that an in-session event moves to the next cluster."""
     mean_gap: PositiveFloat = 3.0
     """Mean of the exponential gaps between events."""
     max_offset: NonNegativeFloat = 1000.0
@@ -102,6 +107,8 @@ class SynergenBackboneConfig:
     """Base of the rotary frequencies."""
     time_scale: PositiveFloat = 1.0
     """Timestamps are divided by this before they set a rotation angle."""
+    time_theta: PositiveFloat = 100.0
+    """The time planes' frequencies run from 1 down to 1 / time_theta (geometrically)."""
     dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.0
     """Dropout on the attention output and MLP."""
 
@@ -129,6 +136,8 @@ class SynergenObjectiveConfig:
     """Weight of the pointwise binary cross-entropy ranking loss."""
     pairwise_weight: NonNegativeFloat = 0.5
     """Weight of the pairwise BPR ranking loss."""
+    query_at_next_time: bool = True
+    """Queries turn with the timestamp of the event they predict (the request time), keys with their own."""
 
 
 @hookimpl

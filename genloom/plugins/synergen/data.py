@@ -2,7 +2,8 @@
 
 A window of L + 1 events starts at a uniform absolute time in [0, max_offset) and a uniform item.
 Gaps are exponential with mean ``mean_gap``. After a gap longer than ``session_gap`` the next item
-comes from a uniformly drawn cluster; otherwise from the current item's cluster (items
+comes from the home cluster (that of the window's first item); otherwise from the current item's
+cluster, or with probability ``drift`` from the cluster after it (items
 ``c * m .. c * m + m - 1`` form cluster c, with m = n_items / n_clusters). Every window is a
 function of (seed, split, index) only.
 """
@@ -33,7 +34,10 @@ class BehaviourWindows(torch.utils.data.Dataset):
         times = rng.uniform(0.0, c.max_offset) + np.cumsum(gaps)
         items = [int(rng.integers(c.n_items))]
         for k in range(1, n):
-            cluster = int(rng.integers(c.n_clusters)) if gaps[k] > c.session_gap else items[-1] // per
+            if gaps[k] > c.session_gap:
+                cluster = items[0] // per
+            else:
+                cluster = (items[-1] // per + int(rng.random() < c.drift)) % c.n_clusters
             items.append(cluster * per + int(rng.integers(per)))
         return {"ids": torch.tensor(items, dtype=torch.long), "times": torch.tensor(times, dtype=torch.float32)}
 

@@ -1,7 +1,8 @@
 """The joint SynerGen objective: InfoNCE next-item retrieval + pointwise/pairwise ranking.
 
 For a batch of windows ``ids`` (B, L + 1) with ``times`` (B, L + 1): hidden states
-h = backbone(embed(ids[:, :-1]), times[:, :-1]) give N = B * L queries q_n, with next items y_n and
+h = backbone(embed(ids[:, :-1]), times=times[:, :-1], query_times=times[:, 1:]) (the query of
+position t turns with the time of the event it predicts; ``query_at_next_time=false``: its own) give N = B * L queries q_n, with next items y_n and
 item vectors e = embed(item). Then
 
     InfoNCE   = mean_n CE(S[n], n),  S[n, m] = cos(q_n, e_{y_m}) / temperature   (in-batch negatives)
@@ -45,7 +46,9 @@ class SynergenObjective(Objective):
         ids = batch["ids"]
         times = batch.get("times")
         h = model.head.embed(ids[:, :-1])
-        return model.backbone(h, times=None if times is None else times[:, :-1])
+        if times is None:
+            return model.backbone(h)
+        return model.backbone(h, times=times[:, :-1], query_times=times[:, 1:] if self.config.query_at_next_time else None)
 
     def loss(self, model, batch):
         c = self.config
