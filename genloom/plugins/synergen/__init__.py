@@ -45,6 +45,7 @@ from genloom.core.constraints import Interval, NonNegativeFloat, NonNegativeInt,
 PAPER = records.Paper(
     title="SynerGen: Contextualized Generative Recommender for Unified Search and Recommendation",
     year=2025,
+    arxiv="2509.21777",
 )
 
 _P = "genloom.plugins.synergen"
