@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from genloom.core.model import Backbone
 from genloom.core.pattern import CAUSAL
