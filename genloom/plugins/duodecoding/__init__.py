@@ -64,9 +64,11 @@ class DuoDecodingConfig(DraftModelConfig):
     """DuoDecoding (fields draft, gamma, seed from DraftModelConfig)."""
 
     top_k: PositiveInt = 3
-    """Sequences drafted when the draft's first-token confidence is below ``threshold``; their first tokens are the draft's top-k."""
-    threshold: Probability = 0.6
-    """First-token confidence (the draft's top probability) below which ``top_k`` sequences are drafted (0: never)."""
+    """At most this many sequences per round; their first tokens are the draft's top-k candidates."""
+    threshold: Probability | None = None
+    """null: the paper's rule -- candidate k (rank 2..top_k) starts a sequence when its probability
+    exceeds ``p_{1,1} * p_{2,1}`` (the top-1 probabilities at the first two positions of sequence 0).
+    A number: all ``top_k`` candidates when the first-token confidence ``p_{1,1}`` is below it (0: never)."""
     greedy: bool = False
     """Draft and verify with argmax: the output equals the target's greedy decoding."""
     concurrent: bool = True

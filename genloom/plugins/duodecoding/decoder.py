@@ -42,8 +42,8 @@ class Block:
     """(B, N, V) the draft's law at every node (the law its child was drawn from; a leaf's law
     gives the guess of the next token)."""
     shape: TreeShape
-    low: torch.Tensor
-    """(B,) the draft's first-token confidence was below the threshold (``K`` sequences drafted)."""
+    extra: torch.Tensor
+    """(B,) the extra sequences each row drafted (its candidates ranked 2.. that were spawned)."""
     confidence: torch.Tensor
     """(B,) the draft's top probability at the root."""
     branch: object
@@ -81,27 +81,51 @@ class DuoDecoder(DraftModelDecoder):
             q0 = torch.softmax(logits.double(), -1)
             B, V = q0.shape
             confidence = q0.max(-1).values
-            low = confidence < self.threshold
-            K = min(self.top_k, V) if bool(low.any()) else 1
-            top = q0.topk(K, dim=-1).indices
-            first = torch.where(low[:, None], top, top[:, :1].expand(B, K))  # a repeated candidate is a no-op
+            C = min(self.top_k, V)
+            top = q0.topk(C, dim=-1)
+            branch = copy.deepcopy(state)  # the sequences grow on a copy: the state keeps committed tokens only
+            dev = ids.device
+            if self.threshold is None or C == 1:  # paper's rule: needs sequence 0's second-token confidence
+                q1 = None
+                if C > 1:
+                    branch.reorder(torch.arange(B, device=dev).repeat_interleave(C))
+                    q1 = torch.softmax(self.draft(top.indices.reshape(B * C, 1), state=branch)[:, -1].double(), -1).reshape(B, C, V)
+                    spawn = top.values[:, 1:] > (confidence * q1[:, 0].max(-1).values)[:, None]  # p_{1,k} > p_{1,1} p_{2,1}
+                else:
+                    spawn = torch.zeros(B, 0, dtype=torch.bool, device=dev)
+            else:  # fixed threshold: all top-k candidates when the first-token confidence is low
+                q1 = None
+                spawn = (confidence < self.threshold)[:, None].expand(B, C - 1)
+            count = spawn.sum(1)  # extra sequences per row (the candidates spawned form a prefix of the ranking)
+            K = 1 + int(count.max()) if B else 1
+            slot = torch.arange(K, device=dev)[None]
+            source = torch.where(slot < 1 + count[:, None], slot, torch.zeros_like(slot))  # (B, K) the candidate each slot holds
+            first = top.indices.gather(1, source)  # a slot past a row's spawns repeats its top-1: a provable no-op
             shape = TreeShape((K,) + (1,) * (self.gamma - 1))
-            tokens = torch.zeros(B, shape.size, dtype=torch.long, device=ids.device)
+            tokens = torch.zeros(B, shape.size, dtype=torch.long, device=dev)
             tokens[:, 0] = roots
             tokens[:, 1:K + 1] = first
-            probs = torch.zeros(B, shape.size, V, dtype=torch.float64, device=ids.device)
+            probs = torch.zeros(B, shape.size, V, dtype=torch.float64, device=dev)
             probs[:, 0] = q0
-            branch = copy.deepcopy(state)  # the sequences grow on a copy: the state keeps committed tokens only
-            branch.reorder(torch.arange(B, device=ids.device).repeat_interleave(K))
+            rows = torch.arange(B, device=dev)[:, None]
+            if q1 is not None:  # depth 1 was drafted for every candidate: keep the slots' rows
+                branch.reorder((rows * C + source).reshape(-1))
+                q = q1[rows, source].reshape(B * K, V)
+                passes, start = 2, 2
+            else:
+                branch.reorder(torch.arange(B, device=dev).repeat_interleave(K))
+                q, passes, start = None, 1, 1
             x = first.reshape(B * K, 1)
             for d in range(1, self.gamma + 1):
-                q = torch.softmax(self.draft(x, state=branch)[:, -1].double(), -1)
+                if d >= start:
+                    q = torch.softmax(self.draft(x, state=branch)[:, -1].double(), -1)
+                    passes += 1
                 probs[:, 1 + (d - 1) * K:1 + d * K] = q.reshape(B, K, V)
                 if d < self.gamma:
                     x = self._pick(q, gen)
                     tokens[:, 1 + d * K:1 + (d + 1) * K] = x.reshape(B, K)
                     x = x[:, None]
-        return Block(tokens, probs, shape, low, confidence, branch, 1 + self.gamma)
+        return Block(tokens, probs, shape, count, confidence, branch, passes)
 
     def _ahead(self, block: Block, gen: torch.Generator) -> Block:
         """Draft the next block assuming sequence 0 and the draft's guess of the next token are accepted."""
@@ -145,11 +169,11 @@ class DuoDecoder(DraftModelDecoder):
             block = self._block(session.scratch["draft_state"], ids, valid, ids[:, -1], session.scratch["draft_generator"])
             session.metrics.count_forward("draft", block.passes)
         active = ~session.finished
-        low = block.low & active.to(block.low.device)
+        spawned = block.extra * active.to(block.extra.device)
         extra = session.metrics.extra
         extra["duo_rounds"] += 1
-        extra["duo_low_first_token"] += int(low.sum())
-        extra["duo_extra_sequences"] += int(low.sum()) * (block.shape.branching[0] - 1)
+        extra["duo_low_first_token"] += int((spawned > 0).sum())
+        extra["duo_extra_sequences"] += int(spawned.sum())
         extra["duo_confidences"].extend(float(c) for c, a in zip(block.confidence.tolist(), active.tolist()) if a)
         session.scratch["proposed"] = block
         return block

@@ -64,7 +64,7 @@ def test_hardware_aware_budget():
     assert DuoDecodingConfig(draft="x", gamma=7).gamma == 7
 
 
-@pytest.mark.parametrize("gamma,threshold", [(1, 0.9), (3, 0.6), (4, 1.0)])
+@pytest.mark.parametrize("gamma,threshold", [(1, 0.9), (3, None), (4, 1.0)])
 def test_greedy_equals_target_greedy_with_eos(target, gamma, threshold):
     reference = run(target.model, PROMPTS, target.ctx.build("decoder", "greedy"), max_new_tokens=20)
     out = run(target.model, PROMPTS, duo(target, 1.0, gamma=gamma, threshold=threshold, greedy=True), max_new_tokens=20)
@@ -110,7 +110,39 @@ def test_extra_sequences_only_below_the_threshold(target):
     assert e["duo_low_first_token"] == below and e["duo_extra_sequences"] == 2 * below
 
 
+def test_the_papers_rule_spawns_the_candidates_above_p11_times_p21(target):
+    """threshold null: candidate k starts a sequence iff p_{1,k} > p_{1,1} p_{2,1}, recomputed here
+    from the draft for the first round of each prompt."""
+    for prompt in PROMPTS:
+        dec = duo(target, 1.0, gamma=2, top_k=6)
+        out = run(target.model, [prompt], dec, max_new_tokens=1, seed=0)  # one round
+        with torch.no_grad():
+            q0 = torch.softmax(dec.draft(torch.tensor([prompt]))[0, -1].double(), -1)
+            top = q0.sort(descending=True)
+            q1 = torch.softmax(dec.draft(torch.tensor([prompt + [int(top.indices[0])]]))[0, -1].double(), -1)
+        expected = int((top.values[1:] > top.values[0] * q1.max()).sum())
+        assert out.metrics.extra["duo_extra_sequences"] == expected
+    runs = [run(target.model, PROMPTS, duo(target, 1.0, gamma=2, top_k=6), max_new_tokens=16, seed=s).metrics.extra for s in range(3)]
+    spawned = sum(e["duo_extra_sequences"] for e in runs)
+    assert 0 < spawned < 5 * sum(len(e["duo_confidences"]) for e in runs)  # dynamic: neither none nor all
+    assert run(target.model, PROMPTS, duo(target, 1.0, gamma=2, top_k=1), max_new_tokens=8).metrics.extra["duo_extra_sequences"] == 0
+
+
 def test_concurrent_and_sequential_schedules_give_the_same_tokens(target):
+    import threading
+
+    from genloom.plugins.duodecoding.decoder import DuoDecoder
+
+    dec = duo(target, 1.0, gamma=3, concurrent=True)
+    seen = []
+    real = dec._ahead
+    dec._ahead = lambda *a: (seen.append(threading.current_thread() is not threading.main_thread()), real(*a))[1]
+    run(target.model, PROMPTS, dec, max_new_tokens=8)
+    assert seen and all(seen)  # the next block is drafted in the worker thread
+    for threshold in (None, 0.6):
+        a = run(target.model, PROMPTS, duo(target, 1.0, gamma=3, threshold=threshold, concurrent=True), max_new_tokens=16, seed=5)
+        b = run(target.model, PROMPTS, duo(target, 1.0, gamma=3, threshold=threshold, concurrent=False), max_new_tokens=16, seed=5)
+        assert a.ids == b.ids
     for greedy in (False, True):
         a = run(target.model, PROMPTS, duo(target, 1.0, gamma=3, threshold=0.6, greedy=greedy, concurrent=True), max_new_tokens=16, seed=5)
         b = run(target.model, PROMPTS, duo(target, 1.0, gamma=3, threshold=0.6, greedy=greedy, concurrent=False), max_new_tokens=16, seed=5)
@@ -163,5 +195,6 @@ def test_accepting_without_the_residual_is_caught(target, monkeypatch):
 
 @pytest.mark.slow
 def test_sampled_three_token_continuations_follow_the_target_law_slow(target):
-    p_target, p_draft, _ = _continuation_pvalues(target, 20000, 3, gamma=2, threshold=0.6, top_k=2)
+    p_target, p_draft, out = _continuation_pvalues(target, 20000, 3, gamma=2, threshold=None, top_k=4)
+    assert out.metrics.extra["duo_extra_sequences"] > 0
     assert p_target > 1e-3 and p_draft < 1e-6
