@@ -39,7 +39,7 @@ def main() -> int:
     built = tiny_model(base=TARGET)
     built.model.eval()
     for noise in (0.5, 1.0):
-        for threshold in (0.0, 0.6, 1.0):
+        for threshold in (0.0, None, 0.6, 1.0):
             for greedy in (True, False):
                 tokens = passes = extra = reused = rounds = 0
                 equal = True

@@ -15,10 +15,13 @@ What this implementation does. Decoder ``duodecoding`` (module ``decoder.py``):
   draft samples with a generator of its own (seeded once from the session's generator), so the
   concurrent and the sequential schedule (``concurrent: false``) give the same tokens;
 - a round's block is a token tree of shape ``(K, 1, ..., 1)`` (``K`` sequences of ``gamma``
-  tokens): ``K = top_k`` when some sequence's first-token draft confidence ``max q`` is below
-  ``threshold``, else ``K = 1``. Its first tokens are the draft's top-K tokens (a sequence above
-  the threshold repeats its top-1 token: a repeated candidate is a provable no-op of the rule);
-  deeper tokens are drawn from the draft (``greedy``: argmax);
+  tokens) whose first tokens are the draft's top candidates. Which candidates start a sequence:
+  ``threshold: null`` (default) is the paper's rule as its Figure 2 describes it -- candidate k
+  (rank 2..``top_k``) spawns when ``p_{1,k} > p_{1,1} p_{2,1}``, the product of the top-1
+  probabilities at sequence 0's first two positions; a number spawns all ``top_k`` candidates when
+  the first-token confidence ``p_{1,1}`` is below it. ``K`` is one plus the batch's largest spawn
+  count; a row with fewer repeats its top-1 token in the spare slots (a repeated candidate is a
+  provable no-op of the rule). Deeper tokens are drawn from the draft (``greedy``: argmax);
 - verification through :mod:`genloom.toolkit.tree` (one target pass via ``target_tree_logits``):
   greedy with ``verify_greedy``; sampling with ``verify_static`` at the first level (rejection
   sampling over deterministic candidates, residual after each rejection) then
@@ -31,8 +34,8 @@ What this implementation does. Decoder ``duodecoding`` (module ``decoder.py``):
   spends ``gamma + 1`` passes per round ahead of the target (the bonus-token guess, then ``gamma``
   drafts), which then matches one target verification pass, so neither worker waits.
 
-What it simplifies. The paper's exact multi-sequence rule and budget formula are not restated in
-its abstract; the choices above are ours. Both models run on the CPU (threads, not devices); the
+What it simplifies. The budget formula is our reading of "hardware-aware optimal draft budget"
+(the abstract gives no formula). Both models run on the CPU (threads, not devices); the
 pre-drafted block is reused for the batch as a whole (for one sequence this is the paper's rule);
 no logits processors (each tree branch would need its own history).
 """
