@@ -234,7 +234,8 @@ def tiny_model(config_path=None, overrides=None, base: dict | None = None, regis
 def train_briefly(built, steps: int, *, lr: float = 3e-3, batch_size: int = 64, seed: int = 0, clip: float = 1.0):
     """Train a :func:`tiny_model` built with ``data=True`` for ``steps`` optimizer steps on its
     training split (AdamW without weight decay, a one-cycle schedule with 10% warm-up, gradients
-    clipped to ``clip``; shuffling and noise drawn from ``seed``), then put it in eval mode. The
+    clipped to ``clip``; shuffling and noise drawn from ``seed``; the global random state is given
+    back), then put it in eval mode. The
     short, reproducible training run of property tests and benchmarks that need a trained model;
     returns ``built``."""
     model = built.model
@@ -261,6 +262,7 @@ def train_briefly(built, steps: int, *, lr: float = 3e-3, batch_size: int = 64, 
     return built
 
 
+@_keeps_rng
 def check_objective(built, batch: dict):
     """``built.model.loss(batch)`` (``built`` from :func:`tiny_model`) returns ``{"loss": finite scalar, ...}``
     and gradients reach the model. Returns the loss dict."""
