@@ -6,6 +6,8 @@ config fields (``draft``, ``gamma``, ``seed``) are :class:`genloom.toolkit.draft
 
 from __future__ import annotations
 
+import torch
+
 from genloom.core.errors import ConfigError
 from genloom.core.generation import Decoder, load_model
 from genloom.toolkit.draft_config import DraftModelConfig
@@ -71,3 +73,16 @@ class DraftModelDecoder(Decoder):
         if self._draft is None:
             self._draft = load_draft(self.config.draft, self.ctx, self.config.seed)
         return self._draft
+
+    def _probs(self, session, logits: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
+        """Processed logits -> float64 probabilities (the distribution the session would sample from)."""
+        processed = session.process(logits, history) if session.processors else logits
+        return torch.softmax(processed.double(), dim=-1)
+
+    def _history(self, session, extra: torch.Tensor) -> torch.Tensor | None:
+        """The processors' history with ``extra`` drafted tokens appended (None without processors);
+        the committed history is ``session.scratch["history"]``, taken when the round's drafting starts."""
+        if not session.processors:
+            return None
+        base = session.scratch["history"]
+        return torch.cat([base, extra], dim=1) if extra.shape[1] else base

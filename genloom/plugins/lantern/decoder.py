@@ -58,17 +58,6 @@ class LanternDecoder(DraftModelDecoder):
             self._rules[key] = RelaxedAcceptance(latent_neighbours(latents, self.neighbourhood_size), self.delta)
         return self._rules[key]
 
-    def _probs(self, session: Session, logits: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
-        """Processed logits -> probabilities (the distribution the session would sample from)."""
-        processed = session.process(logits, history) if session.processors else logits
-        return torch.softmax(processed.double(), dim=-1)
-
-    def _history(self, session: Session, extra: torch.Tensor) -> torch.Tensor | None:
-        if not session.processors:
-            return None
-        base = session.scratch["history"]
-        return torch.cat([base, extra], dim=1) if extra.shape[1] else base
-
     def start(self, session: Session) -> None:
         batch, width = session.prompt_ids.shape
         if width == 0:

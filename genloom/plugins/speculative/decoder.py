@@ -36,18 +36,6 @@ class SpeculativeDecoder(DraftModelDecoder):
         """Greedy drafting reproduces greedy decoding; otherwise the output law is the target's."""
         return "greedy" if self.greedy else "sampling"
 
-    # -- helpers -------------------------------------------------------------------------------
-    def _probs(self, session: Session, logits: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
-        """Processed logits -> probabilities (the distribution the session would sample from)."""
-        processed = session.process(logits, history) if session.processors else logits
-        return torch.softmax(processed.double(), dim=-1)
-
-    def _history(self, session: Session, extra: torch.Tensor) -> torch.Tensor | None:
-        if not session.processors:
-            return None
-        base = session.scratch["history"]
-        return torch.cat([base, extra], dim=1) if extra.shape[1] else base
-
     # -- the loop -------------------------------------------------------------------------------
     def start(self, session: Session) -> None:
         batch, width = session.prompt_ids.shape
