@@ -1,7 +1,7 @@
 """CALM at toy scale: the chunk autoencoder's held-out accuracy, and BrierLM of a briefly trained
 CALM model against a next-token baseline of similar size on the same BPE tokens.
 
-    python benchmarks/calm_brier.py [--fit-steps 2000] [--train-steps 300] [--eval-windows 64]
+    python benchmarks/calm_brier.py [--fit-steps 2000] [--train-steps 300] [--eval-windows 64] [--ae-only]
 
 1. ``configs/calm.yaml`` is assembled on the embedded standard-library text: the BPE is fitted,
    then the chunk autoencoder trains ``--fit-steps`` steps (its ``fit``). Its token accuracy is
@@ -43,9 +43,11 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=300)
     ap.add_argument("--eval-windows", type=int, default=64)
     ap.add_argument("--max-train-bytes", type=int, default=2000000)
+    ap.add_argument("--ae-only", action="store_true", help="stop after the autoencoder's figures")
+    ap.add_argument("--override", nargs="*", default=[], help="further key=value overrides of configs/calm.yaml")
     args = ap.parse_args()
     torch.manual_seed(0)
-    overrides = [f"tokenizer.fit_steps={args.fit_steps}", f"data.max_train_bytes={args.max_train_bytes}"]
+    overrides = [f"tokenizer.fit_steps={args.fit_steps}", f"data.max_train_bytes={args.max_train_bytes}", *args.override]
     calm = assemble(config_mod.load(str(CONFIG), overrides))
     tok = calm.model.tokenizer
     val_set = calm.data.load("val", tok, calm.ctx)
@@ -54,6 +56,8 @@ def main() -> None:
     print(f"autoencoder: K={tok.chunk_size}, l={tok.latent_dim}, vocab={tok.vocab_size}, {parameters(tok)} parameters, {args.fit_steps} steps")
     print(f"  held-out token accuracy ({len(val)} val tokens): mean {tok.reconstruction_accuracy(val):.5f}, "
           f"posterior sample {tok.reconstruction_accuracy(val, sample=True, generator=g):.5f}")
+    if args.ae_only:
+        return
 
     base = config_mod.compose(str(CONFIG), overrides)
     base["tokenizer"] = dict(base["tokenizer"]["base"])

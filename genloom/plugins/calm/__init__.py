@@ -41,7 +41,7 @@ What this implementation does.
 - The backbone is any registered one (the baseline ``transformer`` in the config), run over chunk
   positions with its own KV cache.
 
-What it simplifies at toy scale. A 2-layer MLP autoencoder with l = 64 and a small vocabulary
+What it simplifies at toy scale. A small MLP autoencoder (width 128, l = 64) over a 1024-token BPE
 instead of l = 128 over Llama-3 tokens; the embedded standard-library text instead of the Pile;
 the transformer is tiny. The paper's temperature sampling (a rejection algorithm needing only a
 sampler) is not implemented: decoding draws from the head at temperature 1, and logits
@@ -78,7 +78,7 @@ class ChunkAutoencoderConfig:
     """K, tokens per chunk (per latent vector, per generation step); published as ctx.chunk_size."""
     latent_dim: PositiveInt = 64
     """l, the dimension of the latent vector z (published as ctx.latent_dim)."""
-    hidden: PositiveInt = 256
+    hidden: PositiveInt = 128
     """Width of the autoencoder's MLPs (token embedding and hidden layers)."""
     kl_weight: NonNegativeFloat = 0.001
     """beta, weight of the KL term (paper: 0.001)."""
@@ -91,10 +91,10 @@ class ChunkAutoencoderConfig:
     """Fraction of input tokens masked while the autoencoder trains."""
     fit_steps: PositiveInt = 2000
     """Optimizer steps of the autoencoder's own training (``fit``)."""
-    fit_batch_size: PositiveInt = 256
+    fit_batch_size: PositiveInt = 128
     """Chunks per autoencoder training step."""
     fit_lr: PositiveFloat = 3e-3
-    """Peak learning rate of the autoencoder's training (AdamW, warm-up then cosine decay)."""
+    """Peak learning rate of the autoencoder's training (AdamW, 5% warm-up, then cosine decay to 10%)."""
     fit_seed: Seed = 0
     """Seed of the autoencoder's initialisation, batches and noise."""
 

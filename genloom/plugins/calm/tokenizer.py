@@ -191,7 +191,7 @@ class ChunkAutoencoder(nn.Module, Tokenizer):
         was_training = self.training
         self.train()
         for step in range(steps):
-            lr = cfg.fit_lr * min(1.0, (step + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * step / steps))
+            lr = cfg.fit_lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1.0 + math.cos(math.pi * step / steps)))  # cosine to 10%
             for group in optimizer.param_groups:
                 group["lr"] = lr
             starts = torch.randint(len(stream) - K + 1, (cfg.fit_batch_size,), generator=generator, device=device)
