@@ -41,7 +41,7 @@ def evaluate_examples(gen, examples, *, decoder=None, processors=None, batch_siz
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
         sources = [list(text.encode()) for text, _ in chunk]
-        need = max(len(s) for s in sources) * 3 + 2 * layout.max_spans + 1
+        need = int(gen.ctx.get("target_length") or max(len(s) for s in sources) * 3 + 2 * layout.max_spans + 1)
         kwargs = {"processors": processors} if processors is not None else {}
         res = gen.generate(source=sources, max_new_tokens=need, decoder=decoder, seed=seed, **kwargs)
         for (text, gold), src, ids in zip(chunk, sources, res.ids):
