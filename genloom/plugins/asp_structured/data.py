@@ -169,6 +169,9 @@ def _window(chunk, by_line, max_spans: int):
     return text.decode("ascii"), structure
 
 
+_MINED: dict = {}
+
+
 class AspCodeData(DataSource):
     """(input text, action sequence) pairs as :class:`~genloom.core.data.SourceTargetPairs`:
     the source block holds the text's bytes, the target its structure's canonical action sequence
@@ -186,9 +189,14 @@ class AspCodeData(DataSource):
         self._cache: dict[tuple, SourceTargetPairs] = {}
 
     def examples(self, split: str, layout: ActionLayout) -> list[tuple[str, Structure]]:
-        """The split's (text, structure) examples whose action sequence fits ``target_length``."""
+        """The split's (text, structure) examples whose action sequence fits ``target_length``
+        (mined once per process for a config and layout)."""
         if layout not in self._examples:
-            self._examples[layout] = self._mine(layout)
+            cfg = self.config
+            key = (cfg.source_length, cfg.target_length, cfg.max_lines, cfg.max_per_file, cfg.train_size, cfg.eval_size, cfg.val_fraction, cfg.test_fraction, layout)
+            if key not in _MINED:
+                _MINED[key] = (self._mine(layout), self.files)
+            self._examples[layout], self.files = _MINED[key]
         return self._examples[layout][split]
 
     def _mine(self, layout):

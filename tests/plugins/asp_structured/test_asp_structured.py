@@ -25,7 +25,7 @@ LAYOUT = ActionLayout(("store", "load", "string", "number", "call"), ("def", "co
 def _base(**over):
     base = {
         "seed": 0,
-        "data": {"name": "asp-code", "source_length": 48, "target_length": 96, "max_lines": 2, "train_size": 300, "eval_size": 40, "batch_size": 16},
+        "data": {"name": "asp-code", "source_length": 48, "target_length": 96, "max_lines": 2, "train_size": 120, "eval_size": 20, "batch_size": 16},
         "tokenizer": {"name": "asp-bytes"},
         "head": {"name": "asp", "pointer_dim": 16},
         "backbone": {"name": "transformer", "d_model": 32, "n_layers": 1, "n_heads": 2},
@@ -42,9 +42,9 @@ def code_examples():
     """Every example of a small asp-code data set (all three splits)."""
     from genloom.plugins.asp_structured import AspCodeConfig
 
-    data = AspCodeData(AspCodeConfig(source_length=48, target_length=96, max_lines=2, train_size=200, eval_size=30))
+    data = AspCodeData(AspCodeConfig(source_length=48, target_length=96, max_lines=2, train_size=120, eval_size=20))
     out = [ex for split in ("train", "val", "test") for ex in data.examples(split, LAYOUT)]
-    assert len(out) == 260
+    assert len(out) == 160
     return out
 
 
@@ -170,7 +170,7 @@ def _valid(ids, tokens) -> bool:
 SOURCES = ["x = f(x, 1)", "return a + b", "if not os.path.isdir(name):", "s = 'abc' * 3", "y", "for i in range(n): total += i"]
 
 
-def _sample(gen, *, constrained=True, seeds=range(6), processors=None, decoder=None, max_new_tokens=None):
+def _sample(gen, *, constrained=True, seeds=range(2), processors=None, decoder=None, max_new_tokens=None):
     outs = []
     for seed in seeds:
         sources = [list(s.encode()) for s in SOURCES]
@@ -185,11 +185,11 @@ def test_constrained_sampling_from_an_untrained_model_is_always_valid_and_uncons
     built = tiny_model(base=_base(), seed=3)
     gen = Generator(built)
     hot = [{"name": "temperature", "temperature": 3.0}]  # flatten the random model's scores further
-    outs = _sample(gen, processors=hot, seeds=range(3)) + _sample(gen, seeds=range(3, 5))
+    outs = _sample(gen, processors=hot, seeds=range(2)) + _sample(gen, seeds=range(2, 4))
     assert all(_valid(ids, src) for ids, src in outs)
     structures = [decode(ids, src, LAYOUT) for ids, src in outs]
     assert sum(len(s.spans) for s in structures) > 50 and sum(len(s.links) for s in structures) > 5  # it did build structures
-    loose = _sample(gen, constrained=False, processors=hot, seeds=range(3)) + _sample(gen, constrained=False, seeds=range(3, 5))
+    loose = _sample(gen, constrained=False, processors=hot, seeds=range(1)) + _sample(gen, constrained=False, seeds=range(2, 3))
     assert not all(_valid(ids, src) for ids, src in loose)
 
 
@@ -212,9 +212,9 @@ def test_the_constraints_processor_makes_a_flat_language_model_valid_too():
     built = tiny_model(base=base, seed=5)
     gen = Generator(built)
     proc = [{"name": "asp-constraints"}]
-    outs = _sample(gen, processors=proc, decoder={"name": "sampling"}, seeds=range(3))
+    outs = _sample(gen, processors=proc, decoder={"name": "sampling"}, seeds=range(2))
     assert all(_valid(ids, src) for ids, src in outs)
-    loose = _sample(gen, processors=[], decoder={"name": "sampling"}, seeds=range(2))
+    loose = _sample(gen, processors=[], decoder={"name": "sampling"}, seeds=range(1))
     assert not any(_valid(ids, src) for ids, src in loose)
 
 
