@@ -13,7 +13,7 @@ temperature 1); reported per scale:
 - decoder NLL: the run's own mean per-byte NLL of the generated text given ``[soft(z) | prompt]``
   (how well the text follows its proposal).
 
-    python benchmarks/dglm_guidance.py runs/dglm [--prompts 256] [--scales 0 2 4 8]
+    python benchmarks/dglm_guidance.py runs/dglm [--prompts 256] [--scales 0 1 2 4 8] [--target 0]
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--prompts", type=int, default=256)
-    parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 2.0, 4.0, 8.0])
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0, 8.0])
     parser.add_argument("--keyword", default="self")
+    parser.add_argument("--target", type=int, default=1, choices=(0, 1), help="steer towards (1) or away from (0) the attribute")
     parser.add_argument("--length", type=int, default=32, help="continuation bytes (the training continuation length)")
     parser.add_argument("--prefix", type=int, default=16)
     args = parser.parse_args()
@@ -53,7 +54,7 @@ def main():
     print("| guidance scale | proposal rate | text rate (classifier) | text rate (keyword) | decoder NLL (nats/byte) |")
     print("| --- | --- | --- | --- | --- |")
     for scale in args.scales:
-        dec = gen.decoder(guidance_scale=scale, keyword=args.keyword)
+        dec = gen.decoder(guidance_scale=scale, keyword=args.keyword, target=args.target)
         dec.classifier = clf
         captured = {}
         original = dec.proposal

@@ -1,4 +1,4 @@
-"""Diffusion Guided Language Modeling (Lovelace et al., 2024).
+"""Diffusion Guided Language Modeling (2024).
 
 What the paper does. Controllable generation in two stages. A diffusion model over a continuous
 *semantic proposal* -- the sentence embedding ``z`` of the continuation, from a frozen pretrained
