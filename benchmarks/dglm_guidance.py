@@ -23,7 +23,7 @@ import argparse
 import torch
 
 from genloom.core.generation import load, run
-from genloom.plugins.dglm.classifier import LogisticAttribute, keyword_labels, stdlib_continuations
+from genloom.plugins.dglm.classifier import keyword_labels, stdlib_continuations
 from genloom.plugins.dglm.decoder import encode_texts
 from genloom.plugins.dglm.model import run_decoder
 

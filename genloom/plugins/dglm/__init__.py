@@ -97,7 +97,10 @@ class DglmObjectiveConfig:
         ctx.set("prefix_length", self.prefix_length)
         if "seq_len" in ctx:
             if self.prefix_length >= ctx.seq_len:
-                raise ValueError(f"prefix_length ({self.prefix_length}) must be below data.seq_len ({ctx.seq_len}) to leave a continuation")
+                from genloom.core.errors import ConfigError
+
+                raise ConfigError(f"prefix_length ({self.prefix_length}) must be below data.seq_len ({ctx.seq_len}) to leave a continuation",
+                                  path="objective.prefix_length")
             ctx.set("continuation_length", ctx.seq_len + 1 - self.prefix_length)
 
 

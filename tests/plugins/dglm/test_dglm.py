@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
+from genloom.core.errors import ConfigError
 from genloom.core.generation import run
 from genloom.plugins.dglm import classifier as classifier_module
 from genloom.plugins.dglm.classifier import LogisticAttribute
-from genloom.plugins.dglm.model import run_decoder
+from genloom.plugins.dglm.model import DglmBackbone, run_decoder
 from genloom.plugins.dglm.objective import dglm_losses
 from genloom.testing import check_decoder, check_objective, tiny_model
 
 VOCAB = 11
 
 
-def _tiny(seed: int = 0, double: bool = True, decoder: dict | None = None):
+def _tiny(seed: int = 0, double: bool = True):
     base = {
         "tokenizer": {"name": "ids", "vocab_size": VOCAB, "eos_id": 0},
         "head": {"name": "lm"},
@@ -27,7 +29,7 @@ def _tiny(seed: int = 0, double: bool = True, decoder: dict | None = None):
                      "base": {"name": "transformer", "d_model": 16, "n_layers": 2, "n_heads": 2},
                      "encoder": {"name": "transformer", "d_model": 16, "n_layers": 1, "n_heads": 2}},
         "objective": {"name": "dglm", "prefix_length": 4},
-        "decoder": decoder or {"name": "dglm", "steps": 8},
+        "decoder": {"name": "dglm", "steps": 8},
     }
     b = tiny_model(base=base, seed=seed)
     if double:
@@ -169,8 +171,6 @@ def test_cached_decoding_after_the_soft_prefix_equals_the_full_forward(monkeypat
         alone = _decoder_logits(b, z[:1], ids[:1, 2:4])[:, -1]
         assert torch.allclose(padded[:1], alone, atol=1e-10, rtol=0)
     # a broken variant: a prefill without the soft prompt is not the model the full forward scores
-    from genloom.plugins.dglm.model import DglmBackbone
-
     original = DglmBackbone.decoder_inputs
     calls = []
 
@@ -238,3 +238,10 @@ def test_objective_has_gradients_and_short_training_lowers_both_losses():
         opt.step()
     after = losses()
     assert after[0] < 0.7 * before[0] and after[1] < 0.8 * before[1], (before, after)
+
+
+def test_a_prefix_longer_than_the_window_is_a_config_error():
+    base = {"data": {"name": "pystdlib", "seq_len": 8}, "tokenizer": {"name": "bytes"}, "head": {"name": "lm"},
+            "backbone": _tiny_backbone_node(), "objective": {"name": "dglm", "prefix_length": 8}}
+    with pytest.raises(ConfigError, match="objective.prefix_length"):
+        tiny_model(base=base, seed=0)
