@@ -68,7 +68,7 @@ class Edit5Decoder(Decoder):
         state = model.init_state(B, S + cap + 1)
         session.metrics.count_forward("tag-point")
         h_src = hidden(model, source, state=state)
-        keep = head.tag_logits(h_src).argmax(-1).bool().cpu()
+        keep = head.tag_logits(h_src).argmax(-1).bool().cpu() & (source.cpu() != end)  # padding is never kept
         scores = head.pointer_scores(h_src)
         orders = [greedy_order(scores[b], keep[b].tolist()) for b in range(B)]
         ranks = []

@@ -234,7 +234,7 @@ def test_the_head_needs_source_conditioned_data():
 
 @pytest.mark.slow
 def test_a_short_training_edits_held_out_pairs():
-    b = train_briefly(_tiny(d_model=64, n_layers=2), 200)
+    b = train_briefly(_tiny(d_model=64, n_layers=2), 100)
     test = b.data.load("test", b.model.tokenizer, b.ctx).pairs[:100]
     r = Generator(b).generate(source=[s for s, _ in test], max_new_tokens=T, seed=0)
     exact = sum(list(x) == t + [EOS] for x, (_, t) in zip(r.ids, test)) / len(test)
