@@ -123,7 +123,10 @@ class AspCodeConfig:
     def bind(self, ctx):
         ctx.set("source_length", self.source_length)
         ctx.set("target_length", self.target_length)
-        layout = getattr(ctx.get("tokenizer"), "layout", None)
+        tokenizer = ctx.get("tokenizer")
+        if tokenizer is None:  # bound before any tokenizer exists (reading a run's tokenizer back)
+            return
+        layout = getattr(tokenizer, "layout", None)
         if layout is None:
             raise ConfigError("asp-code needs the 'asp-bytes' tokenizer (its vocabulary holds the action ids)", path="tokenizer")
         check_layout(layout, "tokenizer")

@@ -312,3 +312,34 @@ def test_short_training_finds_spans_in_held_out_files():
     result = evaluate_examples(Generator(built), test)
     assert result["valid"] == 1.0
     assert result["span"]["f1"] > 0.3, result
+
+
+def test_shipped_config_validates_and_the_data_binds_before_any_tokenizer():
+    from pathlib import Path
+
+    from genloom.core import config as config_mod
+    from genloom.core.context import BuildContext
+    from genloom.core.plugins import get_registry
+
+    validated = config_mod.load(Path(__file__).resolve().parents[3] / "configs" / "asp-structured.yaml")
+    ctx = BuildContext(get_registry())
+    validated.components["data"].config.bind(ctx)  # what reading a run's tokenizer back does
+    assert ctx.source_length == 64 and ctx.target_length == 112
+
+
+@pytest.mark.slow
+def test_a_trained_run_loads_back_generates_and_evaluates(tmp_path):
+    import genloom
+    from genloom.core.evaluation import evaluate_run
+    from genloom.core.training import train
+
+    cfg = _base()
+    cfg.update(logger="none", optimizer={"lr": 3e-3, "warmup_steps": 1},
+               trainer={"max_steps": 2, "val_every_steps": 2, "checkpoint_every_steps": 2, "progress": False, "threads": 1, "val_batches": 1})
+    train(cfg, run_dir=tmp_path / "run", generate=False)
+    gen = genloom.load(tmp_path / "run")
+    src = list(b"x = f(x)")
+    ids = gen.generate(source=[src], max_new_tokens=40, decoder={"name": "asp", "greedy": False}, seed=0).ids[0]
+    assert _valid(ids, src) and gen.tokenizer.decode(ids).replace("⟦", "").startswith("x")
+    table = evaluate_run(gen, {"max_examples": "8"})
+    assert "| span |" in table and "valid outputs: 1.0000" in table
