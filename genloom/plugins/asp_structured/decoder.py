@@ -8,12 +8,14 @@ Each step:
    (:meth:`AspHead.step_log_probs`): copy sits on the next input token, close labels read the
    innermost open span (its open action's hidden state and the current one), links read the
    keys of the spans closed before the one just closed;
-2. **process**: the session's logits processors (temperature, top-k...);
-3. **constrain** (``constrained: true``): every action the state machine rejects is set to -inf
+2. **constrain** (``constrained: true``): every action the state machine rejects is set to -inf
    -- copy only the next input token, open while spans remain (``max_spans``) and input is left,
    close only a non-empty open span (not repeating a span), links only right after a close, to
    an earlier span, in order; end only once the whole input is copied and no span is open; and
-   with the budget (``max_new_tokens``) only actions after which the sequence can still finish;
+   only actions after which the structure can still be completed (no dead end), within the
+   budget (``max_new_tokens``) -- :meth:`ActionState.allowed`;
+3. **process**: the session's logits processors (temperature, top-k...), which so choose among
+   valid actions only;
 4. **choose**: greedy (``greedy: true``) or a draw with the session's generator; the action is
    committed and fed back, and the state machine steps.
 
@@ -121,11 +123,10 @@ class AspDecoder(Decoder):
         head = session.model.head
         h_open, keys, key_valid, next_token = self._context(session)
         logits = head.step_log_probs(self.now, h_open, keys, key_valid, next_token)
-        logits = session.process(logits)
-        if self.constrained:
+        if self.constrained:  # before the processors, so that top-k / top-p choose among valid actions
             budgets = session.remaining.tolist()
             logits = logits.masked_fill(~allowed_mask(self.states, logits.shape[-1], budgets, logits.device), NEG)
-        return self.choose(session, logits)
+        return self.choose(session, session.process(logits))
 
     def choose(self, session, logits):
         if getattr(self.config, "greedy", False):

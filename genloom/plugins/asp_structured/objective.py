@@ -26,7 +26,7 @@ from genloom.core.model import Objective
 from genloom.core.pattern import prefix
 
 from .actions import CLOSE, LINK, ActionLayout, ActionState
-from .head import wide
+from .head import AspHead, wide
 
 IGNORE = -100
 
@@ -108,6 +108,8 @@ class AspObjective(Objective):
         if now.shape[1] < T:
             raise ConfigError(f"target actions ({T}) do not fit the batch's target block", path="data.target_length")
         head = model.head
+        if not isinstance(head, AspHead):
+            raise ConfigError(f"the asp objective needs the 'asp' head (labels and pointers from span states), got {type(head).__name__}", path="head")
 
         def at(index):  # hidden states at target steps ``index`` (B, ...)
             flat = index.clamp(0, target_h.shape[1] - 1).reshape(B, -1)

@@ -186,6 +186,7 @@ def test_constrained_sampling_from_an_untrained_model_is_always_valid_and_uncons
     gen = Generator(built)
     hot = [{"name": "temperature", "temperature": 3.0}]  # flatten the random model's scores further
     outs = _sample(gen, processors=hot, seeds=range(2)) + _sample(gen, seeds=range(2, 4))
+    outs += _sample(gen, processors=[{"name": "top-k", "k": 2}], seeds=range(1))  # processors act on valid actions only
     assert all(_valid(ids, src) for ids, src in outs)
     structures = [decode(ids, src, LAYOUT) for ids, src in outs]
     assert sum(len(s.spans) for s in structures) > 50 and sum(len(s.links) for s in structures) > 5  # it did build structures
@@ -283,6 +284,9 @@ def test_objective_has_gradients_and_bad_configs_are_clear():
         tiny_model(base=_base(tokenizer={"name": "bytes"}))
     with pytest.raises(ConfigError, match="lack"):
         tiny_model(base=_base(tokenizer={"name": "asp-bytes", "labels": ["store"]}))
+    flat = tiny_model(base=_base(head={"name": "lm"}), data=True)
+    with pytest.raises(ConfigError, match="'asp' head"):
+        flat.model.loss(flat.data.collate([ds[i] for i in range(2)]))
     gen = Generator(tiny_model(base=_base(head={"name": "lm"}, objective={"name": "next-token"})))
     with pytest.raises(GenerationError, match="'asp' head"):
         gen.generate(source=[list(b"x")], max_new_tokens=4)
