@@ -20,7 +20,10 @@ what it means for the prefix LM.
 
 Layers are those of :mod:`genloom.plugins.baseline.transformer` (RMSNorm pre-norm, rotary
 embeddings, SwiGLU, grouped-query attention through the kernel dispatcher); the cross-attention
-has no rotary embedding of its own (the memory already carries the encoder's positions).
+rotates its keys to the source positions ``0 .. S-1`` (once, with the memory) and its queries to
+their absolute positions, so source and target share one positional frame as in the prefix LM (an
+encoder-decoder without positions in the cross-attention must find source positions from content
+alone; on the reverse task it did not learn in the same budget, docs/seq2seq.md).
 """
 
 from __future__ import annotations
@@ -82,16 +85,23 @@ class CrossAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
 
-    def memory(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """This layer's keys and values (B, H_kv, S, Dh) of the encoder output (B, S, D): once per request."""
+    def memory(self, encoded: torch.Tensor, rope=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's keys and values (B, H_kv, S, Dh) of the encoder output (B, S, D): once per
+        request. ``rope``: the source positions' rotary (cos, sin), applied to the keys here."""
         B, S, _ = encoded.shape
         k = self.k_proj(encoded).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(encoded).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope
+            k = k * cos + rotate_half(k) * sin
         return k, v
 
-    def forward(self, x, k, v):
+    def forward(self, x, k, v, rope=None):
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:  # the queries' absolute positions: source and target share one positional frame
+            cos, sin = rope
+            q = q * cos + rotate_half(q) * sin
         out = kernels.call("attention", q, k, v, pattern=FULL)
         return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
 
@@ -110,7 +120,7 @@ class DecoderBlock(nn.Module):
 
     def forward(self, x, memory, **kw):
         x = x + self.dropout(self.self_attn(self.input_layernorm(x), **kw))
-        x = x + self.dropout(self.cross_attn(self.cross_layernorm(x), *memory))
+        x = x + self.dropout(self.cross_attn(self.cross_layernorm(x), *memory, rope=kw["rope"]))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -150,18 +160,23 @@ class EncoderDecoder(Backbone):
     def _rope(self, positions: torch.Tensor, dtype):
         return self.rotary(positions, dtype) if self.rotary is not None else None
 
+    def _source_rope(self, batch: int, device, dtype):
+        S = self.source_length
+        return self._rope(torch.arange(S, device=device).expand(batch, S), dtype)
+
     def encode(self, source: torch.Tensor) -> torch.Tensor:
         """The encoder over source blocks (B, S, D): bidirectional, positions 0 .. S-1; returns (B, S, D)."""
-        B, S, _ = source.shape
-        rope = self._rope(torch.arange(S, device=source.device).expand(B, S), source.dtype)
+        rope = self._source_rope(source.shape[0], source.device, source.dtype)
         h = source
         for block in self.encoder:
             h = block(h, pattern=FULL, rope=rope, positions=None, valid=None, cache=None, layer=0)
         return self.encoder_norm(h)
 
     def memory(self, encoded: torch.Tensor) -> list[torch.Tensor]:
-        """Every decoder layer's cross-attention keys and values of ``encoded``: [k0, v0, k1, v1, ...]."""
-        return [t for block in self.decoder for t in block.cross_attn.memory(encoded)]
+        """Every decoder layer's cross-attention keys and values of ``encoded``: [k0, v0, k1, v1, ...]
+        (keys rotated to the source positions 0 .. S-1)."""
+        rope = self._source_rope(encoded.shape[0], encoded.device, encoded.dtype)
+        return [t for block in self.decoder for t in block.cross_attn.memory(encoded, rope)]
 
     def forward(self, h, *, pattern: AttentionPattern | None = None, state: EncoderMemoryState | None = None, valid=None):
         B, L, D = h.shape
