@@ -11,7 +11,7 @@ from genloom.core.data import source_block
 from genloom.core.generation import Generator, run
 from genloom.core.pattern import FULL, prefix
 from genloom.core.state import EncoderMemoryState
-from genloom.testing import tiny_model
+from genloom.testing import tiny_model, train_briefly
 
 S, T = 5, 6
 PAD = 256
@@ -326,3 +326,20 @@ def test_speculative_greedy_with_an_encoder_decoder_draft_equals_greedy(built, d
         dec.draft.double()
     result = run(model, prompts, dec, max_new_tokens=T, seed=0)
     assert result.ids == greedy
+
+
+# -- training ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_trains_on_the_reverse_task_to_a_high_exact_match():
+    """Reverse strings of 3-5 letters with a 1 + 1 layer encoder-decoder: the held-out test split's
+    exact match (greedy, whole target and end-of-sequence) after 400 steps is far above chance."""
+    base = {
+        "data": {"name": "seq2seq", "task": "reverse", "source_length": 5, "target_length": 6, "max_length": 5, "train_size": 5000, "eval_size": 100},
+        "tokenizer": {"name": "bytes"}, "head": {"name": "lm"}, "objective": {"name": "next-token"},
+        "backbone": {"name": "encoder-decoder", "d_model": 64, "encoder_layers": 1, "decoder_layers": 1, "n_heads": 4},
+    }
+    built = train_briefly(tiny_model(base=base, data=True, seed=0), 400, lr=3e-3)
+    test = built.data.load("test", built.model.tokenizer, built.ctx)
+    result = Generator(built).generate(source=[s for s, _ in test.pairs], max_new_tokens=6, decoder="greedy")
+    exact = sum(ids == t + [test.eos_id] for ids, (_, t) in zip(result.ids, test.pairs)) / len(test.pairs)
+    assert exact >= 0.7, exact  # measured 0.940
