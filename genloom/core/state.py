@@ -27,6 +27,8 @@ retrieves or compresses entries within a budget.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 
@@ -737,6 +739,15 @@ class EncoderMemoryState(State):
         """Compact the decoder's state (the memory has no empty slots)."""
         if hasattr(self.decoder, "compact"):
             self.decoder.compact()
+
+    def __copy__(self):
+        """A copy whose rows can be reordered without touching this state (its decoder state copied
+        too, as ``copy.copy`` of a :class:`KVCache` is): what tree drafting does with one branch per row."""
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.decoder = copy.copy(self.decoder)
+        other.memory = list(self.memory)
+        return other
 
     def snapshot(self):
         return (self.decoder.snapshot(), list(self.memory), self.ready.clone(), self.decoder_start)

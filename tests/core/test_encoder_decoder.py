@@ -311,21 +311,25 @@ def test_beam_search_batch_equals_solo(built, monkeypatch):
     assert gen.generate(source=SOURCES, max_new_tokens=T, decoder=node).ids != batch
 
 
-@pytest.mark.parametrize("draft_layers", [2, 1])
-def test_speculative_greedy_with_an_encoder_decoder_draft_equals_greedy(built, draft_layers):
-    """Greedy speculative decoding (drafts verified in one pass, rejected ones rolled back) equals
-    greedy token for token, with the target itself or a smaller encoder-decoder as the draft."""
+@pytest.mark.parametrize("node", [
+    {"name": "speculative", "gamma": 3, "greedy": True},
+    {"name": "stree", "greedy": True},  # a token tree: the draft branches with copy.copy + reorder, the target verifies each path
+    {"name": "duodecoding", "gamma": 3, "greedy": True, "concurrent": False},
+])
+@pytest.mark.parametrize("draft", ["target", "smaller"])
+def test_draft_model_decoders_with_an_encoder_decoder_draft_equal_greedy(built, node, draft):
+    """Greedy speculative and tree-speculative decoding (drafts verified in one pass, rejected ones
+    rolled back or dropped with ``keep``) equal greedy token for token, with the target itself or a
+    smaller encoder-decoder as the draft."""
     gen, model = Generator(built), built.model
     prompts = gen.source_prompts(SOURCES)
     greedy = run(model, prompts, built.ctx.build("decoder", "greedy"), max_new_tokens=T, seed=0).ids
-    draft_config = _config(encoder_layers=1, decoder_layers=draft_layers, d_model=16)
-    dec = built.ctx.build("decoder", {"name": "speculative", "draft": draft_config, "gamma": 3, "greedy": True})
-    if draft_layers == 2:
+    dec = built.ctx.build("decoder", {**node, "draft": _config(encoder_layers=1, decoder_layers=1, d_model=16)})
+    if draft == "target":
         dec._draft = model
     else:
         dec.draft.double()
-    result = run(model, prompts, dec, max_new_tokens=T, seed=0)
-    assert result.ids == greedy
+    assert run(model, prompts, dec, max_new_tokens=T, seed=0).ids == greedy
 
 
 # -- training ------------------------------------------------------------------------------------------
