@@ -2,8 +2,9 @@
 
 Byte-level and BPE tokenizers, a decoder-only transformer (RMSNorm, rotary positions, SwiGLU,
 grouped-query attention, KV cache; the Llama layout, so Hugging Face Llama checkpoints convert
-by renaming), an encoder-decoder transformer for source-conditioned data, the LM head, the next-token objective, sampling/greedy/beam decoders, the usual
-logits processors, embedded data sets and a few Lightning callbacks. They register through the
+by renaming), an encoder-decoder transformer for source-conditioned data, the LM head, the
+next-token objective, sampling/greedy/beam decoders, the usual logits processors, embedded data
+sets and a few Lightning callbacks. They register through the
 same hooks as every other plugin.
 """
 
