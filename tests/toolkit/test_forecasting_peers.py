@@ -104,6 +104,7 @@ def test_missing_extra_names_it(monkeypatch):
         peers.require_neuralforecast()
 
 
+@pytest.mark.slow  # imports neuralforecast and Lightning and runs three real training steps
 def test_tiny_real_twin_fits_on_the_training_part():
     pytest.importorskip("neuralforecast")
     import logging
