@@ -41,9 +41,9 @@ What this implementation does.
 - The backbone is any registered one (the baseline ``transformer`` in the config), run over chunk
   positions with its own KV cache.
 
-What it simplifies at toy scale. A small MLP autoencoder (width 128, l = 64) over a 1024-token BPE
-instead of l = 128 over Llama-3 tokens; the embedded standard-library text instead of the Pile;
-the transformer is tiny. The paper's temperature sampling (a rejection algorithm needing only a
+What it simplifies at toy scale. A small MLP autoencoder (width 128, l = 128, 0.7M parameters)
+over a 1024-token BPE instead of a 75M-parameter one over Llama-3 tokens; the embedded
+standard-library text instead of the Pile; the transformer is tiny. The paper's temperature sampling (a rejection algorithm needing only a
 sampler) is not implemented: decoding draws from the head at temperature 1, and logits
 processors are refused. The target posterior samples y_j are drawn from the frozen autoencoder
 (the paper's choice); BrierLM is estimated at chunk-aligned contexts only (where a chunk model
@@ -76,8 +76,8 @@ class ChunkAutoencoderConfig:
     """The tokenizer that turns text into ids (its node); the autoencoder works on its ids."""
     chunk_size: PositiveInt = 4
     """K, tokens per chunk (per latent vector, per generation step); published as ctx.chunk_size."""
-    latent_dim: PositiveInt = 64
-    """l, the dimension of the latent vector z (published as ctx.latent_dim)."""
+    latent_dim: PositiveInt = 128
+    """l, the dimension of the latent vector z (published as ctx.latent_dim; the paper's 128)."""
     hidden: PositiveInt = 128
     """Width of the autoencoder's MLPs (token embedding and hidden layers)."""
     kl_weight: NonNegativeFloat = 0.001
