@@ -73,7 +73,7 @@ class ChunkAutoencoder(nn.Module, Tokenizer):
 
     def __getattr__(self, name):
         # encode_array / encode_many / token_bytes (what data sets look for) come from the base
-        if name in ("encode_array", "encode_many", "token_bytes", "documents"):
+        if name in ("encode_array", "encode_many", "token_bytes"):
             base = self._modules.get("base") or self.__dict__.get("base")
             if base is not None and hasattr(base, name):
                 return getattr(base, name)
