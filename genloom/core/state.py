@@ -103,6 +103,21 @@ def check_kv_source(kv_source, n_layers: int) -> list[int]:
     return src
 
 
+def begin_chunk(h: torch.Tensor, state=None, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Positions (B, L) of the tokens of a backbone's input chunk ``h`` (B, L, D), and their validity.
+
+    With a ``state`` (incremental decoding) the state reserves the chunk's slots and numbers it after
+    what it holds (``state.begin``); without one, valid tokens are numbered from 0 in order (left
+    padding takes position 0 and stays invalid), and a chunk without a validity mask is ``0 .. L-1``.
+    """
+    B, L = h.shape[:2]
+    if state is not None:
+        return state.begin(valid, L)
+    if valid is not None:
+        return (valid.long().cumsum(1) - 1).clamp_min(0), valid
+    return torch.arange(L, device=h.device).expand(B, L), None
+
+
 def storage_bytes(tensors) -> int:
     """Bytes of the distinct storages behind ``tensors`` (a storage several tensors view counts once)."""
     seen, total = set(), 0
