@@ -1,6 +1,6 @@
 """Every text speculative decoder against plain decoding of the same trained target, in one run.
 
-    python benchmarks/speculative_table.py                 # full: both tables, timing (about 6 min on 2 quiet cores)
+    python benchmarks/speculative_table.py                 # full: both tables, timing (run it on a quiet machine)
     python benchmarks/speculative_table.py --quick         # a smoke run: 2 prompts, 16 tokens, 1 repeat
     python benchmarks/speculative_table.py --no-timing     # counts only (load-independent)
 
@@ -12,8 +12,10 @@ Python standard library's sources; each stops at max_steps or its time cap, whic
     genloom train configs/quickstart.yaml backbone.d_model=64 backbone.n_layers=1 backbone.n_heads=2 \\
         trainer.max_steps=400 trainer.max_time_minutes=3 logger=none --run-dir runs/spec-draft --no-sample
 
-(``genloom train runs/spec-target --resume trainer.max_time_minutes=...`` continues a run that hit
-its time cap.) Prompts: ``--prompt-tokens`` BPE tokens from the middle of ``--prompts`` standard
+(``genloom train runs/spec-target --resume trainer.max_time_minutes=20`` continues a run that hit
+its time cap; the published counts are of a target trained 266 steps and a draft trained 267.)
+Cost: the counts alone (``--no-timing``) are 40 decode calls and took 4.4 minutes on two cores
+shared with other jobs; timing adds 132 calls (5 rounds), about 4-6 minutes on two quiet cores. Prompts: ``--prompt-tokens`` BPE tokens from the middle of ``--prompts`` standard
 library files; ``--new`` tokens each, no end-of-sequence stop.
 
 Table 1 (``decoders``): each decoder that speeds up a text LM without weights of its own beyond a
