@@ -15,7 +15,8 @@ Python standard library's sources; each stops at max_steps or its time cap, whic
 (``genloom train runs/spec-target --resume trainer.max_time_minutes=20`` continues a run that hit
 its time cap; the published counts are of a target trained 266 steps and a draft trained 267.)
 Cost: the counts alone (``--no-timing``) are 40 decode calls and took 4.4 minutes on two cores
-shared with other jobs; timing adds 132 calls (5 rounds), about 4-6 minutes on two quiet cores. Prompts: ``--prompt-tokens`` BPE tokens from the middle of ``--prompts`` standard
+shared with other jobs; timing adds 132 calls (5 rounds; an estimated 4-6 minutes on two quiet cores, from the per-call
+times seen under load). Prompts: ``--prompt-tokens`` BPE tokens from the middle of ``--prompts`` standard
 library files; ``--new`` tokens each, no end-of-sequence stop.
 
 Table 1 (``decoders``): each decoder that speeds up a text LM without weights of its own beyond a

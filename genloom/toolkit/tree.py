@@ -42,6 +42,7 @@ import torch
 from genloom.core.generation import Commit, Decoder, Session, pad_left
 from genloom.core.pattern import tree, tree_ancestors
 from genloom.core.state import KVCache, State, StaticKVCache
+from genloom.toolkit.acceptance import ExactAcceptance
 from genloom.toolkit.draft import DraftModelDecoder
 from genloom.toolkit.tree_config import TreeDraftConfig
 
@@ -145,8 +146,6 @@ def verify_sampling(shape: TreeShape, target_probs: torch.Tensor, draft_probs: t
     ``target_probs`` (B, N, V): the target's law at every node; ``draft_probs`` (B, N, V): the law
     each node's children were drawn from (i.i.d.); ``tokens`` (B, N).
     """
-    from genloom.toolkit.acceptance import ExactAcceptance
-
     rows = torch.arange(tokens.shape[0], device=tokens.device)
     return _walk(shape, target_probs, tokens, lambda node, x: draft_probs[rows, node], ExactAcceptance(), generator)
 
@@ -164,8 +163,6 @@ def verify_static(shape: TreeShape, target_probs: torch.Tensor, tokens: torch.Te
     ``target_probs`` (B, N, V), ``tokens`` (B, N).
     """
     if rule is None:
-        from genloom.toolkit.acceptance import ExactAcceptance
-
         rule = ExactAcceptance()
     V = target_probs.shape[-1]
     return _walk(shape, target_probs, tokens, lambda node, x: torch.nn.functional.one_hot(x, V).to(target_probs.dtype), rule, generator)
