@@ -190,6 +190,8 @@ def test_greedy_with_history_processors_equals_greedy_decoding(transformer, monk
     for branching in [(1, 1, 1), (3, 2, 1)]:
         out = run(transformer.model, PROMPTS, noisy_copy(transformer, 0.5, model_config(), branching, greedy=True), max_new_tokens=24, processors=procs)
         assert out.ids == reference.ids and out.metrics.mean_acceptance_length > 1
+    aded = transformer.ctx.build("decoder", {"name": "aded", "branching": [2, 2, 1]})  # a TreeDecoder without a draft model
+    assert run(transformer.model, PROMPTS, aded, max_new_tokens=24, processors=procs).ids == reference.ids
     real = tree_mod.process_nodes
 
     def committed_history_only(session, shape, logits, tokens, nodes):
