@@ -202,7 +202,6 @@ def test_greedy_with_history_processors_equals_greedy_decoding(transformer, monk
     assert broken.ids != reference.ids
 
 
-@pytest.mark.slow
 def test_sampling_follows_the_processed_target_law(monkeypatch):
     """Sampling with temperature 1.5 and top-k 4: 2-token continuations follow the processed
     target's law (enumerated), chi-square; broken variant: the target's logits left unprocessed
