@@ -185,6 +185,20 @@ class ManagedKVCache(KVCache):
     def used(self) -> int:
         return self.capacity
 
+    @property
+    def chunk(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Positions and validity (B, L) of the current advance's tokens (the queries a policy sees)."""
+        return self._chunk
+
+    def annotate(self, layer: int, **extra: torch.Tensor) -> Entries:
+        """Set per-entry tensors (each (B, S_layer, ...)) on the entries ``layer`` reads (its source's,
+        for a layer that shares), replacing the :class:`Entries` rather than changing it, so that a
+        snapshot stays valid; returns the new entries."""
+        owner = self.kv_source[layer]
+        e = self.entries[owner]
+        self.entries[owner] = Entries(e.k, e.v, e.pos, e.valid, {**e.extra, **extra})
+        return self.entries[owner]
+
     def held(self, layer: int) -> Entries:
         """The entries ``layer`` reads (its source's, for a layer that shares)."""
         return self.entries[self.kv_source[layer]]

@@ -15,7 +15,7 @@ from genloom.core.errors import ConfigError
 from genloom.core.generation import run
 from genloom.core.plugins import registry_with
 from genloom.core.state import KVCache
-from genloom.plugins.baseline.cache_policies import WindowPolicy
+from genloom.plugins.baseline.cache_policies import HeavyHitterPolicy, SnapKVPolicy, WindowPolicy
 from genloom.testing import tiny_model
 
 from genloom.core.generation import pad_left
@@ -84,7 +84,8 @@ class EvictsAnyway(CachePolicy):
         return held.valid & (held.valid.long().flip(1).cumsum(1).flip(1) == 1)
 
 
-UNLIMITED = [FullPolicy(), WindowPolicy(budget=None), WindowPolicy(budget=10_000, sinks=2)]
+UNLIMITED = [FullPolicy(), WindowPolicy(budget=None), WindowPolicy(budget=10_000, sinks=2),
+             HeavyHitterPolicy(budget=10_000, sinks=1), SnapKVPolicy(budget=10_000, window=2, kernel=3)]  # budgets covering everything
 
 
 @pytest.mark.parametrize("policy", UNLIMITED, ids=repr)
