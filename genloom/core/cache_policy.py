@@ -92,6 +92,10 @@ class CachePolicy:
     refuses: frozenset = frozenset()
     """Operations of :data:`OPERATIONS` the policy cannot support: the cache raises a ``ValueError``
     naming the policy when a decoder asks for one (e.g. a policy whose state cannot be rolled back)."""
+    storage_dtype: torch.dtype | None = None
+    """The dtype the cache stores keys/values in (None: the model's); attention reads them converted
+    back to the model's dtype. A narrower dtype is memory given back at every token held (and an
+    approximation: only None keeps the cache exact)."""
     static: bool = False
     """True when the policy keeps every entry and reads all of them, so the fixed-shape static cache
     (``generate.cache: static``) may stand in for the managed one."""
@@ -252,8 +256,10 @@ class ManagedKVCache(KVCache):
             raise ValueError(f"layer {layer} reads layer {self.kv_source[layer]}'s keys/values (kv_source): call read(), not update()")
         positions, valid = self._chunk
         held = self.entries[layer]
-        if held.k.dtype != k.dtype:
-            held = Entries(held.k.to(k.dtype), held.v.to(v.dtype), held.pos, held.valid, held.extra)
+        self._compute_dtype = k.dtype
+        storage = self.policy.storage_dtype or k.dtype
+        if held.k.dtype != storage:
+            held = Entries(held.k.to(storage), held.v.to(storage), held.pos, held.valid, held.extra)
         if rows is not None:  # layer routing: the other rows skip this layer and write nothing
             full_k = k.new_zeros(self.batch_size, *k.shape[1:])
             full_v = v.new_zeros(self.batch_size, *v.shape[1:])
@@ -274,6 +280,7 @@ class ManagedKVCache(KVCache):
             kept = held.select(decision)
             self.stats["evicted"] += int(held.valid.sum()) - int(kept.valid.sum())
             held = kept
+        k, v = k.to(storage), v.to(storage)
         L = k.shape[2]
         extra = {n: torch.cat([t, t.new_zeros(t.shape[0], L, *t.shape[2:])], 1) for n, t in held.extra.items()}
         now = Entries(torch.cat([held.k, k], 2), torch.cat([held.v, v], 2), torch.cat([held.pos, positions], 1),
@@ -301,9 +308,13 @@ class ManagedKVCache(KVCache):
             held = subset
         self.stats["read"] += int(held.valid.sum())
         self.stats["reads"] += 1
+        k, v = held.k, held.v
+        compute = getattr(self, "_compute_dtype", k.dtype)
+        if k.dtype != compute:  # stored narrower (CachePolicy.storage_dtype): read back in the model's dtype
+            k, v = k.to(compute), v.to(compute)
         if rows is not None:
-            return held.k[rows], held.v[rows], held.pos[rows], held.valid[rows]
-        return held.k, held.v, held.pos, held.valid
+            return k[rows], v[rows], held.pos[rows], held.valid[rows]
+        return k, v, held.pos, held.valid
 
     # -- the rest of the contract --------------------------------------------------------------
     def _map(self, fn) -> None:

@@ -332,3 +332,23 @@ def test_entries_select_keeps_order_and_pads():
     assert out.valid.tolist() == [[True, True], [True, False]]
     assert out.pos.tolist() == [[1, 3], [0, 0]]
     assert out.extra["score"].tolist() == [[1.0, 3.0], [4.0, 5.0]]
+
+
+@pytest.mark.parametrize("storage, nbytes", [("bfloat16", 2), ("float8", 1)])
+def test_storage_dtype_holds_narrower_entries_read_back_in_the_model_dtype(lm, storage, nbytes):
+    """``storage``: the cache holds keys/values in the narrower dtype (its own byte count says so) and
+    attention reads them back in the model's dtype, rounded once; the decoded logits stay close."""
+    from genloom.plugins.baseline.cache_policies import STORAGE, build_window
+
+    policy = build_window(lm.ctx.registry.get("cache_policy", "window").config(storage=storage))
+    assert policy.storage_dtype is STORAGE[storage]
+    cache = ManagedKVCache(1, 1, 2, 8, dtype=torch.float64, policy=policy)
+    k, v = torch.randn(2, 1, 2, 5, 8, dtype=torch.float64)
+    cache.begin(None, 5)
+    out_k, out_v, _, _ = cache.update(0, k, v)
+    assert out_k.dtype == torch.float64 and torch.equal(out_k, k.to(STORAGE[storage]).double()) and not torch.equal(out_k, k)
+    assert cache.layer_nbytes() == [2 * 2 * 5 * 8 * nbytes]
+    model = lm.model
+    narrow, plain = ManagedKVCache(2, 3, 2, 8, dtype=torch.float64, policy=policy), KVCache(2, 3, 2, 8, 4, dtype=torch.float64)
+    got, reference = drive(model, narrow), drive(model, plain)
+    assert all(torch.allclose(a, b, atol=0.1) for a, b in zip(got, reference)) and not same(got, reference)

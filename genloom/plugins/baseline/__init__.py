@@ -121,6 +121,9 @@ class CachePolicyConfig:
     """Tokens each layer may hold per sequence (the tokens of the latest advance always stay)."""
     budget_bytes: PositiveInt | None = None
     """Bytes the keys/values of one sequence may take, all layers together (turned into tokens per layer)."""
+    storage: Literal["model", "bfloat16", "float16", "float8"] = "model"
+    """The dtype the cache stores keys/values in ("model": the model's, exact; a narrower one holds each
+    token in fewer bytes, read back in the model's dtype; float8 is e4m3)."""
 
 
 @dataclass
@@ -140,6 +143,9 @@ class HeavyHitterPolicyConfig(CachePolicyConfig):
     """Share of the room kept for the most recent tokens (the rest goes to heavy hitters; the paper splits half and half)."""
     sinks: NonNegativeInt = 0
     """How many of the earliest held tokens always stay (attention sinks), besides the heavy hitters."""
+    decay: Probability = 1.0
+    """Factor on the accumulated mass at every advance before this advance's is added (1: the plain
+    sum of H2O; 0: only the latest queries' attention counts)."""
 
 
 @dataclass

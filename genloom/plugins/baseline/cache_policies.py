@@ -20,7 +20,9 @@ order (:mod:`genloom.core.cache_policy`):
    they are gathered, reordered, rolled back and snapshotted with their entries.
 
 Heavy hitters accumulate: an entry's score is the attention mass every query so far put on it,
-summed over query heads (``extra["attention_mass"]``). SnapKV votes: an entry's score is the
+summed over query heads (``extra["attention_mass"]``); with ``decay`` < 1 the mass of earlier
+advances fades (score <- decay * score + this advance's mass; 0 keeps only the latest queries'
+attention, as TOVA, arXiv 2401.06104, does). SnapKV votes: an entry's score is the
 attention of the last ``window`` queries (the observation window, kept per row in
 ``cache.rows[layer]``), pooled over ``kernel`` neighbouring entries per head, summed over heads
 (``extra["votes"]``), recomputed at every advance. Both select per sequence and layer, shared by
@@ -110,8 +112,8 @@ class HeavyHitterPolicy(ScoredPolicy):
     name = "heavy-hitter"
     key = "attention_mass"
 
-    def __init__(self, budget: int | None = None, budget_bytes: int | None = None, recent_fraction: float = 0.5, sinks: int = 0):
-        self.budget, self.budget_bytes, self.recent_fraction, self.sinks = budget, budget_bytes, recent_fraction, sinks
+    def __init__(self, budget: int | None = None, budget_bytes: int | None = None, recent_fraction: float = 0.5, sinks: int = 0, decay: float = 1.0):
+        self.budget, self.budget_bytes, self.recent_fraction, self.sinks, self.decay = budget, budget_bytes, recent_fraction, sinks, decay
 
     def recent(self, room: int) -> int:
         return int(round(self.recent_fraction * room))
@@ -123,7 +125,7 @@ class HeavyHitterPolicy(ScoredPolicy):
         mass = attention_probabilities(q, held, positions, valid).sum(dim=(1, 2))  # (B, S)
         before = self.scores(cache, layer, held)
         if before is not None:
-            mass = mass + before.to(mass.dtype)
+            mass = mass + self.decay * before.to(mass.dtype)
         self.store(cache, layer, held, mass)
         return None
 
@@ -183,17 +185,26 @@ class SnapKVPolicy(ScoredPolicy):
         return None
 
 
+STORAGE = {"model": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float8": torch.float8_e4m3fn}
+"""The ``storage`` config values and the dtypes the cache then holds keys/values in."""
+
+
+def stored(policy: CachePolicy, config) -> CachePolicy:
+    policy.storage_dtype = STORAGE[config.storage]
+    return policy
+
+
 def build_full(config=None, ctx=None) -> CachePolicy:
     return FullPolicy()
 
 
 def build_window(config, ctx=None) -> WindowPolicy:
-    return WindowPolicy(config.budget, config.budget_bytes, config.sinks)
+    return stored(WindowPolicy(config.budget, config.budget_bytes, config.sinks), config)
 
 
 def build_heavy_hitter(config, ctx=None) -> HeavyHitterPolicy:
-    return HeavyHitterPolicy(config.budget, config.budget_bytes, config.recent_fraction, config.sinks)
+    return stored(HeavyHitterPolicy(config.budget, config.budget_bytes, config.recent_fraction, config.sinks, config.decay), config)
 
 
 def build_snapkv(config, ctx=None) -> SnapKVPolicy:
-    return SnapKVPolicy(config.budget, config.budget_bytes, config.window, config.kernel, config.pooling, config.sinks)
+    return stored(SnapKVPolicy(config.budget, config.budget_bytes, config.window, config.kernel, config.pooling, config.sinks), config)
