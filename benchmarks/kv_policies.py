@@ -23,7 +23,8 @@ what a retrieval policy saves. ``--oracle`` adds, per budget, an eviction that k
 the full cache's decode steps will attend to (an upper bound for score-based eviction). Cross-layer sharing schemes (CLA2, MLKV) are
 listed with the bytes their layout holds for the same model shape (their own full-cache agreement
 is exact by construction: tests/plugins/cla, tests/plugins/mlkv). tokens/s are printed, but they
-depend on the machine's load.
+depend on the machine's load. ``--trained RUN ...`` prints instead, for runs trained alike, the
+validation bits per byte and the KV bytes per token their caches hold (see docs/performance.md).
 """
 
 from __future__ import annotations
@@ -198,6 +199,30 @@ def oracle_rows(model, texts, refs, chunk, budget, recent_fraction=0.5):
     return sum(a for a, _ in agreements) / len(agreements), max(b for _, b in agreements)
 
 
+def trained_rows(runs: list[str], n_prompts: int, length: int) -> None:
+    """Trained quality and cache size of runs of the same data and steps: validation bits per byte
+    (the run's metrics.json) and KV bytes per token, read from the cache (``layer_nbytes()``) after
+    prefilling ``n_prompts`` prompts of ``length`` tokens, one at a time (a router may skip layers
+    per prompt: the mean is printed)."""
+    import json
+
+    import genloom
+
+    print(f"\n| run | backbone | steps | validation bits/byte | KV bytes per token (mean over {n_prompts} prompts of {length}) |\n| --- | --- | --- | --- | --- |")
+    for run in runs:
+        gen = genloom.load(run)
+        model = gen.model.eval()
+        metrics = json.loads((Path(run) / "metrics.json").read_text())
+        per_token = []
+        with torch.inference_mode():
+            for ids in prompts(gen.tokenizer, n_prompts, length):
+                state = model.init_state(1, length)
+                model(torch.tensor([ids]), state=state)
+                per_token.append(sum(state.layer_nbytes()) / length)
+        print(f"| {run} | {type(model.backbone).__name__} | {metrics['global_step']} | {metrics['val']['bits_per_byte']:.3f} | "
+              f"{sum(per_token) / len(per_token):,.0f} |", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="runs/kv-bench")
@@ -207,10 +232,13 @@ def main(argv=None) -> None:
     parser.add_argument("--chunk", type=int, default=128)
     parser.add_argument("--budgets", default="1.0,0.5,0.25")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--trained", nargs="+", default=None, help="instead: quality and KV bytes per token of these trained runs")
     parser.add_argument("--oracle", action="store_true", help="also the future-knowing eviction bound at each budget")
     parser.add_argument("--policies", default=None, help="comma-separated name or name:field=value+field=value (default: every policy with a budget)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.trained:
+        return trained_rows(args.trained, args.prompts, 256)
     import genloom
     from genloom.core.plugins import get_registry
 

@@ -72,8 +72,13 @@ class Entries:
                        {n: _gather_rows(t, order) for n, t in self.extra.items()})
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as integers of its width where gather/index_select lack a kernel for its dtype (float8)."""
+    return t.view(torch.uint8) if t.is_floating_point() and t.element_size() == 1 else t
+
+
 def _gather_kv(t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    return t.gather(2, order[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3]))
+    return _bits(t).gather(2, order[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3])).view(t.dtype)
 
 
 def _gather_rows(t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -325,7 +330,7 @@ class ManagedKVCache(KVCache):
     def reorder(self, index: torch.Tensor) -> None:
         self._refuse("reorder")
         index = index.to(self.device)
-        pick = lambda t: t.index_select(0, index)  # noqa: E731
+        pick = lambda t: _bits(t).index_select(0, index).view(t.dtype)  # noqa: E731
         self._map(lambda e: Entries(pick(e.k), pick(e.v), pick(e.pos), pick(e.valid), {n: pick(t) for n, t in e.extra.items()}))
         self.rows = [{n: pick(t) for n, t in r.items()} for r in self.rows]
         self._lengths = pick(self._lengths)

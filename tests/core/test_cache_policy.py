@@ -348,6 +348,13 @@ def test_storage_dtype_holds_narrower_entries_read_back_in_the_model_dtype(lm, s
     out_k, out_v, _, _ = cache.update(0, k, v)
     assert out_k.dtype == torch.float64 and torch.equal(out_k, k.to(STORAGE[storage]).double()) and not torch.equal(out_k, k)
     assert cache.layer_nbytes() == [2 * 2 * 5 * 8 * nbytes]
+    evicting = build_window(lm.ctx.registry.get("cache_policy", "window").config(budget=3, sinks=1, storage=storage))
+    cache = ManagedKVCache(1, 2, 2, 8, dtype=torch.float64, policy=evicting)  # evictions and a reorder in that dtype
+    for n in (4, 1, 1):
+        cache.begin(None, n)
+        cache.update(0, *torch.randn(2, 2, 2, n, 8, dtype=torch.float64))
+    cache.reorder(torch.tensor([1, 1]))
+    assert cache.held(0).k.dtype == STORAGE[storage] and cache.layer_nbytes() == [2 * 2 * 2 * 3 * 8 * nbytes]
     model = lm.model
     narrow, plain = ManagedKVCache(2, 3, 2, 8, dtype=torch.float64, policy=policy), KVCache(2, 3, 2, 8, 4, dtype=torch.float64)
     got, reference = drive(model, narrow), drive(model, plain)
