@@ -1,18 +1,22 @@
 """Train forecasters from their configs and score them with the baselines on rolling test cut-offs.
 
     python benchmarks/forecast_table.py configs/autoformer.yaml [configs/informer.yaml ...] [--steps N] [--step 4] [--seeds 0]
+    python benchmarks/forecast_table.py --peers configs/itransformer.yaml ... [--seeds 0,1,2]   (needs the compare extra)
 
 Each config is trained with ``fit_forecaster`` (AdamW, cosine decay, the weights of the best
 validation MSE kept; ``--steps`` or the config's ``trainer.max_steps``), then evaluated with the
 harness (``genloom.toolkit.forecasting.evaluate``) at every ``--step``-th test cut-off beside
 seasonal naive, linear, ARIMA and ETS refitted on the same history. Prints one markdown table per
 data set (normalised scale; per-step MSE; wall seconds: training for models, all fits for baselines).
+``--peers`` hands the arguments to ``benchmarks/forecast_peers.py``: each model beside its
+neuralforecast twin over several seeds (``pip install -c constraints.txt -e ".[compare]"``).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +27,14 @@ from genloom.toolkit import forecasting as fc
 
 
 def main(argv=None):
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--peers" in argv:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from forecast_peers import main as peers_main
+
+        return peers_main([a for a in argv if a != "--peers"])
     parser = argparse.ArgumentParser()
     parser.add_argument("configs", nargs="+")
     parser.add_argument("--steps", type=int, default=None)

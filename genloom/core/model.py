@@ -173,7 +173,10 @@ def declared_specs(validated) -> dict[str, Any]:
 def _bind_spec(spec, ctx: BuildContext) -> None:
     if hasattr(spec.config, "bind"):
         ctx.current = spec.path
-        spec.config.bind(ctx)
+        try:
+            spec.config.bind(ctx)
+        except (ValueError, TypeError) as exc:  # a value that contradicts what the context publishes
+            raise ConfigError(str(exc), path=spec.path) from None
 
 
 def bind(validated, ctx: BuildContext) -> None:

@@ -657,6 +657,16 @@ def _load_tokenizer(validated, registry, tok_dir: Path):
     return tok
 
 
+def _validation_sources(built, n: int) -> list[list[int]]:
+    """The first ``n`` sources of the validation split (an empty source when the data set has no
+    pairs to show): what the end-of-run sample of a source-conditioned model decodes without a prompt."""
+    try:
+        pairs = getattr(built.data.load("val", built.model.tokenizer, built.ctx), "pairs", None) if built.data is not None else None
+    except Exception:  # the sample is a courtesy: a data set that cannot load its split here gets the empty source
+        pairs = None
+    return [list(src) for src, _ in pairs[:n]] if pairs else [[]] * n
+
+
 def _sample(built, gen_cfg, run_dir) -> str | None:
     from genloom.core.generation import Generator
 
@@ -666,9 +676,10 @@ def _sample(built, gen_cfg, run_dir) -> str | None:
     prompt = gen_cfg.prompt
     n = max(1, gen_cfg.num_samples)
     if built.ctx.get("source_length"):  # a source-conditioned model: the prompt is the source
-        result = Generator(built, run_dir).generate(source=[list(tok.encode(prompt)) if prompt else []] * n, max_new_tokens=gen_cfg.max_new_tokens, seed=gen_cfg.seed)
-        texts = result.decode()
-        return "\n---\n".join(f"{prompt} -> {t}" for t in texts) if all(isinstance(t, str) for t in texts) else None
+        sources = [list(tok.encode(prompt))] * n if prompt else _validation_sources(built, n)
+        result = Generator(built, run_dir).generate(source=sources, max_new_tokens=gen_cfg.max_new_tokens, seed=gen_cfg.seed)
+        texts, shown = result.decode(), [tok.decode(s) for s in sources]
+        return "\n---\n".join(f"{s} -> {t}" for s, t in zip(shown, texts)) if all(isinstance(t, str) for t in texts + shown) else None
     ids = list(tok.encode(prompt)) if prompt else [int(getattr(tok, "eos_id", 0) or 0)]
     result = Generator(built, run_dir).generate([ids] * n, max_new_tokens=gen_cfg.max_new_tokens, seed=gen_cfg.seed)
     texts = result.decode()

@@ -30,6 +30,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from genloom.core import kernels
+from genloom.core.pattern import FULL
+
 # -- orders ------------------------------------------------------------------------------------
 
 
@@ -165,14 +168,41 @@ class InsertionCanvas:
 
     def to_tensor(self, pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) right-padded ids and their validity."""
-        L = max((len(t) for t in self.tokens), default=0)
-        ids = torch.full((len(self.tokens), L), pad_id, dtype=torch.long)
-        valid = torch.zeros(len(self.tokens), L, dtype=torch.bool)
-        for b, t in enumerate(self.tokens):
-            if t:
-                ids[b, : len(t)] = torch.tensor(t)
-                valid[b, : len(t)] = True
-        return ids.to(device), valid.to(device)
+        return _right_padded(self.tokens, pad_id, device)
+
+    def finished(self, eos_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens (B, L + 1), lengths (B,)): every canvas followed by ``eos_id`` (and padded with it),
+        the commit an insertion decoder makes once every row has ended."""
+        ids, _ = _right_padded([t + [eos_id] for t in self.tokens], eos_id, device)
+        return ids, torch.tensor([len(t) + 1 for t in self.tokens], device=device)
+
+
+def _right_padded(rows: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    L = max((len(t) for t in rows), default=0)
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    valid = torch.zeros(len(rows), L, dtype=torch.bool)
+    for b, t in enumerate(rows):
+        if t:
+            ids[b, : len(t)] = torch.tensor(t)
+            valid[b, : len(t)] = True
+    return ids.to(device), valid.to(device)
+
+
+def slot_states(model, prefix: torch.Tensor, canvases: list[list[int]], pad_id: int) -> torch.Tensor:
+    """(B, G, D) hidden state of every slot of every canvas, G = longest canvas + 1, from one pass.
+
+    The layout is ``[prefix | canvas | padding]`` under full attention (padding invalid); slot ``k``
+    of a canvas (the gap before its token ``k``) is read at layout position ``P - 1 + k``: the last
+    prefix token stands for the first slot, each canvas token for the slot after it. Slots past a
+    row's canvas are returned too; an insertion head masks them.
+    """
+    B, P = prefix.shape
+    canvas, canvas_valid = _right_padded(canvases, pad_id, prefix.device)
+    ids = torch.cat([prefix, canvas], 1)
+    valid = torch.cat([torch.ones(B, P, dtype=torch.bool, device=prefix.device), canvas_valid], 1)
+    with kernels.scope(getattr(model.ctx, "kernels", None)):
+        h = model.backbone(model.head.embed(ids), pattern=FULL, valid=valid)
+    return h[:, P - 1 :]
 
 
 def prefix_and_targets(batch: dict, source_length: int | None):

@@ -207,3 +207,16 @@ def test_decoders_holding_back_the_last_prompt_token_keep_the_source_block_whole
         with torch.no_grad():
             for p in built.model.parameters():
                 p.div_(3.0)
+
+
+def test_the_end_of_run_sample_of_a_conditioned_model_decodes_validation_sources(tmp_path):
+    """Without a prompt, the sample after training shows real held-out sources, not an empty one."""
+    from genloom.core.config import GenerateConfig
+    from genloom.core.training import _sample
+
+    b = tiny_model(base=_config(), data=True, seed=0)
+    b.model.eval()
+    val = b.data.load("val", b.model.tokenizer, b.ctx)
+    text = _sample(b, GenerateConfig(max_new_tokens=3, num_samples=2), tmp_path)
+    shown = [part.split(" -> ")[0] for part in text.split("\n---\n")]
+    assert shown == [b.model.tokenizer.decode(src) for src, _ in val.pairs[:2]] and all(shown)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from genloom.core.cache_policy import ManagedKVCache
-from genloom.core.state import KVCache, StaticKVCache, check_kv_source
+from genloom.core.state import KVCache, StaticKVCache, begin_chunk, check_kv_source
 from genloom.plugins.baseline.cache_policies import WindowPolicy
 from genloom.testing import tiny_model
 
@@ -161,3 +161,16 @@ def test_a_layer_every_row_skips_holds_no_storage_and_the_mask_is_fixed_at_prefi
     shared = lm(SHARED).init_state(1, 4)
     with pytest.raises(ValueError, match="layer 1 reads layer 0"):
         shared.set_layer_skip(torch.tensor([[True, False, False, False]]))
+
+
+def test_begin_chunk_numbers_valid_tokens_and_defers_to_the_state():
+    h = torch.zeros(2, 4, 8)
+    positions, valid = begin_chunk(h)
+    assert positions.tolist() == [[0, 1, 2, 3]] * 2 and valid is None
+    left_padded = torch.tensor([[False, True, True, True], [True, True, True, True]])
+    positions, valid = begin_chunk(h, valid=left_padded)
+    assert positions.tolist() == [[0, 0, 1, 2], [0, 1, 2, 3]] and valid is left_padded
+    cache = KVCache(1, 2, 1, 4)
+    begin_chunk(h, cache, left_padded)
+    positions, _ = begin_chunk(h[:, :1], cache)  # the next token continues each row's numbering
+    assert positions.tolist() == [[3], [4]]

@@ -126,6 +126,21 @@ def test_api_errors_carry_the_config_path():
     assert info.value.path == "backbone.d_model"  # a __post_init__ message is placed at the field it names
 
 
+def test_a_value_error_in_bind_is_a_config_error_at_the_node(monkeypatch):
+    """``bind`` checks a node against what earlier nodes published; its ValueError names the node."""
+    from genloom.core.model import assemble
+    from genloom.plugins.baseline import TransformerConfig
+
+    def bind(self, ctx):
+        raise ValueError(f"d_model {self.d_model} does not fit the tokenizer")
+
+    monkeypatch.setattr(TransformerConfig, "bind", bind)
+    validated = config_mod.validate(config_mod.compose(None, [], base=tiny()))
+    with pytest.raises(ConfigError) as info:
+        assemble(validated, data=False)
+    assert info.value.path == "backbone" and "does not fit the tokenizer" in str(info.value)
+
+
 #: Where every numeric config field must declare its range: the core's sections, the toolkit's
 #: shared configs and every built-in plugin.
 RANGED_MODULES = ("genloom.core.", "genloom.toolkit.", "genloom.plugins.")

@@ -104,3 +104,34 @@ def test_gap_targets_count_the_missing_tokens_of_each_slot():
         canvas = InsertionCanvas([[t for t, k in zip(seq, keep) if k]])
         canvas.step([{s: g for s, g in enumerate(gaps) if g}])
         assert canvas.tokens[0] == seq
+
+
+def _lm(seed=0):
+    from genloom.testing import tiny_model
+
+    base = {"tokenizer": {"name": "ids", "vocab_size": 7, "eos_id": 0}, "head": {"name": "lm"},
+            "backbone": {"name": "transformer", "d_model": 16, "n_layers": 1, "n_heads": 2}}
+    return tiny_model(base=base, seed=seed).model.double().eval()
+
+
+def test_slot_states_read_slot_k_at_prefix_end_plus_k_and_ignore_padding():
+    from genloom.core.pattern import FULL
+    from genloom.toolkit.anyorder import slot_states
+
+    model = _lm()
+    prefix = torch.tensor([[3, 4], [5, 6]])
+    canvases = [[1, 2, 3], [4]]
+    slots = slot_states(model, prefix, canvases, pad_id=0)
+    assert slots.shape[:2] == (2, 4)  # longest canvas + 1 slots
+    for b, c in enumerate(canvases):  # each row alone, no padding: the same states at its slots
+        ids = torch.tensor([prefix[b].tolist() + c])
+        h = model.backbone(model.head.embed(ids), pattern=FULL)
+        torch.testing.assert_close(slots[b, : len(c) + 1], h[0, 1:], rtol=0, atol=1e-12)
+    other = slot_states(model, prefix, [[1, 2, 3], [4]], pad_id=5)  # another padding id: same valid slots
+    torch.testing.assert_close(other[1, :2], slots[1, :2], rtol=0, atol=1e-12)
+
+
+def test_finished_canvases_end_with_eos_and_count_it():
+    canvas = InsertionCanvas([[4, 5], []])
+    tokens, lengths = canvas.finished(eos_id=0)
+    assert tokens.tolist() == [[4, 5, 0], [0, 0, 0]] and lengths.tolist() == [3, 1]

@@ -2,8 +2,9 @@
 
 Byte-level and BPE tokenizers, a decoder-only transformer (RMSNorm, rotary positions, SwiGLU,
 grouped-query attention, KV cache; the Llama layout, so Hugging Face Llama checkpoints convert
-by renaming), the LM head, the next-token objective, sampling/greedy/beam decoders, the usual
-logits processors, embedded data sets and a few Lightning callbacks. They register through the
+by renaming), an encoder-decoder transformer for source-conditioned data, the LM head, the
+next-token objective, sampling/greedy/beam decoders, the usual logits processors, embedded data
+sets and a few Lightning callbacks. They register through the
 same hooks as every other plugin.
 """
 
@@ -94,6 +95,40 @@ class TransformerConfig:
         ctx.set("d_model", self.d_model)
         if self.max_positions is not None:
             ctx.set("max_positions", self.max_positions)
+
+
+@dataclass
+class EncoderDecoderConfig:
+    """Encoder-decoder transformer over the prefix-LM layout: an encoder reads the source block
+    bidirectionally, a causal decoder with cross-attention reads the target (docs/seq2seq.md). Needs
+    source-conditioned data (it reads ``ctx.source_length``)."""
+
+    d_model: PositiveInt = 256
+    """Model width; published to later components as ``ctx.d_model``."""
+    encoder_layers: PositiveInt = 2
+    """Bidirectional layers over the source block (run once per request)."""
+    decoder_layers: PositiveInt = 2
+    """Causal layers over the target, each with cross-attention to the encoder output."""
+    n_heads: PositiveInt = 4
+    n_kv_heads: PositiveInt | None = None
+    """Key/value heads for grouped-query attention, self- and cross-attention (None: n_heads)."""
+    ffn_hidden: PositiveInt | None = None
+    """SwiGLU hidden width (None: 8/3 d_model rounded up to a multiple of 32)."""
+    rope: bool = True
+    """Rotary position embeddings in the encoder and in the decoder's self-attention."""
+    rope_theta: PositiveFloat = 10000.0
+    norm_eps: PositiveFloat = 1e-5
+    dropout: Fraction = 0.0
+
+    def __post_init__(self):
+        kv = self.n_kv_heads or self.n_heads
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.n_heads % kv:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({kv})")
+
+    def bind(self, ctx):
+        ctx.set("d_model", self.d_model)
 
 
 @dataclass
@@ -462,7 +497,11 @@ def _patch_tokenizer():
 
 @hookimpl
 def genloom_backbones():
-    return [records.backbone("transformer", f"{_P}.transformer:build", TransformerConfig, "Decoder-only transformer: RMSNorm, RoPE, SwiGLU, GQA, KV cache.")]
+    return [
+        records.backbone("transformer", f"{_P}.transformer:build", TransformerConfig, "Decoder-only transformer: RMSNorm, RoPE, SwiGLU, GQA, KV cache."),
+        records.backbone("encoder-decoder", f"{_P}.encoder_decoder:build", EncoderDecoderConfig,
+                         "Encoder over the source block, causal decoder with cross-attention (memory computed once per request)."),
+    ]
 
 
 @hookimpl

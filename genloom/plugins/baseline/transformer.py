@@ -27,7 +27,7 @@ from genloom.core import kernels
 from genloom.core.model import Backbone
 from genloom.core.pattern import CAUSAL, AttentionPattern
 from genloom.core.cache_policy import FullPolicy, ManagedKVCache
-from genloom.core.state import KVCache
+from genloom.core.state import KVCache, begin_chunk
 
 
 class RMSNorm(nn.Module):
@@ -157,13 +157,7 @@ class Transformer(Backbone):
             nn.init.normal_(m.weight, std=0.02)
 
     def forward(self, h, *, pattern: AttentionPattern = CAUSAL, state: KVCache | None = None, valid=None):
-        B, L, _ = h.shape
-        if state is not None:
-            positions, valid = state.begin(valid, L)
-        elif valid is not None:
-            positions = (valid.long().cumsum(1) - 1).clamp_min(0)
-        else:
-            positions = torch.arange(L, device=h.device).expand(B, L)
+        positions, valid = begin_chunk(h, state, valid)
         rope = self.rotary(pattern.positions(positions), h.dtype) if self.rotary is not None else None
         shared = {} if any(s != i for i, s in enumerate(self.kv_source)) else None
         route = getattr(state, "route", None)

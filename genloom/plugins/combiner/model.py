@@ -16,7 +16,8 @@ from torch import nn
 from genloom.core import kernels
 from genloom.core.model import Backbone
 from genloom.core.pattern import CAUSAL, AttentionPattern
-from genloom.core.state import KVCache
+from genloom.core.state import KVCache, begin_chunk
+from genloom.toolkit.layers import PreNormBlock
 
 
 def rotate(x, positions, theta: float):
@@ -52,19 +53,6 @@ class CombinerAttention(nn.Module):
         return self.out(out.transpose(1, 2).reshape(B, L, -1))
 
 
-class Block(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.attn = CombinerAttention(cfg)
-        self.ffn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.ffn = nn.Sequential(nn.Linear(cfg.d_model, cfg.ffn_mult * cfg.d_model), nn.GELU(), nn.Linear(cfg.ffn_mult * cfg.d_model, cfg.d_model))
-
-    def forward(self, x, **kw):
-        x = x + self.attn(self.attn_norm(x), **kw)
-        return x + self.ffn(self.ffn_norm(x))
-
-
 class CombinerTransformer(Backbone):
     """Causal pre-norm transformer with Combiner-Fixed attention."""
 
@@ -73,19 +61,13 @@ class CombinerTransformer(Backbone):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(PreNormBlock(CombinerAttention(cfg), cfg.d_model, cfg.ffn_mult, cfg.norm_eps) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
 
     def forward(self, h, *, pattern: AttentionPattern = CAUSAL, state: KVCache | None = None, valid=None):
         if pattern.kind != "causal":
             raise ValueError(f"combiner attention is causal here; it cannot serve the '{pattern.kind}' pattern")
-        B, L, _ = h.shape
-        if state is not None:
-            positions, valid = state.begin(valid, L)
-        elif valid is not None:
-            positions = (valid.long().cumsum(1) - 1).clamp_min(0)
-        else:
-            positions = torch.arange(L, device=h.device).expand(B, L)
+        positions, valid = begin_chunk(h, state, valid)
         for i, block in enumerate(self.layers):
             h = block(h, positions=positions, valid=valid, cache=state, layer=i)
         return self.norm(h)

@@ -82,13 +82,7 @@ class EnconterDecoder(Decoder):
         zeros = torch.zeros(session.batch_size, dtype=torch.long, device=session.device)
         if not all(s["done"]):
             return Commit(zeros[:, None], zeros)  # nothing is final until every row has ended
-        eos = session.eos_id if session.eos_id is not None else 0
-        width = max(len(t) for t in canvas.tokens) + 1
-        tokens = torch.full((len(canvas), width), eos, dtype=torch.long, device=session.device)
-        for b, row in enumerate(canvas.tokens):
-            if row:
-                tokens[b, : len(row)] = torch.tensor(row, device=session.device)
-        return Commit(tokens, torch.tensor([len(t) + 1 for t in canvas.tokens], device=session.device))
+        return Commit(*canvas.finished(session.eos_id if session.eos_id is not None else 0, session.device))
 
     def advance(self, session, commit) -> None:
         if all(session.scratch["done"]):

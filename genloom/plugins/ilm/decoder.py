@@ -58,13 +58,7 @@ class IlmDecoder(Decoder):
                 s["stopped"][b] = True
         if not all(s["stopped"]):
             return Commit(proposal[:, None], torch.zeros_like(proposal))  # nothing is final until every row stopped
-        eos = session.eos_id if session.eos_id is not None else 0
-        width = max(len(t) for t in canvas.tokens) + 1
-        tokens = torch.full((len(canvas), width), eos, dtype=torch.long, device=session.device)
-        for b, row in enumerate(canvas.tokens):
-            if row:
-                tokens[b, : len(row)] = torch.tensor(row, device=session.device)
-        return Commit(tokens, torch.tensor([len(t) + 1 for t in canvas.tokens], device=session.device))
+        return Commit(*canvas.finished(session.eos_id if session.eos_id is not None else 0, session.device))
 
     def advance(self, session, commit) -> None:
         if all(session.scratch["stopped"]):

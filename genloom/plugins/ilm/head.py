@@ -12,33 +12,17 @@ and the end-of-sequence id (which the stop action replaces) get probability 0.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from genloom.core.errors import ConfigError
-from genloom.core.model import Head
-from genloom.core.pattern import FULL
+from genloom.toolkit.heads import TokenHead, scalar_readout
+from genloom.toolkit.anyorder import slot_states
 
 
-class IlmHead(Head):
+class IlmHead(TokenHead):
     def __init__(self, vocab_size: int, d_model: int, eos_id: int | None, tie_weights: bool = True, init_std: float = 0.02):
-        super().__init__()
-        self.vocab_size, self.eos_id = vocab_size, eos_id
-        self.embed_tokens = nn.Embedding(vocab_size, d_model)
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
-        self.stop_head = nn.Linear(d_model, 1)
-        nn.init.normal_(self.embed_tokens.weight, std=init_std)
-        nn.init.normal_(self.stop_head.weight, std=init_std)
-        nn.init.zeros_(self.stop_head.bias)
-        if tie_weights:
-            self.lm_head.weight = self.embed_tokens.weight
-        else:
-            nn.init.normal_(self.lm_head.weight, std=init_std)
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(ids)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(h)
+        super().__init__(vocab_size, d_model, tie_weights, init_std)
+        self.eos_id = eos_id
+        self.stop_head = scalar_readout(d_model, init_std)
 
 
 def ilm_head(model) -> IlmHead:
@@ -47,39 +31,18 @@ def ilm_head(model) -> IlmHead:
     return model.head
 
 
-def layout(prefix: torch.Tensor, canvases: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids (B, P + n_max), valid) for a (B, P) prefix and one canvas per row (right-padded)."""
-    B, P = prefix.shape
-    n = max((len(c) for c in canvases), default=0)
-    ids = torch.full((B, P + n), pad_id, dtype=torch.long, device=prefix.device)
-    ids[:, :P] = prefix
-    valid = torch.zeros(B, P + n, dtype=torch.bool, device=prefix.device)
-    valid[:, :P] = True
-    for b, c in enumerate(canvases):
-        if c:
-            ids[b, P : P + len(c)] = torch.tensor(c, device=prefix.device)
-            valid[b, P : P + len(c)] = True
-    return ids, valid
-
-
 def joint_log_probs(model, prefix: torch.Tensor, canvases: list[list[int]], pad_id: int) -> torch.Tensor:
     """(B, G * V + 1) log-probabilities of every (slot, token) insertion, flattened slot-major, then stop; G = n_max + 1."""
-    from genloom.core import kernels
-
     head = ilm_head(model)
-    ids, valid = layout(prefix, canvases, pad_id)
-    with kernels.scope(getattr(model.ctx, "kernels", None)):
-        h = model.backbone(head.embed(ids), pattern=FULL, valid=valid)
-    P = prefix.shape[1]
-    slots = h[:, P - 1 :]  # (B, G, D)
+    slots = slot_states(model, prefix, canvases, pad_id)  # (B, G, D)
     logits = head(slots)
     logits = logits if logits.dtype == torch.float64 else logits.float()
-    lengths = torch.tensor([len(c) for c in canvases], device=h.device)
-    open_slot = torch.arange(slots.shape[1], device=h.device)[None] <= lengths[:, None]
+    lengths = torch.tensor([len(c) for c in canvases], device=slots.device)
+    open_slot = torch.arange(slots.shape[1], device=slots.device)[None] <= lengths[:, None]
     logits = logits.masked_fill(~open_slot[:, :, None], float("-inf"))
     if head.eos_id is not None:
         logits[..., head.eos_id] = float("-inf")
-    stop = head.stop_head(h[:, P - 1]).to(logits.dtype)
+    stop = head.stop_head(slots[:, 0]).to(logits.dtype)  # read at the last prefix position
     return torch.cat([logits.flatten(1), stop], 1).log_softmax(-1)
 
 

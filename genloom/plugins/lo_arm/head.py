@@ -9,29 +9,16 @@ the vocabulary (the classifier ``p(x_i | state)``) and one order logit (the orde
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from genloom.core.errors import ConfigError
-from genloom.core.model import Head
+from genloom.toolkit.heads import TokenHead, scalar_readout
 
 
-class LoArmHead(Head):
+class LoArmHead(TokenHead):
     def __init__(self, vocab_size: int, d_model: int, mask_id: int, tie_weights: bool = True, init_std: float = 0.02):
-        super().__init__()
-        self.vocab_size, self.mask_id = vocab_size, mask_id
-        self.embed_tokens = nn.Embedding(vocab_size, d_model)
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
-        self.order_head = nn.Linear(d_model, 1)
-        nn.init.normal_(self.embed_tokens.weight, std=init_std)
-        nn.init.normal_(self.order_head.weight, std=init_std)
-        nn.init.zeros_(self.order_head.bias)
-        if tie_weights:
-            self.lm_head.weight = self.embed_tokens.weight
-        else:
-            nn.init.normal_(self.lm_head.weight, std=init_std)
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(ids)
+        super().__init__(vocab_size, d_model, tie_weights, init_std)
+        self.mask_id = mask_id
+        self.order_head = scalar_readout(d_model, init_std)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(h)

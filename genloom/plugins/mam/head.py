@@ -15,21 +15,14 @@ import torch
 from torch import nn
 
 from genloom.core.errors import ConfigError
-from genloom.core.model import Head
+from genloom.toolkit.heads import TokenHead
 
 
-class MamHead(Head):
+class MamHead(TokenHead):
     def __init__(self, vocab_size: int, d_model: int, mask_id: int, init_std: float = 0.02):
-        super().__init__()
-        self.vocab_size, self.mask_id = vocab_size, mask_id
-        self.embed_tokens = nn.Embedding(vocab_size, d_model)
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        super().__init__(vocab_size, d_model, tie_weights=False, init_std=init_std)
+        self.mask_id = mask_id
         self.marginal_mlp = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, 1))
-        nn.init.normal_(self.embed_tokens.weight, std=init_std)
-        nn.init.normal_(self.lm_head.weight, std=init_std)
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(ids)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(h)

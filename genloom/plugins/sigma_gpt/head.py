@@ -10,25 +10,16 @@ when it runs a whole sequence; :func:`ordered_logits` runs a sequence in any ord
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from genloom.core.errors import ConfigError
-from genloom.core.model import Head
+from genloom.toolkit.heads import TokenHead
 from genloom.toolkit.anyorder import DoublePositionalEncoding, double_positions, permute
 
 
-class SigmaHead(Head):
+class SigmaHead(TokenHead):
     def __init__(self, vocab_size: int, d_model: int, max_positions: int, tie_weights: bool = True, init_std: float = 0.02):
-        super().__init__()
-        self.vocab_size = vocab_size
-        self.embed_tokens = nn.Embedding(vocab_size, d_model)
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        super().__init__(vocab_size, d_model, tie_weights, init_std)
         self.positions = DoublePositionalEncoding(max_positions, d_model, init_std)
-        nn.init.normal_(self.embed_tokens.weight, std=init_std)
-        if tie_weights:
-            self.lm_head.weight = self.embed_tokens.weight
-        else:
-            nn.init.normal_(self.lm_head.weight, std=init_std)
 
     def embed_ordered(self, ids: torch.Tensor, current: torch.Tensor, next: torch.Tensor) -> torch.Tensor:
         """(B, L, D) for layout tokens ``ids`` (B, L) at positions ``current`` that predict positions ``next``."""
@@ -40,8 +31,6 @@ class SigmaHead(Head):
         t = torch.arange(L, device=ids.device).expand(B, L)
         return self.embed_ordered(ids, t, t + 1)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(h)
 
 
 def sigma_head(model) -> SigmaHead:

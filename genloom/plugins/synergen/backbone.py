@@ -23,6 +23,7 @@ from torch import nn
 
 from genloom.core.model import Backbone
 from genloom.core.pattern import CAUSAL
+from genloom.core.state import begin_chunk
 
 
 def rotate_half(x):
@@ -98,7 +99,7 @@ class SynergenBackbone(Backbone):
         B, L, _ = h.shape
         if times is None:
             times = torch.zeros(B, L, dtype=h.dtype, device=h.device)
-        positions = (valid.long().cumsum(1) - 1).clamp_min(0) if valid is not None else torch.arange(L, device=h.device).expand(B, L)
+        positions, valid = begin_chunk(h, None, valid)
         mask = torch.ones(L, L, dtype=torch.bool, device=h.device).tril()[None, None]
         if valid is not None:
             mask = mask & valid[:, None, None, :].bool()

@@ -142,3 +142,31 @@ def test_bad_config_is_refused():
         SynergenBackboneConfig(d_model=16, n_heads=2, time_planes=5)
     with pytest.raises(ValueError, match="n_clusters"):
         SyntheticBehaviourConfig(n_items=10, n_clusters=4)
+
+
+def test_generate_recommends_from_the_events_before_the_next_one(built, tmp_path):
+    """``genloom generate``'s writer: the ranking is the training query at the last event (asked at the next event's time)."""
+    import csv
+    from types import SimpleNamespace
+
+    objective = built.model.objective
+    path = objective.generate_samples(SimpleNamespace(model=built.model, ctx=built.ctx, run_dir=tmp_path), n=5)
+    rows = list(csv.DictReader(path.open()))
+    assert path.name == "recommendations.csv" and len(rows) == 5
+    windows = built.data.load("test")
+    ids = torch.stack([windows[i]["ids"] for i in range(5)])
+    times = torch.stack([windows[i]["times"] for i in range(5)]).double()
+    with torch.no_grad():
+        query = objective.queries(built.model, {"ids": ids, "times": times})[:, -1]
+        expected = query @ built.model.head.embed(torch.arange(16)).T
+        scores, _ = objective.recommend(built.model, ids[:, :-1], times)
+        torch.testing.assert_close(scores, expected, rtol=0, atol=1e-12)
+        # broken variant: asked at the last event's own time instead of the next one's -> another ranking
+        stale = times.clone()
+        stale[:, -1] = times[:, -2]
+        assert (objective.recommend(built.model, ids[:, :-1], stale)[0] - expected).abs().max() > 1e-6
+    for row, truth_scores in zip(rows, expected):
+        top = [int(v) for v in row["top_items"].split()]
+        assert top == torch.topk(truth_scores, 10).indices.tolist()
+        rank = int(row["next_item_rank"])
+        assert rank == int((truth_scores > truth_scores[int(row["next_item"])]).sum())
