@@ -32,6 +32,7 @@ validation bits per byte and the KV bytes per token their caches hold (see docs/
 from __future__ import annotations
 
 import argparse
+import math
 import dataclasses
 import sys
 import time
@@ -205,26 +206,30 @@ def oracle_rows(model, texts, refs, chunk, budget, recent_fraction=0.5):
 
 def trained_rows(runs: list[str], n_prompts: int, length: int) -> None:
     """Trained quality and cache size of runs of the same data and steps: validation bits per byte
-    (the run's metrics.json) and KV bytes per token, read from the cache (``layer_nbytes()``) after
+    (the run's metrics.json), next-token bits per token on the prompts uncached (the training-time
+    forward) and through a cache (as decoding runs: a router then skips layers), and KV bytes per token, read from the cache (``layer_nbytes()``) after
     prefilling ``n_prompts`` prompts of ``length`` tokens, one at a time (a router may skip layers
     per prompt: the mean is printed)."""
     import json
 
     import genloom
 
-    print(f"\n| run | backbone | steps | validation bits/byte | KV bytes per token (mean over {n_prompts} prompts of {length}) |\n| --- | --- | --- | --- | --- |")
+    print(f"\n| run | backbone | steps | validation bits/byte | prompt bits/token, uncached | prompt bits/token, through the cache | "
+          f"KV bytes per token (mean over {n_prompts} prompts of {length}) |\n| --- | --- | --- | --- | --- | --- | --- |")
     for run in runs:
         gen = genloom.load(run)
         model = gen.model.eval()
         metrics = json.loads((Path(run) / "metrics.json").read_text())
-        per_token = []
+        per_token, bits = [], [0.0, 0.0]
         with torch.inference_mode():
             for ids in prompts(gen.tokenizer, n_prompts, length):
+                x = torch.tensor([ids])
                 state = model.init_state(1, length)
-                model(torch.tensor([ids]), state=state)
+                for i, logits in enumerate((model(x), model(x, state=state))):  # every layer; as decoding runs it
+                    bits[i] += float(torch.nn.functional.cross_entropy(logits[0, :-1], x[0, 1:])) / math.log(2) / n_prompts
                 per_token.append(sum(state.layer_nbytes()) / length)
         print(f"| {run} | {type(model.backbone).__name__} | {metrics['global_step']} | {metrics['val']['bits_per_byte']:.3f} | "
-              f"{sum(per_token) / len(per_token):,.0f} |", flush=True)
+              f"{bits[0]:.3f} | {bits[1]:.3f} | {sum(per_token) / len(per_token):,.0f} |", flush=True)
 
 
 def main(argv=None) -> None:
