@@ -192,3 +192,51 @@ def test_snapkv_forgets_the_queries_of_rolled_back_tokens():
         assert torch.allclose(held.extra["votes"][b][held.valid[b]], votes_by_hand(window, keys, 1, "max"), atol=1e-12)
         stale = [(6, chunks[2][2][b, :, 0]), (7, chunks[3][2][b, :, 0]), (7, q[b, :, 0])]
         assert not torch.allclose(held.extra["votes"][b][held.valid[b]], votes_by_hand(stale, keys, 1, "max"), atol=1e-6)
+
+
+def test_policies_come_from_the_config():
+    """The config nodes build the policies with their fields; a bad value names its field."""
+    from genloom.core.errors import ConfigError
+    from genloom.testing import tiny_model
+
+    base = {"tokenizer": {"name": "bytes"}, "head": {"name": "lm"}, "objective": {"name": "next-token"},
+            "backbone": {"name": "transformer", "d_model": 16, "n_layers": 1, "n_heads": 2}}
+    node = {"name": "heavy-hitter", "budget": 8, "sinks": 2, "decay": 0.5, "storage": "bfloat16"}
+    state = tiny_model(base={**base, "cache_policy": node}, seed=0).model.init_state(1, 4)
+    assert isinstance(state, ManagedKVCache) and isinstance(state.policy, HeavyHitterPolicy)
+    assert (state.policy.budget, state.policy.sinks, state.policy.decay, state.policy.storage_dtype) == (8, 2, 0.5, torch.bfloat16)
+    state = tiny_model(base={**base, "cache_policy": {"name": "snapkv", "budget": 8, "window": 4, "pooling": "avg"}}, seed=0).model.init_state(1, 4)
+    assert isinstance(state.policy, SnapKVPolicy) and (state.policy.window, state.policy.pooling) == (4, "avg")
+    with pytest.raises(ConfigError, match="cache_policy.pooling"):
+        tiny_model(base={**base, "cache_policy": {"name": "snapkv", "pooling": "mean"}})
+    with pytest.raises(ConfigError, match="cache_policy.recent_fraction"):
+        tiny_model(base={**base, "cache_policy": {"name": "heavy-hitter", "recent_fraction": 1.5}})
+
+
+@pytest.mark.parametrize("node", [{"name": "heavy-hitter", "budget": 6, "sinks": 1}, {"name": "snapkv", "budget": 6, "window": 2, "kernel": 3}],
+                         ids=lambda n: n["name"])
+def test_a_budget_holds_under_every_decoder(node):
+    """Under a budget smaller than the text, beam search (reorders) and speculative decoding
+    (multi-token advances, rollbacks) run through the policy and no layer holds more than the budget
+    plus the latest advance."""
+    from genloom.core.generation import run
+    from genloom.testing import tiny_model
+
+    lm = {"tokenizer": {"name": "bytes"}, "head": {"name": "lm", "init_std": 0.5}, "objective": {"name": "next-token"},
+          "backbone": {"name": "transformer", "d_model": 16, "n_layers": 2, "n_heads": 2}}
+    built = tiny_model(base={**lm, "cache_policy": node}, seed=0)
+    model = built.model.eval()
+    seen = []
+    policy = model.backbone.cache_policy
+    original = policy.evict
+
+    def evict(cache, layer, held, q):  # record what each layer holds after every advance
+        seen.append(max(cache.held(i).size for i in cache.owners()))
+        return original(cache, layer, held, q)
+
+    policy.evict = evict
+    draft = {**lm, "backbone": {**lm["backbone"], "n_layers": 1}}
+    for dec in ({"name": "beam", "num_beams": 2}, {"name": "speculative", "draft": draft, "gamma": 3}):
+        out = run(model, [[1, 2, 3, 4, 5, 6, 7, 8, 9], [4, 5]], built.ctx.build("decoder", dec), max_new_tokens=10)
+        assert all(len(ids) == 10 for ids in out.ids)
+    assert seen and max(seen) <= 6 + 9  # the budget, plus at most the prompt (the latest advance always stays)
