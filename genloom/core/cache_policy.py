@@ -21,6 +21,10 @@ per-entry tensors in ``Entries.extra`` (gathered, reordered and dropped with the
 tensors in ``cache.rows[layer]`` (reordered with the batch, snapshotted with the cache); replace those
 tensors rather than changing them in place, so a snapshot stays valid.
 
+A policy's :attr:`CachePolicy.storage_dtype` (None: the model's dtype) is the dtype the entries are
+held in; attention reads them back in the model's dtype (narrower storage is an approximation,
+counted in ``layer_nbytes()`` at its own width).
+
 Budgets are tokens per sequence and layer (``budget``) or bytes for the whole cache of one sequence
 (``budget_bytes``, turned into tokens from the layer's entry size); :meth:`ManagedKVCache.room` tells
 a policy how many earlier entries may stay so that, after the advance, the layer holds at most
@@ -159,6 +163,7 @@ class ManagedKVCache(KVCache):
         self._lengths = torch.zeros(batch_size, dtype=torch.long, device=self._device)
         self._chunk: tuple[torch.Tensor, torch.Tensor] | None = None
         self._last: int | None = 0  # tokens of the most recent advance (the tail of every layer); None after a rollback
+        self._compute_dtype = dtype  # the model's dtype, which attention reads entries back in (CachePolicy.storage_dtype)
         self.stats = {"evicted": 0, "retrieved_steps": 0, "read": 0, "reads": 0}
         """Counts a benchmark or a policy reads: entries evicted, layer-steps that attended a retrieved
         subset, entries attended in all (``read``) over ``reads`` layer-advances."""
@@ -314,7 +319,7 @@ class ManagedKVCache(KVCache):
         self.stats["read"] += int(held.valid.sum())
         self.stats["reads"] += 1
         k, v = held.k, held.v
-        compute = getattr(self, "_compute_dtype", k.dtype)
+        compute = self._compute_dtype
         if k.dtype != compute:  # stored narrower (CachePolicy.storage_dtype): read back in the model's dtype
             k, v = k.to(compute), v.to(compute)
         if rows is not None:
