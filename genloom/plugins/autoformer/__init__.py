@@ -25,9 +25,10 @@ What this implementation does:
   encoder layers (Auto-Correlation, decomposition, feed-forward, decomposition) and
   ``decoder_layers`` decoder layers (self Auto-Correlation, decomposition, cross Auto-Correlation
   with the encoder output, decomposition, feed-forward, decomposition; the sum of the three trends
-  is projected by a kernel-3 circular convolution and added to the running trend). While training,
-  the lags are the top-k of the batch-mean correlation (each sample weighting them by its own
-  correlations), as in the authors' code; at inference each sample ranks its own. It returns
+  is projected by a kernel-3 circular convolution and added to the running trend). Each sample
+  ranks its own top-k lags (the paper's equation); ``shared_training_lags`` uses, while training,
+  the top-k of the batch-mean correlation for the whole batch (each sample weighting them by its
+  own correlations), the speed-up of the authors' code and of neuralforecast. It returns
   ``label_len + horizon`` tokens; the tokenizer keeps the last ``horizon`` as the forecast.
 
 What it simplifies: the backbone sees the head's linear embedding ``Linear(V, d_model)`` of the
@@ -85,6 +86,9 @@ class AutoformerConfig(EncoderDecoderForecasterConfig):
     """Future steps the decoder adds (None: the data set's horizon)."""
     dropout: Fraction = 0.0
     """Dropout after the sub-layers."""
+    shared_training_lags: bool = False
+    """While training, aggregate every sample of a batch at the top lags of the batch-mean correlation
+    (the authors' code's speed-up); False: each sample ranks its own lags, as the paper's equation does."""
 
     positive_fields = ("d_model", "n_heads", "encoder_layers", "decoder_layers", "ffn_hidden", "moving_average")
 

@@ -91,9 +91,9 @@ def time_delay_aggregation(values: torch.Tensor, correlation: torch.Tensor, top_
 class AutoCorrelation(nn.Module):
     """Multi-head Auto-Correlation: project, correlate by FFT, aggregate the top-k delayed values, project."""
 
-    def __init__(self, d_model: int, n_heads: int, factor: float = 1.0):
+    def __init__(self, d_model: int, n_heads: int, factor: float = 1.0, shared_training_lags: bool = False):
         super().__init__()
-        self.n_heads, self.factor = n_heads, factor
+        self.n_heads, self.factor, self.shared_training_lags = n_heads, factor, shared_training_lags
         self.query, self.key, self.value, self.out = (nn.Linear(d_model, d_model) for _ in range(4))
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -108,7 +108,7 @@ class AutoCorrelation(nn.Module):
             k, v = k[:, :length], v[:, :length]
         k, v = k.reshape(batch, length, self.n_heads, -1), v.reshape(batch, length, self.n_heads, -1)
         top_k = max(1, min(length, int(self.factor * math.log(length)))) if length > 1 else 1
-        out = time_delay_aggregation(v, autocorrelation(q, k), top_k, shared_lags=self.training)
+        out = time_delay_aggregation(v, autocorrelation(q, k), top_k, shared_lags=self.training and self.shared_training_lags)
         return self.out(out.reshape(batch, length, d))
 
 
@@ -149,7 +149,7 @@ def _ffn(d_model: int, hidden: int) -> nn.Sequential:
 class EncoderLayer(nn.Module):
     def __init__(self, config: AutoformerConfig):
         super().__init__()
-        self.correlation = AutoCorrelation(config.d_model, config.n_heads, config.factor)
+        self.correlation = AutoCorrelation(config.d_model, config.n_heads, config.factor, config.shared_training_lags)
         self.ffn = _ffn(config.d_model, config.ffn_hidden)
         self.decompose = SeriesDecomposition(config.moving_average)
         self.dropout = nn.Dropout(config.dropout)
@@ -163,8 +163,8 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, config: AutoformerConfig):
         super().__init__()
-        self.self_correlation = AutoCorrelation(config.d_model, config.n_heads, config.factor)
-        self.cross_correlation = AutoCorrelation(config.d_model, config.n_heads, config.factor)
+        self.self_correlation = AutoCorrelation(config.d_model, config.n_heads, config.factor, config.shared_training_lags)
+        self.cross_correlation = AutoCorrelation(config.d_model, config.n_heads, config.factor, config.shared_training_lags)
         self.ffn = _ffn(config.d_model, config.ffn_hidden)
         self.decompose = SeriesDecomposition(config.moving_average)
         self.trend_projection = CircularConv(config.d_model, config.d_model)

@@ -78,11 +78,12 @@ def test_time_delay_aggregation_in_training_shares_the_batch_mean_lags():
     assert torch.allclose(shared[2], w[0] * torch.roll(values[2], -lags[0], 0) + w[1] * torch.roll(values[2], -lags[1], 0))
 
 
-def test_the_autocorrelation_layer_shares_lags_only_while_training():
+@pytest.mark.parametrize("shared", [False, True])
+def test_the_autocorrelation_layer_shares_lags_only_while_training_and_when_asked(shared):
     from genloom.plugins.autoformer.model import AutoCorrelation
 
     torch.manual_seed(0)
-    layer = AutoCorrelation(8, 2).double()
+    layer = AutoCorrelation(8, 2, shared_training_lags=shared).double()
     x = torch.randn(4, 20, 8, dtype=torch.float64)
     calls = []
     import genloom.plugins.autoformer.model as model_module
@@ -93,7 +94,7 @@ def test_the_autocorrelation_layer_shares_lags_only_while_training():
         layer.eval()(x, x, x)
     finally:
         model_module.time_delay_aggregation = original
-    assert calls == [True, False]
+    assert calls == [shared, False]
 
 
 def test_circular_convolution_is_the_kernel_3_formula_and_commutes_with_a_circular_shift():
