@@ -2,7 +2,7 @@
 an autoregressive prefix LM of the same size: one table.
 
 Task and recipe, the same for every model: bytes, a 2-layer d_model=64 transformer (4 heads) with
-the plugin's head, reverse strings of 3-8 letters (data ``seq2seq``, task ``reverse``,
+the plugin's head (the encoder-decoder row: 1 encoder + 1 decoder layer), reverse strings of 3-8 letters (data ``seq2seq``, task ``reverse``,
 source_length 8, target_length 9; rows marked "3-4 letters" use source_length 4, target_length
 5), AdamW steps of 64 pairs at a one-cycle learning rate of 3e-3 (``genloom.testing.train_briefly``),
 seed 0, one thread. Evaluation: the 200 pairs of the held-out test split (sources whose text never
@@ -49,7 +49,7 @@ class Model:
     rows: list[tuple[str, dict]]
     """(decoding label, decoder node) per table row, all decoded from the same trained weights."""
     length: int = 8
-    backbone: dict = field(default_factory=lambda: {"name": "transformer"})
+    backbone: dict = field(default_factory=lambda: {"name": "transformer", "n_layers": 2})
     steps: int = 1000
     """Training steps unless ``--steps`` says otherwise."""
     report: Callable | None = None
@@ -68,6 +68,22 @@ def _burst_report(built, sources, pairs):
     result = Generator(built).generate(source=sources, max_new_tokens=built.ctx.target_length, decoder={"name": "sigma-gpt-burst"}, seed=0)
     rounds = result.metrics.extra["rounds"]
     return [f"sigma-GPT rejection sampling (burst, rows one by one): exact {_exact(result.ids, pairs, built):.3f}, {2 * sum(rounds) / len(rounds):.2f} passes per source"]
+
+
+def _first_positions_report(built, sources, pairs):
+    """Which target position the learnt order policy fills first (greedy), over the test sources."""
+    from genloom.core.pattern import FULL
+    from genloom.plugins.lo_arm.head import generator_step
+
+    S = built.ctx.source_length
+    test = built.data.load("test", built.model.tokenizer, built.ctx)
+    ids = torch.stack([test[i]["ids"] for i in range(len(test))])
+    revealed = torch.zeros_like(ids, dtype=torch.bool)
+    revealed[:, :S] = True
+    with torch.no_grad():
+        _, order_lp = generator_step(built.model, ids, revealed, FULL)
+    counts = torch.bincount(order_lp.argmax(-1) - S, minlength=ids.shape[1] - S).tolist()
+    return [f"LO-ARM first position chosen (target positions 0..{len(counts) - 1}, {len(test)} test sources): {counts}"]
 
 
 def _diffusion_rows(name: str, steps=(1, 2, 5, 20, 50)) -> list[tuple[str, dict]]:
@@ -90,8 +106,11 @@ MODELS: dict[str, Model] = {
     "ilm": Model("[ilm](catalogue/ilm.md) (from an empty canvas)", {"name": "ilm"}, {"name": "ilm"}, [("greedy, one insertion per pass", {"name": "ilm", "greedy": True})]),
     "enconter": Model("[enconter](catalogue/enconter.md) (no constraints, empty canvas)", {"name": "enconter"}, {"name": "enconter"},
                       [("greedy, parallel insertions", {"name": "enconter", "greedy": True})]),
+    "encdec": Model("encoder-decoder (`encoder-decoder` backbone, 1 + 1 layers)", {"name": "lm"}, {"name": "next-token"}, [("greedy, left to right", {"name": "greedy"})],
+                    backbone={"name": "encoder-decoder", "encoder_layers": 1, "decoder_layers": 1}),
     "short-ar": Model("AR prefix LM, 3-4 letters", {"name": "lm"}, {"name": "next-token"}, [("greedy, left to right", {"name": "greedy"})], length=4, steps=600),
-    "lo-arm": Model("[lo-arm](catalogue/lo-arm.md), 3-4 letters", {"name": "lo-arm"}, {"name": "lo-arm"}, [("greedy, learnt order", {"name": "lo-arm", "greedy": True})], length=4, steps=600),
+    "lo-arm": Model("[lo-arm](catalogue/lo-arm.md), 3-4 letters", {"name": "lo-arm"}, {"name": "lo-arm"}, [("greedy, learnt order", {"name": "lo-arm", "greedy": True})], length=4, steps=600,
+                    report=_first_positions_report),
 }
 
 
@@ -100,7 +119,7 @@ def build(model: Model):
         "data": {"name": "seq2seq", "task": "reverse", "source_length": model.length, "target_length": model.length + 1, "max_length": model.length,
                  "train_size": 20000, "eval_size": 200},
         "tokenizer": {"name": "bytes"}, "head": model.head, "objective": model.objective,
-        "backbone": {**model.backbone, "d_model": 64, "n_layers": 2, "n_heads": 4},
+        "backbone": {"d_model": 64, "n_heads": 4, **model.backbone},
     }
     return tiny_model(base=base, data=True, seed=0)
 

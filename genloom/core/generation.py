@@ -432,6 +432,10 @@ def run(model, prompts, decoder: Decoder, *, max_new_tokens: int = 64, processor
     (:mod:`genloom.core.static_decode`). ``progress(done, total)``, if given, is called after every
     commit with the tokens generated so far (a finished sequence counts in full) and the most there can be.
     """
+    allowed = getattr(getattr(model, "head", None), "decoded_by", ())
+    if allowed and not isinstance(decoder, tuple(allowed)):
+        raise GenerationError(f"the {type(model.head).__name__} head is decoded by {', '.join(t.__name__ for t in allowed)} only (its outputs are not "
+                              f"next-token logits a generic decoder can read), not by {type(decoder).__name__}: choose the plugin's own decoder (see its catalogue page)")
     device = model_device(model)
     if cache != "dynamic" or compile:
         from genloom.core import static_decode

@@ -27,6 +27,8 @@ retrieves or compresses entries within a budget.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 
@@ -638,3 +640,134 @@ class StaticKVCache(KVCache):
         self.valid.copy_(valid)
         self.pos.copy_(pos)
         self._lengths.copy_(lengths)
+
+
+class EncoderMemoryState(State):
+    """The state of an encoder-decoder backbone: the decoder's own incremental state plus a
+    per-request memory that the encoder computes once from the source (each decoder layer's
+    cross-attention keys and values).
+
+    The sequence is the prefix-LM layout ``[source block of S ids | target]``: the encoder reads
+    positions ``0 .. S-1`` at once, the decoder reads positions ``S-1 ..`` (the last source
+    position is its start token). The memory therefore stands for ``source_offset = S - 1``
+    positions the decoder never sees, and :attr:`lengths` counts them: a row whose memory is set
+    has consumed ``source_offset + decoder.lengths`` tokens, the same count a prefix LM's cache
+    holds, so decoders written against :class:`KVCache` (rollback to ``lengths``, speculative
+    verification, beam reorder, continuous batching) see no difference.
+
+    - ``decoder``: the decoder's self-attention state (a :class:`KVCache`); it holds target-side
+      tokens only;
+    - ``memory``: a list of batch-first tensors (B, ...), e.g. keys and values (B, H, S, Dh) per
+      decoder layer; written only by :meth:`set_memory`, out of place, so a :meth:`snapshot` holds
+      it by reference at no cost;
+    - :attr:`ready` (B,): rows whose memory is set. A backbone runs its encoder for the rows that
+      are not ready when their source block arrives, and never again for that request.
+
+    Rollback never reaches into the encoded source: a ready row rolls back to any length from
+    ``source_offset`` up (the memory stays: rolling back to ``S - 1`` and feeding the last source id
+    again is how decoders that hold back the last prompt token start) or to 0 (the row forgets its
+    request, memory included); a length in between raises ``ValueError``.
+    """
+
+    rollback_any = True
+
+    def __init__(self, decoder: State, memory: list[torch.Tensor], source_offset: int):
+        self.decoder = decoder
+        self.memory = list(memory)
+        self.source_offset = int(source_offset)
+        device = self.memory[0].device if self.memory else None
+        batch = self.memory[0].shape[0] if self.memory else int(decoder.lengths.shape[0])
+        self.ready = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.decoder_start = 0
+        """First column of the most recent advance that the decoder consumed (the columns before
+        it held source positions only the encoder read); :meth:`keep` maps its mask through it."""
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.ready.shape[0])
+
+    @property
+    def policy(self):
+        """The decoder cache's policy (None: keep everything)."""
+        return getattr(self.decoder, "policy", None)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.decoder.lengths + self.source_offset * self.ready.long()
+
+    def set_memory(self, rows: torch.Tensor, values: list[torch.Tensor]) -> None:
+        """Write the memory of batch ``rows`` ((R,) index) from ``values`` (one (R, ...) tensor per
+        memory entry) and mark them ready; the old tensors are left untouched (snapshots keep them)."""
+        if len(values) != len(self.memory):
+            raise ValueError(f"set_memory: {len(values)} memory entries given, the state holds {len(self.memory)}")
+        rows = rows.to(self.ready.device)
+        self.memory = [m.index_copy(0, rows, v.to(m.dtype)) for m, v in zip(self.memory, values)]
+        ready = self.ready.clone()
+        ready[rows] = True
+        self.ready = ready
+
+    @property
+    def memory_nbytes(self) -> int:
+        """Bytes of the memory (the cross-attention keys/values), fixed per request."""
+        return storage_bytes(self.memory)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the decoder's state plus the memory and the ready mask."""
+        return int(getattr(self.decoder, "nbytes", 0)) + storage_bytes([*self.memory, self.ready])
+
+    def reorder(self, index: torch.Tensor) -> None:
+        index = index.to(self.ready.device)
+        self.memory = [m.index_select(0, index) for m in self.memory]
+        self.ready = self.ready.index_select(0, index)
+        self.decoder.reorder(index)
+
+    def rollback(self, lengths) -> None:
+        lengths = as_lengths(lengths, self.batch_size, self.ready.device)
+        offset = self.source_offset * self.ready.long()
+        inside = self.ready & (lengths < self.source_offset) & (lengths > 0)
+        if bool(inside.any()):
+            rows = inside.nonzero().flatten().tolist()
+            raise ValueError(f"cannot roll rows {rows} back into their encoded source: a row keeps at least its {self.source_offset} "
+                             f"source positions (or goes back to 0), asked for {lengths[inside].tolist()}")
+        forget = self.ready & (lengths == 0) & (self.source_offset > 0)
+        self.decoder.rollback(torch.where(forget, 0, lengths - offset).clamp_min(0))
+        if bool(forget.any()):
+            self.ready = self.ready & ~forget
+
+    def keep(self, keep: torch.Tensor) -> None:
+        keep = torch.as_tensor(keep, device=self.ready.device).to(torch.bool)
+        if self.decoder_start and not bool(keep[:, : self.decoder_start].all()):
+            raise ValueError("keep: the most recent advance began with source positions, which the encoder read; they cannot be dropped")
+        self.decoder.keep(keep[:, self.decoder_start :])
+        self.decoder_start = 0
+
+    def extend(self, other: "State") -> None:
+        if not isinstance(other, EncoderMemoryState) or other.source_offset != self.source_offset or len(other.memory) != len(self.memory):
+            raise ValueError(f"cannot append a {type(other).__name__} to an encoder-memory state (they must come from the same model)")
+        self.decoder.extend(other.decoder)
+        self.memory = [torch.cat([a, b.to(a.dtype)]) for a, b in zip(self.memory, other.memory)]
+        self.ready = torch.cat([self.ready, other.ready])
+        self.decoder_start = 0
+
+    def compact(self) -> None:
+        """Compact the decoder's state (the memory has no empty slots)."""
+        if hasattr(self.decoder, "compact"):
+            self.decoder.compact()
+
+    def __copy__(self):
+        """A copy whose rows can be reordered without touching this state (its decoder state copied
+        too, as ``copy.copy`` of a :class:`KVCache` is): what tree drafting does with one branch per row."""
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.decoder = copy.copy(self.decoder)
+        other.memory = list(self.memory)
+        return other
+
+    def snapshot(self):
+        return (self.decoder.snapshot(), list(self.memory), self.ready.clone(), self.decoder_start)
+
+    def restore(self, snap) -> None:
+        decoder, memory, ready, start = snap
+        self.decoder.restore(decoder)
+        self.memory, self.ready, self.decoder_start = list(memory), ready.clone(), start
