@@ -40,8 +40,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--step", type=int, default=4, help="test cut-offs apart")
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--baselines", default="seasonal-naive,linear,arima,ets")
+    parser.add_argument("--baselines", default="seasonal-naive,linear,arima,ets", help="comma list, or none")
     args = parser.parse_args(argv)
+    baselines = [b for b in args.baselines.split(",") if b and b != "none"]
     torch.set_num_threads(1)
     tables = {}
     for path in args.configs:
@@ -62,11 +63,11 @@ def main(argv=None):
             forecasters = {f"{path.split('/')[-1][:-5]} (seed {seed})": fc.model_forecaster(model, info["lookback"])}
             key = info["name"]
             if key not in tables:
-                forecasters.update(fc.baselines(info["horizon"], season, info["lookback"], [b for b in args.baselines.split(",") if b]))
+                forecasters.update(fc.baselines(info["horizon"], season, info["lookback"], baselines))
             table = fc.evaluate(values, forecasters, origins, season=season, data=key)
             table.rows[0].seconds = seconds
             if key in tables:
-                tables[key].rows.insert(len(tables[key].rows) - len(args.baselines.split(",")), table.rows[0])
+                tables[key].rows.insert(len(tables[key].rows) - len(baselines), table.rows[0])
             else:
                 tables[key] = table
     for key, table in tables.items():

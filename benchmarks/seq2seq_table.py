@@ -70,6 +70,22 @@ def _burst_report(built, sources, pairs):
     return [f"sigma-GPT rejection sampling (burst, rows one by one): exact {_exact(result.ids, pairs, built):.3f}, {2 * sum(rounds) / len(rounds):.2f} passes per source"]
 
 
+def _first_positions_report(built, sources, pairs):
+    """Which target position the learnt order policy fills first (greedy), over the test sources."""
+    from genloom.core.pattern import FULL
+    from genloom.plugins.lo_arm.head import generator_step
+
+    S = built.ctx.source_length
+    test = built.data.load("test", built.model.tokenizer, built.ctx)
+    ids = torch.stack([test[i]["ids"] for i in range(len(test))])
+    revealed = torch.zeros_like(ids, dtype=torch.bool)
+    revealed[:, :S] = True
+    with torch.no_grad():
+        _, order_lp = generator_step(built.model, ids, revealed, FULL)
+    counts = torch.bincount(order_lp.argmax(-1) - S, minlength=ids.shape[1] - S).tolist()
+    return [f"LO-ARM first position chosen (target positions 0..{len(counts) - 1}, {len(test)} test sources): {counts}"]
+
+
 def _diffusion_rows(name: str, steps=(1, 2, 5, 20, 50)) -> list[tuple[str, dict]]:
     return [(f"{k} step{'s' if k > 1 else ''}", {"name": name, "steps": k}) for k in steps]
 
@@ -93,7 +109,8 @@ MODELS: dict[str, Model] = {
     "encdec": Model("encoder-decoder (`encoder-decoder` backbone, 1 + 1 layers)", {"name": "lm"}, {"name": "next-token"}, [("greedy, left to right", {"name": "greedy"})],
                     backbone={"name": "encoder-decoder", "encoder_layers": 1, "decoder_layers": 1}),
     "short-ar": Model("AR prefix LM, 3-4 letters", {"name": "lm"}, {"name": "next-token"}, [("greedy, left to right", {"name": "greedy"})], length=4, steps=600),
-    "lo-arm": Model("[lo-arm](catalogue/lo-arm.md), 3-4 letters", {"name": "lo-arm"}, {"name": "lo-arm"}, [("greedy, learnt order", {"name": "lo-arm", "greedy": True})], length=4, steps=600),
+    "lo-arm": Model("[lo-arm](catalogue/lo-arm.md), 3-4 letters", {"name": "lo-arm"}, {"name": "lo-arm"}, [("greedy, learnt order", {"name": "lo-arm", "greedy": True})], length=4, steps=600,
+                    report=_first_positions_report),
 }
 
 

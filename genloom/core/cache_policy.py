@@ -21,6 +21,10 @@ per-entry tensors in ``Entries.extra`` (gathered, reordered and dropped with the
 tensors in ``cache.rows[layer]`` (reordered with the batch, snapshotted with the cache); replace those
 tensors rather than changing them in place, so a snapshot stays valid.
 
+A policy's :attr:`CachePolicy.storage_dtype` (None: the model's dtype) is the dtype the entries are
+held in; attention reads them back in the model's dtype (narrower storage is an approximation,
+counted in ``layer_nbytes()`` at its own width).
+
 Budgets are tokens per sequence and layer (``budget``) or bytes for the whole cache of one sequence
 (``budget_bytes``, turned into tokens from the layer's entry size); :meth:`ManagedKVCache.room` tells
 a policy how many earlier entries may stay so that, after the advance, the layer holds at most
@@ -72,8 +76,13 @@ class Entries:
                        {n: _gather_rows(t, order) for n, t in self.extra.items()})
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as integers of its width where gather/index_select lack a kernel for its dtype (float8)."""
+    return t.view(torch.uint8) if t.is_floating_point() and t.element_size() == 1 else t
+
+
 def _gather_kv(t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    return t.gather(2, order[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3]))
+    return _bits(t).gather(2, order[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3])).view(t.dtype)
 
 
 def _gather_rows(t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -92,6 +101,10 @@ class CachePolicy:
     refuses: frozenset = frozenset()
     """Operations of :data:`OPERATIONS` the policy cannot support: the cache raises a ``ValueError``
     naming the policy when a decoder asks for one (e.g. a policy whose state cannot be rolled back)."""
+    storage_dtype: torch.dtype | None = None
+    """The dtype the cache stores keys/values in (None: the model's); attention reads them converted
+    back to the model's dtype. A narrower dtype is memory given back at every token held (and an
+    approximation: only None keeps the cache exact)."""
     static: bool = False
     """True when the policy keeps every entry and reads all of them, so the fixed-shape static cache
     (``generate.cache: static``) may stand in for the managed one."""
@@ -150,6 +163,7 @@ class ManagedKVCache(KVCache):
         self._lengths = torch.zeros(batch_size, dtype=torch.long, device=self._device)
         self._chunk: tuple[torch.Tensor, torch.Tensor] | None = None
         self._last: int | None = 0  # tokens of the most recent advance (the tail of every layer); None after a rollback
+        self._compute_dtype = dtype  # the model's dtype, which attention reads entries back in (CachePolicy.storage_dtype)
         self.stats = {"evicted": 0, "retrieved_steps": 0, "read": 0, "reads": 0}
         """Counts a benchmark or a policy reads: entries evicted, layer-steps that attended a retrieved
         subset, entries attended in all (``read``) over ``reads`` layer-advances."""
@@ -184,6 +198,20 @@ class ManagedKVCache(KVCache):
     @property
     def used(self) -> int:
         return self.capacity
+
+    @property
+    def chunk(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Positions and validity (B, L) of the current advance's tokens (the queries a policy sees)."""
+        return self._chunk
+
+    def annotate(self, layer: int, **extra: torch.Tensor) -> Entries:
+        """Set per-entry tensors (each (B, S_layer, ...)) on the entries ``layer`` reads (its source's,
+        for a layer that shares), replacing the :class:`Entries` rather than changing it, so that a
+        snapshot stays valid; returns the new entries."""
+        owner = self.kv_source[layer]
+        e = self.entries[owner]
+        self.entries[owner] = Entries(e.k, e.v, e.pos, e.valid, {**e.extra, **extra})
+        return self.entries[owner]
 
     def held(self, layer: int) -> Entries:
         """The entries ``layer`` reads (its source's, for a layer that shares)."""
@@ -238,8 +266,10 @@ class ManagedKVCache(KVCache):
             raise ValueError(f"layer {layer} reads layer {self.kv_source[layer]}'s keys/values (kv_source): call read(), not update()")
         positions, valid = self._chunk
         held = self.entries[layer]
-        if held.k.dtype != k.dtype:
-            held = Entries(held.k.to(k.dtype), held.v.to(v.dtype), held.pos, held.valid, held.extra)
+        self._compute_dtype = k.dtype
+        storage = self.policy.storage_dtype or k.dtype
+        if held.k.dtype != storage:
+            held = Entries(held.k.to(storage), held.v.to(storage), held.pos, held.valid, held.extra)
         if rows is not None:  # layer routing: the other rows skip this layer and write nothing
             full_k = k.new_zeros(self.batch_size, *k.shape[1:])
             full_v = v.new_zeros(self.batch_size, *v.shape[1:])
@@ -260,6 +290,7 @@ class ManagedKVCache(KVCache):
             kept = held.select(decision)
             self.stats["evicted"] += int(held.valid.sum()) - int(kept.valid.sum())
             held = kept
+        k, v = k.to(storage), v.to(storage)
         L = k.shape[2]
         extra = {n: torch.cat([t, t.new_zeros(t.shape[0], L, *t.shape[2:])], 1) for n, t in held.extra.items()}
         now = Entries(torch.cat([held.k, k], 2), torch.cat([held.v, v], 2), torch.cat([held.pos, positions], 1),
@@ -287,9 +318,13 @@ class ManagedKVCache(KVCache):
             held = subset
         self.stats["read"] += int(held.valid.sum())
         self.stats["reads"] += 1
+        k, v = held.k, held.v
+        compute = self._compute_dtype
+        if k.dtype != compute:  # stored narrower (CachePolicy.storage_dtype): read back in the model's dtype
+            k, v = k.to(compute), v.to(compute)
         if rows is not None:
-            return held.k[rows], held.v[rows], held.pos[rows], held.valid[rows]
-        return held.k, held.v, held.pos, held.valid
+            return k[rows], v[rows], held.pos[rows], held.valid[rows]
+        return k, v, held.pos, held.valid
 
     # -- the rest of the contract --------------------------------------------------------------
     def _map(self, fn) -> None:
@@ -300,7 +335,7 @@ class ManagedKVCache(KVCache):
     def reorder(self, index: torch.Tensor) -> None:
         self._refuse("reorder")
         index = index.to(self.device)
-        pick = lambda t: t.index_select(0, index)  # noqa: E731
+        pick = lambda t: _bits(t).index_select(0, index).view(t.dtype)  # noqa: E731
         self._map(lambda e: Entries(pick(e.k), pick(e.v), pick(e.pos), pick(e.valid), {n: pick(t) for n, t in e.extra.items()}))
         self.rows = [{n: pick(t) for n, t in r.items()} for r in self.rows]
         self._lengths = pick(self._lengths)

@@ -32,6 +32,18 @@ class Commit:
         tokens = tokens if tokens.dim() == 2 else tokens[:, None]
         return cls(tokens, torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long, device=tokens.device))
 
+    @classmethod
+    def sequences(cls, rows, eos_id: int | None, device=None) -> "Commit":
+        """Whole outputs at once (a non-autoregressive or insertion decoder's final step): each row's
+        ids (a list) followed by ``eos_id`` (0 when None), padded with it to the longest row."""
+        eos = 0 if eos_id is None else int(eos_id)
+        rows = [list(r) for r in rows]
+        tokens = torch.full((len(rows), max((len(r) for r in rows), default=0) + 1), eos, dtype=torch.long)
+        for b, r in enumerate(rows):
+            if r:
+                tokens[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+        return cls(tokens.to(device), torch.tensor([len(r) + 1 for r in rows], device=device))
+
 
 @dataclass
 class GenerationMetrics:
@@ -432,6 +444,10 @@ def run(model, prompts, decoder: Decoder, *, max_new_tokens: int = 64, processor
     (:mod:`genloom.core.static_decode`). ``progress(done, total)``, if given, is called after every
     commit with the tokens generated so far (a finished sequence counts in full) and the most there can be.
     """
+    allowed = getattr(getattr(model, "head", None), "decoded_by", ())
+    if allowed and not isinstance(decoder, tuple(allowed)):
+        raise GenerationError(f"the {type(model.head).__name__} head is decoded by {', '.join(t.__name__ for t in allowed)} only (its outputs are not "
+                              f"next-token logits a generic decoder can read), not by {type(decoder).__name__}: choose the plugin's own decoder (see its catalogue page)")
     device = model_device(model)
     if cache != "dynamic" or compile:
         from genloom.core import static_decode

@@ -70,6 +70,11 @@ class Backbone(nn.Module):
 class Head(nn.Module):
     """Bridge between token space and hidden space; owns the per-token distribution."""
 
+    decoded_by: tuple[type, ...] = ()
+    """The decoder classes that can decode this head (their subclasses too), for a head whose
+    ``forward`` is not next-token logits over the vocabulary (action kinds, insertion slots...);
+    generation refuses any other decoder with a message naming these. Empty: any decoder."""
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from genloom.core import kernels
+from genloom.core.generation import Commit
 from genloom.core.pattern import FULL
 
 # -- orders ------------------------------------------------------------------------------------
@@ -170,11 +171,10 @@ class InsertionCanvas:
         """(B, L) right-padded ids and their validity."""
         return _right_padded(self.tokens, pad_id, device)
 
-    def finished(self, eos_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens (B, L + 1), lengths (B,)): every canvas followed by ``eos_id`` (and padded with it),
-        the commit an insertion decoder makes once every row has ended."""
-        ids, _ = _right_padded([t + [eos_id] for t in self.tokens], eos_id, device)
-        return ids, torch.tensor([len(t) + 1 for t in self.tokens], device=device)
+    def finished(self, eos_id: int | None, device=None) -> Commit:
+        """The commit an insertion decoder makes once every row has ended: every canvas followed
+        by ``eos_id`` (:meth:`genloom.core.generation.Commit.sequences`)."""
+        return Commit.sequences(self.tokens, eos_id, device)
 
 
 def _right_padded(rows: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:

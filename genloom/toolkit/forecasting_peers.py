@@ -271,9 +271,13 @@ def twin_spec(model, data, *, steps: int, lr: float, batch_size: int = 32, eval_
             kwargs["MovingAvg_window"] = cfg.moving_average
         else:
             kwargs["distil"] = cfg.distil
-        differences.append("value embedding: genloom linear, neuralforecast kernel-3 convolution (the paper's)")
         if name == "autoformer":
-            differences.append("trend: genloom accumulates it in the model width; neuralforecast projects each layer's trend by a kernel-3 convolution")
+            differences.append("value embedding: genloom the head's linear map then a kernel-3 circular convolution in the model width, "
+                               "neuralforecast one kernel-3 convolution (the paper's)")
+            differences.append("trend: genloom accumulates it in the model width (per-layer kernel-3 convolutions, then the head's "
+                               "output layer); neuralforecast adds the raw input's trend and projects each layer's trend to the output")
+        else:
+            differences.append("value embedding: genloom linear, neuralforecast kernel-3 convolution (the paper's)")
     return TwinSpec(TWINS[name], {**common, **kwargs}, differences)
 
 

@@ -39,16 +39,16 @@ from typing import NamedTuple
 
 import torch
 
-from genloom.core.errors import GenerationError
 from genloom.core.generation import Commit, Decoder, Session, pad_left
 from genloom.core.pattern import tree, tree_ancestors
 from genloom.core.state import KVCache, State, StaticKVCache
+from genloom.toolkit.acceptance import ExactAcceptance
 from genloom.toolkit.draft import DraftModelDecoder
 from genloom.toolkit.tree_config import TreeDraftConfig
 
 __all__ = [
     "TreeDraftConfig", "TreeShape", "TreeResult", "TreeDecoder", "TreeSpeculativeDecoder", "serves_tree",
-    "target_tree_logits", "verify_greedy", "verify_sampling", "verify_static",
+    "target_tree_logits", "process_nodes", "verify_greedy", "verify_sampling", "verify_static",
 ]
 
 
@@ -146,40 +146,8 @@ def verify_sampling(shape: TreeShape, target_probs: torch.Tensor, draft_probs: t
     ``target_probs`` (B, N, V): the target's law at every node; ``draft_probs`` (B, N, V): the law
     each node's children were drawn from (i.i.d.); ``tokens`` (B, N).
     """
-    B, N, V = target_probs.shape
-    dev = tokens.device
-    rows = torch.arange(B, device=dev)
-    first = shape.first_child.to(dev)
-    node = torch.zeros(B, dtype=torch.long, device=dev)
-    live = torch.ones(B, dtype=torch.bool, device=dev)
-    next_token = torch.zeros(B, dtype=torch.long, device=dev)
-    for k in shape.branching:
-        r = target_probs[rows, node]
-        q = draft_probs[rows, node]
-        base = first[node]
-        moved = torch.zeros(B, dtype=torch.bool, device=dev)
-        target = node.clone()
-        for j in range(k):
-            child = base + j
-            x = tokens[rows, child]
-            r_x, q_x = r[rows, x], q[rows, x]
-            ratio = torch.where(q_x > 0, r_x / torch.where(q_x > 0, q_x, torch.ones_like(q_x)), torch.ones_like(r_x)).clamp(max=1.0)
-            u = torch.rand(B, generator=generator, device=dev, dtype=r.dtype)
-            testing = live & ~moved
-            accept = testing & (u < ratio)
-            target = torch.where(accept, child, target)
-            moved = moved | accept
-            r = torch.where((testing & ~accept)[:, None], _residual(r, q), r)
-        stop = live & ~moved
-        if bool(stop.any()):
-            draw = torch.multinomial(r.float() if r.dtype not in (torch.float32, torch.float64) else r, 1, generator=generator).squeeze(1)
-            next_token = torch.where(stop, draw, next_token)
-        node = target
-        live = moved
-    if bool(live.any()):  # every level accepted: a bonus token from the leaf's law
-        draw = torch.multinomial(target_probs[rows, node], 1, generator=generator).squeeze(1)
-        next_token = torch.where(live, draw, next_token)
-    return TreeResult(node, shape.depth.to(dev)[node], next_token)
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    return _walk(shape, target_probs, tokens, lambda node, x: draft_probs[rows, node], ExactAcceptance(), generator)
 
 
 def verify_static(shape: TreeShape, target_probs: torch.Tensor, tokens: torch.Tensor, rule=None, generator=None) -> TreeResult:
@@ -195,10 +163,18 @@ def verify_static(shape: TreeShape, target_probs: torch.Tensor, tokens: torch.Te
     ``target_probs`` (B, N, V), ``tokens`` (B, N).
     """
     if rule is None:
-        from genloom.toolkit.acceptance import ExactAcceptance
-
         rule = ExactAcceptance()
-    B, N, V = target_probs.shape
+    V = target_probs.shape[-1]
+    return _walk(shape, target_probs, tokens, lambda node, x: torch.nn.functional.one_hot(x, V).to(target_probs.dtype), rule, generator)
+
+
+def _walk(shape: TreeShape, target_probs: torch.Tensor, tokens: torch.Tensor, child_law, rule, generator) -> TreeResult:
+    """The walk both sampling verifiers share: at each level, the children of the current node are
+    tested in order, child ``x`` drawn from ``child_law(node, x)`` (B, V) being accepted with
+    ``rule.accept_probability(r, q, x)`` against the residual ``r`` (first the target's law at the
+    node), which becomes ``norm(max(0, r - q))`` after each rejection; when every child is rejected
+    the token is drawn from the last residual, and a walk that reaches a leaf draws a bonus token."""
+    B = tokens.shape[0]
     dev = tokens.device
     rows = torch.arange(B, device=dev)
     first = shape.first_child.to(dev)
@@ -213,14 +189,14 @@ def verify_static(shape: TreeShape, target_probs: torch.Tensor, tokens: torch.Te
         for j in range(k):
             child = base + j
             x = tokens[rows, child]
-            point = torch.nn.functional.one_hot(x, V).to(r.dtype)
-            chance = rule.accept_probability(r, point, x)
+            q = child_law(node, x)
+            chance = rule.accept_probability(r, q, x)
             u = torch.rand(B, generator=generator, device=dev, dtype=r.dtype)
             testing = live & ~moved
             accept = testing & (u < chance)
             target = torch.where(accept, child, target)
             moved = moved | accept
-            r = torch.where((testing & ~accept)[:, None], _residual(r, point), r)
+            r = torch.where((testing & ~accept)[:, None], _residual(r, q), r)
         stop = live & ~moved
         if bool(stop.any()):
             draw = torch.multinomial(r.float() if r.dtype not in (torch.float32, torch.float64) else r, 1, generator=generator).squeeze(1)
@@ -241,7 +217,9 @@ def serves_tree(model, state) -> bool:
 
 def target_tree_logits(session: Session, model, state: State, tokens: torch.Tensor, shape: TreeShape, name: str = "target"):
     """The target's logits at every node (B, N, V) in one forward pass, and a function that keeps the
-    accepted path in ``state`` (call it with the deepest accepted node (B,)).
+    accepted path in ``state``: call it with the deepest accepted node (B,) and, optionally, ``live``
+    (B,) bool: a row that is not live (a finished sequence) keeps nothing of the tree in a KV cache,
+    so a sequence that finished early does not fill a fixed-size cache while the others decode.
 
     ``state`` has consumed everything before the root ``tokens[:, 0]``. Three routes, in order: the
     backbone's ``forward_tree(h, parents=..., state=...)`` (with ``state.keep``; a backbone may say
@@ -256,15 +234,16 @@ def target_tree_logits(session: Session, model, state: State, tokens: torch.Tens
         hidden = backbone.forward_tree(model.head.embed(tokens), parents=shape.parents, state=state)
         logits = model.head(hidden)
 
-        def keep(node):
+        def keep(node, live=None):  # a recurrent state's size does not grow: every row keeps its path
             state.keep(shape.ancestors_mask(node))
 
         return logits, keep
     if serves_tree(model, state):
         logits = session.forward(tokens, state=state, pattern=tree(shape.parents, state.lengths), model=model, name=name)
 
-        def keep(node):
-            state.keep(shape.ancestors_mask(node))
+        def keep(node, live=None):
+            mask = shape.ancestors_mask(node)
+            state.keep(mask if live is None else mask & live[:, None])
 
         return logits, keep
     # fallback: every root-to-leaf path is one batch row
@@ -277,11 +256,33 @@ def target_tree_logits(session: Session, model, state: State, tokens: torch.Tens
     path_of, depth = shape.path_of.to(tokens.device), shape.depth.to(tokens.device)
     logits = out[:, path_of, depth]  # (B, N, V): each node read off the first path through it
 
-    def keep(node):
+    def keep(node, live=None):
         state.reorder(torch.arange(B, device=tokens.device) * P + path_of[node])
-        state.rollback(before + depth[node] + 1)
+        kept = depth[node] + 1
+        state.rollback(before + (kept if live is None or not isinstance(state, KVCache) else torch.where(live, kept, 0)))
 
     return logits, keep
+
+
+def process_nodes(session: Session, shape: TreeShape, logits: torch.Tensor, tokens: torch.Tensor, nodes) -> torch.Tensor:
+    """``logits`` (B, n, V) at the tree nodes ``nodes`` (n indices) after the session's logits
+    processors, each node with its own history: the committed history taken when the round started
+    (``session.scratch["history"]``; it ends with the root) followed by the drafted tokens on the
+    path from the root down to the node. Without processors ``logits`` is returned as is."""
+    if not session.processors:
+        return logits
+    base = session.scratch["history"]
+    B, n, V = logits.shape
+    nodes = list(nodes)
+    depth = shape.depth.tolist()
+    out = torch.empty_like(logits)
+    for d in sorted({depth[u] for u in nodes}):
+        cols = [i for i, u in enumerate(nodes) if depth[u] == d]
+        m = len(cols)
+        path = shape.paths[shape.path_of[[nodes[i] for i in cols]]][:, 1:d + 1].to(tokens.device)  # (m, d) the drafted ancestors and the node
+        history = torch.cat([base.repeat_interleave(m, 0), tokens[:, path].reshape(B * m, d)], 1)
+        out[:, cols] = session.process(logits[:, cols].reshape(B * m, V), history).reshape(B, m, V)
+    return out
 
 
 class TreeDecoder(Decoder):
@@ -291,6 +292,12 @@ class TreeDecoder(Decoder):
     :meth:`draft_tree` (and, when it keeps state of its own, :meth:`start_drafting` and
     :meth:`drafted`). ``verify`` runs :func:`target_tree_logits` once and walks the tree;
     ``advance`` keeps the accepted path in the target's state.
+
+    Logits processors apply at every node with that node's history (:func:`process_nodes`): the
+    target's logits before the walk, and a drafter's (``TreeSpeculativeDecoder``) before it chooses
+    children. Greedy decoding then equals greedy decoding of the processed target, and the sampling
+    walk is exact for the processed target's law (each step is a speculative-sampling step between
+    the processed target and the processed draft law the children were drawn from).
     """
 
     shape: TreeShape
@@ -301,9 +308,6 @@ class TreeDecoder(Decoder):
         return "greedy" if self.greedy else "sampling"
 
     def start(self, session: Session) -> None:
-        if session.processors:
-            raise GenerationError("tree speculative decoding applies no logits processors (the tree's branches would need each its own history); "
-                                  "drop the processors or use the 'speculative' decoder")
         batch, width = session.prompt_ids.shape
         session.state = session.model.init_state(batch, width + session.max_new_tokens + self.shape.size + 16)
         session.prefill_all_but_last(session.state)  # the last prompt token is the first round's root
@@ -322,25 +326,41 @@ class TreeDecoder(Decoder):
         """Called after each commit (the drafter learns what was kept)."""
 
     def propose(self, session: Session):
+        session.scratch["history"] = session.history() if session.processors else None
         return self.draft_tree(session)
+
+    def target_logits(self, session: Session, tokens: torch.Tensor) -> torch.Tensor:
+        """The target's processed logits at every node (B, N, V), in one target pass; :meth:`advance`
+        keeps the accepted path afterwards."""
+        logits, session.scratch["keep"] = target_tree_logits(session, session.model, session.state, tokens, self.shape)
+        return process_nodes(session, self.shape, logits, tokens, range(self.shape.size))
 
     def verify(self, session: Session, proposal) -> Commit:
         tokens, draft_probs = proposal
-        logits, keep = target_tree_logits(session, session.model, session.state, tokens, self.shape)
+        logits = self.target_logits(session, tokens)
         if self.greedy:
             result = verify_greedy(self.shape, logits, tokens)
         else:
             result = verify_sampling(self.shape, torch.softmax(logits.double(), -1), draft_probs, tokens, session.generator)
         session.metrics.record_acceptance(result.num_accepted, self.shape.max_depth, ~session.finished)
-        session.scratch["keep"] = keep
         session.scratch["result"] = result
         return Commit(result.tokens(self.shape, tokens), result.num_accepted + 1)
 
     def advance(self, session: Session, commit: Commit) -> None:
         result = session.scratch["result"]
-        session.scratch["keep"](result.node)  # the target keeps the root and the accepted path
+        session.scratch["keep"](result.node, ~session.finished)  # the target keeps the root and the accepted path (finished rows: nothing)
         session.scratch["root"] = result.next_token
         self.drafted(session, commit)
+
+
+def _fork(state: State) -> State:
+    """A state holding the same rows as ``state`` that can advance and reorder without changing it.
+
+    A shallow copy suffices for states whose methods rebind their tensors (``KVCache.reorder``,
+    recurrent states): the drafting loop reorders the copy before advancing it. A
+    :class:`StaticKVCache` reorders and advances in place (its tensors keep their addresses), so a
+    shallow copy would write into the original's store and lengths: it gets a copy of its own."""
+    return copy.deepcopy(state) if isinstance(state, StaticKVCache) else copy.copy(state)
 
 
 class TreeSpeculativeDecoder(TreeDecoder, DraftModelDecoder):
@@ -355,7 +375,7 @@ class TreeSpeculativeDecoder(TreeDecoder, DraftModelDecoder):
         batch, width = session.prompt_ids.shape
         self.draft.to(session.device)
         draft_state = self.draft.init_state(batch, width + session.max_new_tokens + self.shape.size + 16)
-        session.scratch["draft_tree"] = serves_tree(self.draft, draft_state) and not isinstance(draft_state, StaticKVCache)
+        session.scratch["draft_tree"] = serves_tree(self.draft, draft_state)
         session.scratch["draft_state"] = draft_state
         session.prefill_all_but_last(draft_state, model=self.draft, name="draft")
         last = session.prompt_ids[:, -1:]
@@ -383,7 +403,7 @@ class TreeSpeculativeDecoder(TreeDecoder, DraftModelDecoder):
             branch = state
         else:  # each node of a level is a batch row of a copy of the state (any draft backbone)
             session.scratch["draft_snapshot"] = None
-            branch, pattern = copy.copy(state), None
+            branch, pattern = _fork(state), None
         for d, k in enumerate(shape.branching):
             level = torch.tensor(shape.levels[d], device=session.device)
             if d > 0:  # feed this level's nodes (the root was fed with the pending tokens)
@@ -391,7 +411,7 @@ class TreeSpeculativeDecoder(TreeDecoder, DraftModelDecoder):
                     logits = session.forward(tokens[:, level], state=branch, pattern=pattern, model=self.draft, name="draft")
                 else:
                     logits = session.forward(tokens[:, level].reshape(-1, 1), state=branch, model=self.draft, name="draft").reshape(B, len(level), V)
-            q = torch.softmax(logits.double(), -1)  # (B, n_d, V)
+            q = torch.softmax(process_nodes(session, shape, logits, tokens, shape.levels[d]).double(), -1)  # (B, n_d, V)
             draft_probs[:, level] = q
             children = self._children(session, q, k)  # (B, n_d, k), breadth-first order
             tokens[:, torch.tensor(shape.levels[d + 1], device=session.device)] = children.reshape(B, -1)
@@ -402,5 +422,6 @@ class TreeSpeculativeDecoder(TreeDecoder, DraftModelDecoder):
     def drafted(self, session: Session, commit: Commit) -> None:
         if session.scratch["draft_snapshot"] is not None:
             session.scratch["draft_state"].restore(session.scratch["draft_snapshot"])
-        tokens, counts = commit.tokens.tolist(), commit.counts.tolist()
-        session.scratch["draft_pending"] = pad_left([row[:c] for row, c in zip(tokens, counts)], device=session.device, min_width=1)
+        tokens, counts, live = commit.tokens.tolist(), commit.counts.tolist(), (~session.finished).tolist()
+        # a finished sequence feeds the draft nothing more (its state stops growing; its drafts are not used)
+        session.scratch["draft_pending"] = pad_left([row[:c] if alive else [] for row, c, alive in zip(tokens, counts, live)], device=session.device, min_width=1)

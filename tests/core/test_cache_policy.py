@@ -15,7 +15,7 @@ from genloom.core.errors import ConfigError
 from genloom.core.generation import run
 from genloom.core.plugins import registry_with
 from genloom.core.state import KVCache
-from genloom.plugins.baseline.cache_policies import WindowPolicy
+from genloom.plugins.baseline.cache_policies import HeavyHitterPolicy, SnapKVPolicy, WindowPolicy
 from genloom.testing import tiny_model
 
 from genloom.core.generation import pad_left
@@ -84,7 +84,8 @@ class EvictsAnyway(CachePolicy):
         return held.valid & (held.valid.long().flip(1).cumsum(1).flip(1) == 1)
 
 
-UNLIMITED = [FullPolicy(), WindowPolicy(budget=None), WindowPolicy(budget=10_000, sinks=2)]
+UNLIMITED = [FullPolicy(), WindowPolicy(budget=None), WindowPolicy(budget=10_000, sinks=2),
+             HeavyHitterPolicy(budget=10_000, sinks=1), SnapKVPolicy(budget=10_000, window=2, kernel=3)]  # budgets covering everything
 
 
 @pytest.mark.parametrize("policy", UNLIMITED, ids=repr)
@@ -331,3 +332,30 @@ def test_entries_select_keeps_order_and_pads():
     assert out.valid.tolist() == [[True, True], [True, False]]
     assert out.pos.tolist() == [[1, 3], [0, 0]]
     assert out.extra["score"].tolist() == [[1.0, 3.0], [4.0, 5.0]]
+
+
+@pytest.mark.parametrize("storage, nbytes", [("bfloat16", 2), ("float8", 1)])
+def test_storage_dtype_holds_narrower_entries_read_back_in_the_model_dtype(lm, storage, nbytes):
+    """``storage``: the cache holds keys/values in the narrower dtype (its own byte count says so) and
+    attention reads them back in the model's dtype, rounded once; the decoded logits stay close."""
+    from genloom.plugins.baseline.cache_policies import STORAGE, build_window
+
+    policy = build_window(lm.ctx.registry.get("cache_policy", "window").config(storage=storage))
+    assert policy.storage_dtype is STORAGE[storage]
+    cache = ManagedKVCache(1, 1, 2, 8, dtype=torch.float64, policy=policy)
+    k, v = torch.randn(2, 1, 2, 5, 8, dtype=torch.float64)
+    cache.begin(None, 5)
+    out_k, out_v, _, _ = cache.update(0, k, v)
+    assert out_k.dtype == torch.float64 and torch.equal(out_k, k.to(STORAGE[storage]).double()) and not torch.equal(out_k, k)
+    assert cache.layer_nbytes() == [2 * 2 * 5 * 8 * nbytes]
+    evicting = build_window(lm.ctx.registry.get("cache_policy", "window").config(budget=3, sinks=1, storage=storage))
+    cache = ManagedKVCache(1, 2, 2, 8, dtype=torch.float64, policy=evicting)  # evictions and a reorder in that dtype
+    for n in (4, 1, 1):
+        cache.begin(None, n)
+        cache.update(0, *torch.randn(2, 2, 2, n, 8, dtype=torch.float64))
+    cache.reorder(torch.tensor([1, 1]))
+    assert cache.held(0).k.dtype == STORAGE[storage] and cache.layer_nbytes() == [2 * 2 * 2 * 3 * 8 * nbytes]
+    model = lm.model
+    narrow, plain = ManagedKVCache(2, 3, 2, 8, dtype=torch.float64, policy=policy), KVCache(2, 3, 2, 8, 4, dtype=torch.float64)
+    got, reference = drive(model, narrow), drive(model, plain)
+    assert all(torch.allclose(a, b, atol=0.1) for a, b in zip(got, reference)) and not same(got, reference)

@@ -160,3 +160,19 @@ def test_callable_processors_with_a_named_decoder_and_a_model_deepcopy(gen):
     assert 2 not in sampled[0]
     twin = copy.deepcopy(gen.model)  # the build context answers copy's probes with AttributeError
     assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), gen.model.state_dict().values()))
+
+
+def test_a_head_that_names_its_decoders_refuses_others_before_decoding(gen):
+    """``Head.decoded_by``: a head whose outputs are not next-token logits names the decoders that
+    read it; any other decoder is refused with a message naming them (subclasses are accepted)."""
+    from genloom.plugins.baseline.decoders import Beam
+
+    head = gen.model.head
+    head.decoded_by = (Beam,)
+    try:
+        with pytest.raises(GenerationError, match="decoded by Beam only"):
+            gen.generate([[1, 2, 3]], max_new_tokens=2, decoder="greedy")
+        assert gen.generate([[1, 2, 3]], max_new_tokens=2, decoder="beam").ids
+    finally:
+        del head.decoded_by
+    assert gen.generate([[1, 2, 3]], max_new_tokens=2, decoder="greedy").ids

@@ -133,5 +133,5 @@ def test_slot_states_read_slot_k_at_prefix_end_plus_k_and_ignore_padding():
 
 def test_finished_canvases_end_with_eos_and_count_it():
     canvas = InsertionCanvas([[4, 5], []])
-    tokens, lengths = canvas.finished(eos_id=0)
-    assert tokens.tolist() == [[4, 5, 0], [0, 0, 0]] and lengths.tolist() == [3, 1]
+    commit = canvas.finished(eos_id=0)
+    assert commit.tokens.tolist() == [[4, 5, 0], [0, 0, 0]] and commit.counts.tolist() == [3, 1]

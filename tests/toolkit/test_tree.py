@@ -1,5 +1,7 @@
 """Tree speculative decoding (genloom.toolkit.tree): greedy parity, exact output law, every backbone a target."""
 
+import copy
+
 import pytest
 import torch
 
@@ -125,7 +127,7 @@ def test_sampled_continuations_follow_the_target_distribution():
     target.model.eval()
     prompt = [1, 4, 2]
     draws = 20_000
-    dec = noisy_copy(target, 1.0, small, (3, 2), greedy=False)
+    dec = noisy_copy(target, 0.5, small, (3, 2), greedy=False)
     out = run(target.model, [prompt] * draws, dec, max_new_tokens=2, seed=123)
     exact_target = exact_continuations(target.model, prompt, 2, (), VOCAB)
     exact_draft = exact_continuations(dec.draft, prompt, 2, (), VOCAB)
@@ -137,3 +139,101 @@ def test_sampled_continuations_follow_the_target_distribution():
     total = sum(exact_draft.values())
     assert stats.chisquare(observed, [exact_draft[s] * draws / total for s in exact_target]).pvalue < 1e-6
     assert out.metrics.mean_acceptance_length > 0
+
+
+def test_static_cache_equals_dynamic_cache(transformer, monkeypatch):
+    """``cache: static`` (a StaticKVCache for the target, and here for the draft too) gives the
+    dynamic cache's tokens, greedy and sampled with one seed; a sequence that finishes early keeps
+    nothing of later trees, so the fixed capacity suffices. Broken variant: drafting without the
+    tree pattern on a shallow copy of a static draft state (which reorders and advances in place)
+    corrupts the draft's state: the sampled tokens change, or the shared store overflows."""
+    from genloom.core import static_decode
+    from genloom.toolkit import tree as tree_mod
+
+    def static_pair(branching, greedy):
+        dec = noisy_copy(transformer, 1.0, model_config(), branching, greedy=greedy)
+        dynamic = run(transformer.model, PROMPTS, dec, max_new_tokens=24, seed=3)
+        dec._draft = static_decode.prepare(dec.draft)
+        return dynamic, dec
+
+    for branching, greedy in [((1, 1, 1), True), ((3, 2, 1), False), ((1, 1, 1), False)]:
+        dynamic, dec = static_pair(branching, greedy)
+        static = run(transformer.model, PROMPTS, dec, max_new_tokens=24, seed=3, cache="static")
+        assert static.ids == dynamic.ids, branching
+        assert static.metrics.forward_passes == dynamic.metrics.forward_passes
+    # the copy route of drafting (a draft backbone without the tree pattern), fixed and broken
+    monkeypatch.setattr(tree_mod, "serves_tree", lambda model, state: False)
+    dynamic, dec = static_pair((1, 1, 1), False)
+    assert run(transformer.model, PROMPTS, dec, max_new_tokens=24, seed=3, cache="static").ids == dynamic.ids
+    monkeypatch.setattr(tree_mod, "_fork", copy.copy)
+    try:
+        broken = run(transformer.model, PROMPTS, dec, max_new_tokens=24, seed=3, cache="static").ids
+    except (IndexError, ValueError):  # the shared store overflows
+        broken = None
+    assert broken != dynamic.ids
+
+
+def processors(built, *specs):
+    return [built.ctx.build("processor", spec) for spec in specs]
+
+
+def test_greedy_with_history_processors_equals_greedy_decoding(transformer, monkeypatch):
+    """Processors apply at every node with that node's own history: greedy tree speculation with a
+    repetition penalty and no-repeat-2-gram equals plain greedy decoding with them. Broken variant:
+    every node processed with the committed history only (the drafted path left out)."""
+    from genloom.toolkit import tree as tree_mod
+
+    procs = processors(transformer, {"name": "repetition-penalty", "penalty": 3.0}, {"name": "no-repeat-ngram", "n": 2})
+    greedy = transformer.ctx.build("decoder", "greedy")
+    reference = run(transformer.model, PROMPTS, greedy, max_new_tokens=24, processors=procs)
+    assert reference.ids != run(transformer.model, PROMPTS, greedy, max_new_tokens=24).ids  # the processors matter here
+    for branching in [(1, 1, 1), (3, 2, 1)]:
+        out = run(transformer.model, PROMPTS, noisy_copy(transformer, 0.5, model_config(), branching, greedy=True), max_new_tokens=24, processors=procs)
+        assert out.ids == reference.ids and out.metrics.mean_acceptance_length > 1
+    aded = transformer.ctx.build("decoder", {"name": "aded", "branching": [2, 2, 1]})  # a TreeDecoder without a draft model
+    assert run(transformer.model, PROMPTS, aded, max_new_tokens=24, processors=procs).ids == reference.ids
+    real = tree_mod.process_nodes
+
+    def committed_history_only(session, shape, logits, tokens, nodes):
+        return real(session, shape, logits, torch.zeros_like(tokens).fill_(-1), nodes)  # -1: padding, ignored
+
+    monkeypatch.setattr(tree_mod, "process_nodes", committed_history_only)
+    broken = run(transformer.model, PROMPTS, noisy_copy(transformer, 0.5, model_config(), (3, 2, 1), greedy=True), max_new_tokens=24, processors=procs)
+    assert broken.ids != reference.ids
+
+
+def test_sampling_follows_the_processed_target_law(monkeypatch):
+    """Sampling with temperature 1.5 and top-k 4: 2-token continuations follow the processed
+    target's law (enumerated), chi-square; broken variant: the target's logits left unprocessed
+    (the draft still processed) gives a law the same test rejects."""
+    stats = pytest.importorskip("scipy.stats")
+    from genloom.toolkit.tree import TreeDecoder, target_tree_logits
+
+    torch.manual_seed(0)
+    small = model_config(16, 1)
+    target = tiny_model(base=small)
+    target.model.eval()
+    procs = processors(target, {"name": "temperature", "temperature": 1.5}, {"name": "top-k", "k": 4})
+    prompt, draws = [1, 4, 2], 6000
+    exact = exact_continuations(target.model, prompt, 2, procs, VOCAB)
+    support = [s for s in exact if exact[s] > 0]
+
+    def chi2(out):
+        counts = {}
+        for ids in out.ids:
+            counts[tuple(ids)] = counts.get(tuple(ids), 0) + 1
+        if not set(counts) <= set(support):  # top-k: nothing outside the processed support
+            return 0.0
+        return stats.chisquare([counts.get(s, 0) for s in support], [exact[s] * draws for s in support]).pvalue
+
+    dec = noisy_copy(target, 0.5, small, (3, 2), greedy=False)
+    out = run(target.model, [prompt] * draws, dec, max_new_tokens=2, seed=123, processors=procs)
+    assert chi2(out) > 1e-3 and out.metrics.mean_acceptance_length > 0.3
+
+    def unprocessed(self, session, tokens):
+        logits, session.scratch["keep"] = target_tree_logits(session, session.model, session.state, tokens, self.shape)
+        return logits
+
+    monkeypatch.setattr(TreeDecoder, "target_logits", unprocessed)
+    broken = run(target.model, [prompt] * draws, noisy_copy(target, 0.5, small, (3, 2), greedy=False), max_new_tokens=2, seed=123, processors=procs)
+    assert chi2(broken) < 1e-6

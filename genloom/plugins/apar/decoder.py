@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from genloom.core.errors import GenerationError
 from genloom.core.generation import Commit, Decoder, Session
 from genloom.plugins.apar.branches import decode_branches
 
@@ -20,6 +21,9 @@ class AparDecoder(Decoder):
         self.trees = []
 
     def start(self, session: Session) -> None:
+        if session.processors:
+            raise GenerationError("the apar decoder decodes each branch greedily from the model's own logits and applies no logits processors "
+                                  "(each forked branch would need its own history); drop the processors")
         self.trees = []
 
     def propose(self, session: Session) -> torch.Tensor:

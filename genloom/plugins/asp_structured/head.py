@@ -36,6 +36,13 @@ def wide(x: torch.Tensor) -> torch.Tensor:
 
 
 class AspHead(Head):
+    @property
+    def decoded_by(self) -> tuple[type, ...]:
+        """Only the ``asp`` decoder reads this head (its ``forward`` gives action kinds, not tokens)."""
+        from .decoder import AspDecoder
+
+        return (AspDecoder,)
+
     def __init__(self, layout: ActionLayout, d_model: int, pointer_dim: int = 64, init_std: float = 0.02):
         super().__init__()
         self.layout = layout

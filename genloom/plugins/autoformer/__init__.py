@@ -20,19 +20,28 @@ What this implementation does:
 - tokens: the toolkit's ``time-step`` tokenizer (one token per time step with its V values,
   normalised per window) and the baseline ``forecast`` head (``Linear(V, d_model)`` in,
   ``Linear(d_model, V)`` out), both from the registry; objective: the baseline ``mse``;
-- backbone ``autoformer``: ``encoder_layers`` encoder layers (Auto-Correlation, decomposition,
-  feed-forward, decomposition) and ``decoder_layers`` decoder layers (self Auto-Correlation,
-  decomposition, cross Auto-Correlation with the encoder output, decomposition, feed-forward,
-  decomposition; the three trends are projected and added to the running trend). It returns
+- backbone ``autoformer``: the embedded lookback passes a kernel-3 circular convolution (the
+  encoder's token embedding; the decoder's seasonal input has its own), then ``encoder_layers``
+  encoder layers (Auto-Correlation, decomposition, feed-forward, decomposition) and
+  ``decoder_layers`` decoder layers (self Auto-Correlation, decomposition, cross Auto-Correlation
+  with the encoder output, decomposition, feed-forward, decomposition; the sum of the three trends
+  is projected by a kernel-3 circular convolution and added to the running trend). Each sample
+  ranks its own top-k lags (the paper's equation); ``shared_training_lags`` uses, while training,
+  the top-k of the batch-mean correlation for the whole batch (each sample weighting them by its
+  own correlations), the speed-up of the authors' code and of neuralforecast. It returns
   ``label_len + horizon`` tokens; the tokenizer keeps the last ``horizon`` as the forecast.
 
-What it simplifies: the decomposition of the decoder's input happens after the linear value
-embedding (a moving average commutes with a linear map, so this equals embedding the decomposed
-series up to where the embedding's bias lands) and the trend is accumulated in the model width and
-projected by the head's output layer (the paper projects each layer's trend to the output channels
-with a kernel-3 convolution); no calendar (timestamp) embeddings; the value embedding is linear
-(the paper's is a kernel-3 convolution); the top-k lags are chosen per sample (the authors' code
-uses the batch average while training). Toy scale: lookback 16-32, d_model 32, one layer each.
+What it simplifies: the backbone sees the head's linear embedding ``Linear(V, d_model)`` of the
+values, so the paper's token embedding (a kernel-3 circular convolution from V to d_model) is
+that linear map followed by a kernel-3 circular convolution in the model width (the same family
+of maps, V <= d_model, plus the head's bias); the decoder's input is decomposed after that linear
+map (a moving average commutes with it; the bias lands in the trend). The trend is accumulated in
+the model width and the head's output layer ``Linear(d_model, V)`` maps seasonal + trend to the
+values, so each layer's trend projection (paper: kernel-3 convolution from d_model to V) is a
+kernel-3 convolution in the model width followed by that shared linear map, and the initial trend
+(paper: the raw values' trend, added as it is) passes through the head's two linear maps, which
+must learn to carry it. No calendar (timestamp) embeddings. Toy scale: lookback 16-36, d_model 32,
+one layer each.
 """
 
 from __future__ import annotations
@@ -77,6 +86,9 @@ class AutoformerConfig(EncoderDecoderForecasterConfig):
     """Future steps the decoder adds (None: the data set's horizon)."""
     dropout: Fraction = 0.0
     """Dropout after the sub-layers."""
+    shared_training_lags: bool = False
+    """While training, aggregate every sample of a batch at the top lags of the batch-mean correlation
+    (the authors' code's speed-up); False: each sample ranks its own lags, as the paper's equation does."""
 
     positive_fields = ("d_model", "n_heads", "encoder_layers", "decoder_layers", "ffn_hidden", "moving_average")
 

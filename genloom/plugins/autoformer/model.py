@@ -3,12 +3,13 @@
 One forward pass, step by step (h: the embedded lookback, (B, L, d)):
 
 1. ``seasonal, trend = decompose(h)``; the decoder's inputs are the last ``label_len`` steps of
-   each, followed by ``horizon`` zeros (seasonal) or the mean of h over time (trend);
-2. the encoder maps h through Auto-Correlation and feed-forward sub-layers, each followed by a
+   each, followed by ``horizon`` zeros (seasonal) or the mean of h over time (trend); the seasonal
+   input and h each pass their own kernel-3 circular convolution (the token embeddings);
+2. the encoder maps the embedded h through Auto-Correlation and feed-forward sub-layers, each followed by a
    decomposition that keeps the seasonal part;
 3. the decoder runs self Auto-Correlation, cross Auto-Correlation with the encoder output and a
    feed-forward sub-layer, each followed by a decomposition; the trends peeled off are projected
-   and added to the running trend;
+   by a kernel-3 circular convolution and added to the running trend;
 4. the output is seasonal + trend over ``label_len + horizon`` steps.
 """
 
@@ -65,14 +66,20 @@ def direct_autocorrelation(queries: torch.Tensor, keys: torch.Tensor) -> torch.T
     return torch.stack([(torch.roll(queries, -tau, dims=1) * keys).sum(1) for tau in range(queries.shape[1])], dim=1)
 
 
-def time_delay_aggregation(values: torch.Tensor, correlation: torch.Tensor, top_k: int) -> torch.Tensor:
-    """``sum_i softmax(R)_i * Roll(V, tau_i)`` over the ``top_k`` lags of the mean correlation, per sample.
+def time_delay_aggregation(values: torch.Tensor, correlation: torch.Tensor, top_k: int, shared_lags: bool = False) -> torch.Tensor:
+    """``sum_i softmax(R)_i * Roll(V, tau_i)`` over the ``top_k`` lags of the mean correlation.
 
     values, correlation: (B, L, H, E); the correlation is averaged over heads and channels to rank
-    the lags; ``Roll(V, tau)[t] = V[(t + tau) mod L]``.
+    the lags; ``Roll(V, tau)[t] = V[(t + tau) mod L]``. Each sample ranks its own lags, or, with
+    ``shared_lags`` (training), the whole batch uses the top lags of the batch-mean correlation,
+    each sample weighting them by the softmax of its own correlations at those lags.
     """
     mean_corr = correlation.mean(dim=(2, 3))  # (B, L)
-    weights, lags = torch.topk(mean_corr, top_k, dim=-1)  # (B, k)
+    if shared_lags:
+        lags = torch.topk(mean_corr.mean(0), top_k, dim=-1).indices.expand(mean_corr.shape[0], -1)  # (B, k)
+        weights = torch.gather(mean_corr, 1, lags)
+    else:
+        weights, lags = torch.topk(mean_corr, top_k, dim=-1)  # (B, k)
     weights = torch.softmax(weights, dim=-1)
     length = values.shape[1]
     index = (torch.arange(length, device=values.device)[None, None, :] + lags[:, :, None]) % length  # (B, k, L)
@@ -84,9 +91,9 @@ def time_delay_aggregation(values: torch.Tensor, correlation: torch.Tensor, top_
 class AutoCorrelation(nn.Module):
     """Multi-head Auto-Correlation: project, correlate by FFT, aggregate the top-k delayed values, project."""
 
-    def __init__(self, d_model: int, n_heads: int, factor: float = 1.0):
+    def __init__(self, d_model: int, n_heads: int, factor: float = 1.0, shared_training_lags: bool = False):
         super().__init__()
-        self.n_heads, self.factor = n_heads, factor
+        self.n_heads, self.factor, self.shared_training_lags = n_heads, factor, shared_training_lags
         self.query, self.key, self.value, self.out = (nn.Linear(d_model, d_model) for _ in range(4))
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -101,8 +108,22 @@ class AutoCorrelation(nn.Module):
             k, v = k[:, :length], v[:, :length]
         k, v = k.reshape(batch, length, self.n_heads, -1), v.reshape(batch, length, self.n_heads, -1)
         top_k = max(1, min(length, int(self.factor * math.log(length)))) if length > 1 else 1
-        out = time_delay_aggregation(v, autocorrelation(q, k), top_k)
+        out = time_delay_aggregation(v, autocorrelation(q, k), top_k, shared_lags=self.training and self.shared_training_lags)
         return self.out(out.reshape(batch, length, d))
+
+
+class CircularConv(nn.Module):
+    """Kernel-3 convolution over time with circular padding, no bias: ``y_t = A x_{t-1} + B x_t + C x_{t+1}`` (indices mod L).
+
+    The paper's token embedding and its per-layer trend projection. (B, L, d_in) -> (B, L, d_out).
+    """
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.conv = nn.Conv1d(d_in, d_out, kernel_size=3, padding=1, padding_mode="circular", bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.transpose(1, 2)).transpose(1, 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +149,7 @@ def _ffn(d_model: int, hidden: int) -> nn.Sequential:
 class EncoderLayer(nn.Module):
     def __init__(self, config: AutoformerConfig):
         super().__init__()
-        self.correlation = AutoCorrelation(config.d_model, config.n_heads, config.factor)
+        self.correlation = AutoCorrelation(config.d_model, config.n_heads, config.factor, config.shared_training_lags)
         self.ffn = _ffn(config.d_model, config.ffn_hidden)
         self.decompose = SeriesDecomposition(config.moving_average)
         self.dropout = nn.Dropout(config.dropout)
@@ -142,11 +163,11 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, config: AutoformerConfig):
         super().__init__()
-        self.self_correlation = AutoCorrelation(config.d_model, config.n_heads, config.factor)
-        self.cross_correlation = AutoCorrelation(config.d_model, config.n_heads, config.factor)
+        self.self_correlation = AutoCorrelation(config.d_model, config.n_heads, config.factor, config.shared_training_lags)
+        self.cross_correlation = AutoCorrelation(config.d_model, config.n_heads, config.factor, config.shared_training_lags)
         self.ffn = _ffn(config.d_model, config.ffn_hidden)
         self.decompose = SeriesDecomposition(config.moving_average)
-        self.trend_projection = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.trend_projection = CircularConv(config.d_model, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, memory):
@@ -167,6 +188,8 @@ class Autoformer(Backbone):
         self.d_model = config.d_model
         self.label_len, self.horizon = config.label_len, config.horizon
         self.decompose = SeriesDecomposition(config.moving_average)
+        self.encoder_embedding = CircularConv(config.d_model, config.d_model)
+        self.decoder_embedding = CircularConv(config.d_model, config.d_model)
         self.encoder = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
         self.encoder_norm = SeasonalLayerNorm(config.d_model)
         self.decoder = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
@@ -189,7 +212,8 @@ class Autoformer(Backbone):
         if h.shape[1] < self.label_len:
             raise ValueError(f"autoformer needs at least label_len={self.label_len} input steps, got {h.shape[1]}")
         seasonal, trend = self.decoder_inputs(h)
-        memory = h
+        seasonal = self.decoder_embedding(seasonal)
+        memory = self.encoder_embedding(h)
         for layer in self.encoder:
             memory = layer(memory)
         memory = self.encoder_norm(memory)

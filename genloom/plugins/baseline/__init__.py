@@ -156,6 +156,9 @@ class CachePolicyConfig:
     """Tokens each layer may hold per sequence (the tokens of the latest advance always stay)."""
     budget_bytes: PositiveInt | None = None
     """Bytes the keys/values of one sequence may take, all layers together (turned into tokens per layer)."""
+    storage: Literal["model", "bfloat16", "float16", "float8"] = "model"
+    """The dtype the cache stores keys/values in ("model": the model's, exact; a narrower one holds each
+    token in fewer bytes, read back in the model's dtype; float8 is e4m3)."""
 
 
 @dataclass
@@ -164,6 +167,36 @@ class WindowPolicyConfig(CachePolicyConfig):
 
     sinks: NonNegativeInt = 4
     """How many of the earliest held tokens always stay (the attention sinks)."""
+
+
+@dataclass
+class HeavyHitterPolicyConfig(CachePolicyConfig):
+    """H2O (arXiv 2306.14048): the recent window plus the heavy hitters, the entries with the largest
+    attention mass accumulated over every query so far (summed over heads)."""
+
+    recent_fraction: Probability = 0.5
+    """Share of the room kept for the most recent tokens (the rest goes to heavy hitters; the paper splits half and half)."""
+    sinks: NonNegativeInt = 0
+    """How many of the earliest held tokens always stay (attention sinks), besides the heavy hitters."""
+    decay: Probability = 1.0
+    """Factor on the accumulated mass at every advance before this advance's is added (1: the plain
+    sum of H2O; 0: only the latest queries' attention counts)."""
+
+
+@dataclass
+class SnapKVPolicyConfig(CachePolicyConfig):
+    """SnapKV (arXiv 2404.14469): the last ``window`` queries vote on the earlier entries (attention
+    probabilities pooled over ``kernel`` neighbours per head, summed over heads); the window and the
+    best-voted entries stay."""
+
+    window: PositiveInt = 32
+    """Observation window: how many of the latest queries vote, and how many of the latest tokens always stay."""
+    kernel: PositiveInt = 7
+    """Pooling width over neighbouring entries (1: no pooling), so that a kept entry keeps its context."""
+    pooling: Literal["max", "avg"] = "max"
+    """How the votes of neighbouring entries are pooled."""
+    sinks: NonNegativeInt = 0
+    """How many of the earliest held tokens always stay (attention sinks)."""
 
 
 # -- decoders ---------------------------------------------------------------------------------
@@ -403,13 +436,21 @@ def genloom_component_kinds():
     return [records.ComponentKind("cache_policy", "What a KV cache keeps, evicts, retrieves or compresses, under a budget", config_key="cache_policy")]
 
 
+_H2O = records.Paper("H2O: Heavy-Hitter Oracle for Efficient Generative Inference of Large Language Models", 2023, arxiv="2306.14048")
+_SNAPKV = records.Paper("SnapKV: LLM Knows What You are Looking for Before Generation", 2024, arxiv="2404.14469")
+
+
 @hookimpl
 def genloom_components():
-    policy = lambda name, factory, config, summary: records.Component(kind="cache_policy", name=name, factory=f"{_P}.cache_policies:{factory}",  # noqa: E731
-                                                                       config=config, summary=summary)
+    policy = lambda name, factory, config, summary, paper=None: records.Component(  # noqa: E731
+        kind="cache_policy", name=name, factory=f"{_P}.cache_policies:{factory}", config=config, summary=summary, paper=paper)
     return [
         policy("full", "build_full", records.NoConfig, "Keep and read every entry (the plain KV cache)."),
         policy("window", "build_window", WindowPolicyConfig, "Sliding window with attention sinks: the earliest and the most recent tokens, within the budget."),
+        policy("heavy-hitter", "build_heavy_hitter", HeavyHitterPolicyConfig,
+               "H2O: the most recent tokens plus those with the largest accumulated attention mass, within the budget.", _H2O),
+        policy("snapkv", "build_snapkv", SnapKVPolicyConfig,
+               "SnapKV: the latest queries' pooled attention votes pick the earlier tokens that stay, within the budget.", _SNAPKV),
     ]
 
 

@@ -43,8 +43,8 @@ from .transformer import MLP, Block, RMSNorm, Rotary, rotate_half
 _REFUSED = ("full", "block_causal")  # patterns that would let a target position see later targets
 
 
-class SelfAttention(nn.Module):
-    """The decoder's causal self-attention; with a cache, keys carry absolute positions (cache + offset)."""
+class _Projections(nn.Module):
+    """Query, key, value and output projections (grouped key/value heads), no bias."""
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int):
         super().__init__()
@@ -54,6 +54,10 @@ class SelfAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
+
+
+class SelfAttention(_Projections):
+    """The decoder's causal self-attention; with a cache, keys carry absolute positions (cache + offset)."""
 
     def forward(self, x, *, pattern, rope, positions, valid, cache, layer, offset):
         B, L, _ = x.shape
@@ -73,17 +77,8 @@ class SelfAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Projections):
     """Attention from decoder queries to the encoder memory (every source position, no mask)."""
-
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int):
-        super().__init__()
-        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
-        self.head_dim = d_model // n_heads
-        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
 
     def memory(self, encoded: torch.Tensor, rope=None) -> tuple[torch.Tensor, torch.Tensor]:
         """This layer's keys and values (B, H_kv, S, Dh) of the encoder output (B, S, D): once per

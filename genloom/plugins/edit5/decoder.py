@@ -120,14 +120,7 @@ class Edit5Decoder(Decoder):
         return out
 
     def verify(self, session, proposal) -> Commit:
-        eos = session.eos_id if session.eos_id is not None else 0
-        width = max(len(p) for p in proposal) + 1
-        tokens = torch.full((len(proposal), width), eos, dtype=torch.long, device=session.device)
-        for b, p in enumerate(proposal):
-            if p:
-                tokens[b, : len(p)] = torch.tensor(p, device=session.device)
-        counts = torch.tensor([len(p) + 1 for p in proposal], device=session.device)
-        return Commit(tokens, counts)
+        return Commit.sequences(proposal, session.eos_id, session.device)
 
     def advance(self, session, commit) -> None:
         session.finished[:] = True  # the whole output came from one edit

@@ -30,6 +30,13 @@ from .pointer import PointerScores
 
 
 class Edit5Head(Head):
+    @property
+    def decoded_by(self) -> tuple[type, ...]:
+        """Only the ``edit5`` decoder reads this head (tags, pointers, then insertions)."""
+        from .decoder import Edit5Decoder
+
+        return (Edit5Decoder,)
+
     def __init__(self, vocab_size: int, d_model: int, source_length: int, slot_id: int, start_id: int, d_pointer: int = 64, init_std: float = 0.02):
         super().__init__()
         self.vocab_size, self.source_length, self.slot_id, self.start_id = vocab_size, source_length, slot_id, start_id

@@ -82,7 +82,7 @@ class EnconterDecoder(Decoder):
         zeros = torch.zeros(session.batch_size, dtype=torch.long, device=session.device)
         if not all(s["done"]):
             return Commit(zeros[:, None], zeros)  # nothing is final until every row has ended
-        return Commit(*canvas.finished(session.eos_id if session.eos_id is not None else 0, session.device))
+        return canvas.finished(session.eos_id, session.device)
 
     def advance(self, session, commit) -> None:
         if all(session.scratch["done"]):

@@ -56,15 +56,8 @@ class FretnaDecoder(Decoder):
         zeros = torch.zeros(session.batch_size, dtype=torch.long, device=session.device)
         if not complete:
             return Commit(zeros[:, None], zeros)  # the stream is not over: nothing is final
-        eos = session.eos_id if session.eos_id is not None else 0
-        finals = [p[-1] for p in s["partials"]]
-        width = max(len(f) for f in finals) + 1
-        tokens = torch.full((session.batch_size, width), eos, dtype=torch.long, device=session.device)
-        for b, f in enumerate(finals):
-            if f:
-                tokens[b, : len(f)] = torch.tensor(f, device=session.device)
         session.metrics.extra.update(source_updates=[len(p) for p in s["partials"]], erasure=list(s["erased"]), partials=s["partials"])
-        return Commit(tokens, torch.tensor([len(f) + 1 for f in finals], device=session.device))
+        return Commit.sequences([p[-1] for p in s["partials"]], session.eos_id, session.device)
 
     def advance(self, session, commit) -> None:
         if all(len(st.source) >= len(src) and p for st, src, p in zip(session.scratch["streams"], session.scratch["sources"], session.scratch["partials"])):

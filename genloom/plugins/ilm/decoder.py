@@ -58,7 +58,7 @@ class IlmDecoder(Decoder):
                 s["stopped"][b] = True
         if not all(s["stopped"]):
             return Commit(proposal[:, None], torch.zeros_like(proposal))  # nothing is final until every row stopped
-        return Commit(*canvas.finished(session.eos_id if session.eos_id is not None else 0, session.device))
+        return canvas.finished(session.eos_id, session.device)
 
     def advance(self, session, commit) -> None:
         if all(session.scratch["stopped"]):

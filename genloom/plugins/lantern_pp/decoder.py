@@ -24,7 +24,7 @@ import torch
 from genloom.core.generation import Commit, Session
 from genloom.toolkit.acceptance import ExactAcceptance, RelaxedAcceptance
 from genloom.toolkit.image_ar import latent_neighbours, token_latents
-from genloom.toolkit.tree import TreeSpeculativeDecoder, target_tree_logits, verify_greedy, verify_static
+from genloom.toolkit.tree import TreeSpeculativeDecoder, verify_greedy, verify_static
 
 
 class StaticTreeDecoder(TreeSpeculativeDecoder):
@@ -59,13 +59,12 @@ class StaticTreeDecoder(TreeSpeculativeDecoder):
 
     def verify(self, session: Session, proposal) -> Commit:
         tokens, _ = proposal
-        logits, keep = target_tree_logits(session, session.model, session.state, tokens, self.shape)
+        logits = self.target_logits(session, tokens)  # processed, each node with its own history
         if self.greedy:
             result = verify_greedy(self.shape, logits, tokens)
         else:
             result = verify_static(self.shape, torch.softmax(logits.double(), -1), tokens, self.rule(session.model), session.generator)
         session.metrics.record_acceptance(result.num_accepted, self.shape.max_depth, ~session.finished)
-        session.scratch["keep"] = keep
         session.scratch["result"] = result
         return Commit(result.tokens(self.shape, tokens), result.num_accepted + 1)
 

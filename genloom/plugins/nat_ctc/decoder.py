@@ -7,7 +7,6 @@ commits it with an end-of-sequence id, so every sequence finishes in the first r
 
 from __future__ import annotations
 
-import torch
 
 from genloom.core.errors import GenerationError
 from genloom.core.generation import Commit, Decoder
@@ -29,14 +28,7 @@ class NatCtcDecoder(Decoder):
         return session.model.head.best_path(logits)
 
     def verify(self, session, proposal) -> Commit:
-        eos = session.eos_id if session.eos_id is not None else 0
-        width = max(len(p) for p in proposal) + 1
-        tokens = torch.full((len(proposal), width), eos, dtype=torch.long, device=session.device)
-        for b, p in enumerate(proposal):
-            if p:
-                tokens[b, : len(p)] = torch.tensor(p, device=session.device)
-        counts = torch.tensor([len(p) + 1 for p in proposal], device=session.device)
-        return Commit(tokens, counts)
+        return Commit.sequences(proposal, session.eos_id, session.device)
 
     def advance(self, session, commit) -> None:
         session.finished[:] = True  # the whole output came from one pass

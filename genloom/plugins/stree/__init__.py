@@ -23,7 +23,7 @@ What this implementation does.
 What it simplifies. Mamba-1 blocks (diagonal A per channel) rather than Mamba-2 or hybrid stacks;
 the transition products are materialised as an (N x N) masked tensor per channel and state index,
 fine for trees of tens of nodes, where the paper fuses them into the scan kernel. The tree shape is
-static (children per depth), and processors are not applied inside the tree.
+static (children per depth).
 """
 
 from __future__ import annotations

@@ -126,3 +126,15 @@ def test_config_checks_name_the_field():
         AparConfig(fork_id=3, child_id=3)
     with pytest.raises(ValueError, match="max_branches"):
         AparConfig(max_branches=0)
+
+
+def test_logits_processors_are_refused_not_ignored():
+    """The branches are decoded greedily from the model's own logits: a processor would be silently
+    ignored, so the decoder refuses it with a clear error."""
+    from genloom.core.errors import GenerationError
+
+    model = _model(0)
+    dec = AparDecoder(AparConfig(fork_id=ord("-"), child_id=CHILD, max_branch_tokens=2, max_branches=2))
+    assert run(model, [PROMPT], dec, max_new_tokens=4).ids  # without processors it decodes
+    with pytest.raises(GenerationError, match="no logits processors"):
+        run(model, [PROMPT], dec, max_new_tokens=4, processors=[lambda logits, history: logits / 2])

@@ -347,3 +347,13 @@ def test_a_trained_run_loads_back_generates_and_evaluates(tmp_path):
     assert _valid(ids, src) and gen.tokenizer.decode(ids).replace("⟦", "").startswith("x")
     table = evaluate_run(gen, {"max_examples": "8"})
     assert "| span |" in table and "valid outputs: 1.0000" in table
+
+
+def test_a_generic_decoder_is_refused_with_a_message_naming_the_asp_decoder():
+    """The head's outputs are action kinds, not tokens: greedy would silently write nonsense."""
+    from genloom.core.generation import GenerationError
+
+    gen = Generator(tiny_model(base=_base(), seed=3))
+    with pytest.raises(GenerationError, match="AspDecoder"):
+        gen.generate(source=[list(b"x = 1")], max_new_tokens=8, decoder="greedy")
+    assert gen.generate(source=[list(b"x = 1")], max_new_tokens=12).ids  # its own decoder still runs

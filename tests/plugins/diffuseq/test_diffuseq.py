@@ -136,7 +136,7 @@ def test_objective_contract_and_bad_configs():
 @pytest.mark.slow
 def test_trains_on_the_reverse_task():
     """Reverse strings of 3-8 letters, 1000 steps of 64 pairs; held-out test split exact match of
-    generate(source=...) with 20 reverse steps (the recipe of benchmarks/seq2seq_diffusion.py)."""
+    generate(source=...) with 20 reverse steps (the recipe of benchmarks/seq2seq_table.py)."""
     base = {
         "data": {"name": "seq2seq", "task": "reverse", "source_length": 8, "target_length": 9, "max_length": 8, "train_size": 20000, "eval_size": 200},
         "tokenizer": {"name": "bytes"}, "head": {"name": "embedding-diffusion", "embed_dim": 16}, "objective": {"name": "diffuseq", "steps": 1000}, "decoder": {"name": "diffuseq", "steps": 20},
