@@ -6,7 +6,9 @@ listed in order of first appearance; any order is a correct set), e.g.::
     genloom train configs/otseq2set.yaml trainer.max_steps=2000 logger=none run_dir=runs/ots
     genloom train configs/otseq2set.yaml objective.name=next-token trainer.max_steps=2000 logger=none run_dir=runs/ots-ar
 
-then ``python benchmarks/otseq2set_sets.py runs/ots runs/ots-ar``. Each run decodes the held-out
+then ``python benchmarks/otseq2set_sets.py runs/ots runs/ots-ar``. The same two trainings with
+``data.task=letter-set-shuffled`` give the paper's setting: each pair's letters in a random order,
+so no order can be learnt from the source and only the set is well defined. Each run decodes the held-out
 test sources greedily as one batch; printed per run: *set exact match* (the output, read as a set,
 equals the target's set and repeats no letter), *order exact match* (the output equals the target
 string, the one order next-token training is taught), and the mean output length against the

@@ -129,7 +129,7 @@ def test_source_needs_a_conditioned_model():
 
 
 # -- embedded data --------------------------------------------------------------------------------
-@pytest.mark.parametrize("task", ["reverse", "sort", "letter-set", "addition", "words-to-digits", "digits-to-words"])
+@pytest.mark.parametrize("task", ["reverse", "sort", "letter-set", "letter-set-shuffled", "addition", "words-to-digits", "digits-to-words"])
 def test_synthetic_tasks_are_exact_deterministic_and_split_by_source(task):
     from genloom.plugins.baseline.seq2seq import synthetic_splits
 
@@ -144,9 +144,14 @@ def test_synthetic_tasks_are_exact_deterministic_and_split_by_source(task):
             assert t == s[::-1]
         elif task == "sort":
             assert t == "".join(sorted(s))
+        elif task.startswith("letter-set"):
+            assert sorted(t) == sorted(set(s))
         elif task == "addition":
             x, y = s.split("+")
             assert int(t) == int(x) + int(y)
+    if task.startswith("letter-set"):  # first-appearance order always, or (shuffled) mostly not
+        in_order = [t == "".join(dict.fromkeys(s)) for s, t in a["train"][:50]]
+        assert all(in_order) if task == "letter-set" else sum(in_order) < 10
     loaded = b.data.load("train", b.model.tokenizer, b.ctx)
     assert len(loaded) == len(a["train"]) and loaded[0]["ids"].shape == (80,)
 

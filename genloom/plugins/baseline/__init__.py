@@ -347,7 +347,7 @@ class TextFilesConfig(TextDataConfig):
         ctx.set("seq_len", self.seq_len)
 
 
-SEQ2SEQ_TASKS = ("reverse", "sort", "letter-set", "addition", "words-to-digits", "digits-to-words", "docstring-signature")
+SEQ2SEQ_TASKS = ("reverse", "sort", "letter-set", "letter-set-shuffled", "addition", "words-to-digits", "digits-to-words", "docstring-signature")
 
 
 @dataclass
@@ -355,8 +355,9 @@ class Seq2SeqConfig:
     """(source, target) pairs: synthetic tasks with exact answers, or docstring -> signature mined
     from the standard library; the model conditions on the source (docs/plugin-guide.md)."""
 
-    task: Literal["reverse", "sort", "letter-set", "addition", "words-to-digits", "digits-to-words", "docstring-signature"] = "reverse"
-    """reverse / sort a string of letters; its set of distinct letters (letter-set); a+b -> the sum; number words <-> digits; a standard-library
+    task: Literal["reverse", "sort", "letter-set", "letter-set-shuffled", "addition", "words-to-digits", "digits-to-words", "docstring-signature"] = "reverse"
+    """reverse / sort a string of letters; its set of distinct letters (letter-set: in order of first appearance; letter-set-shuffled: in
+    a random order drawn per pair, so no order can be read from the source); a+b -> the sum; number words <-> digits; a standard-library
     function's docstring summary -> its signature (split by source file)."""
     source_length: PositiveInt = 24
     """Tokens of the source block (shorter sources are left-padded); published as ``ctx.source_length``."""

@@ -49,9 +49,12 @@ def synthetic_pair(task: str, rng: random.Random, cfg) -> tuple[str, str]:
     if task == "sort":
         s = _letters(rng, cfg)
         return s, "".join(sorted(s))
-    if task == "letter-set":
+    if task in ("letter-set", "letter-set-shuffled"):
         s = _letters(rng, cfg)
-        return s, "".join(dict.fromkeys(s))  # the distinct letters, in order of first appearance (a set)
+        distinct = list(dict.fromkeys(s))  # the distinct letters, in order of first appearance (a set)
+        if task == "letter-set-shuffled":  # the same set in an order unrelated to the source
+            rng.shuffle(distinct)
+        return s, "".join(distinct)
     top = 10**cfg.max_digits
     if task == "addition":
         a, b = rng.randrange(top), rng.randrange(top)
