@@ -92,6 +92,9 @@ def evaluate_run(gen, options: dict, run_path=None) -> str:
     if out is not None and Path(out).exists() and overwrite != "true":
         raise ConfigError(f"'{out}' already exists; pass overwrite=true to replace it, or choose another out=", path="out")
     metrics = evaluate_split(gen, split, max_batches)
+    summarise = getattr(gen.model.objective, "summarise", None)
+    if summarise is not None:  # figures the objective derives from the split's sums (e.g. a ratio of two totals)
+        metrics = summarise(metrics)
     rows = [f"| {k} | {v:.6g} |" for k, v in metrics.items()]
     what = f"split '{split}'" + (f", first {max_batches} batches" if max_batches else "")
     table = "\n".join([f"{run_path or 'run'}: {what}", "", "| metric | value |", "| --- | --- |", *rows])

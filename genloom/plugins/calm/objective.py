@@ -14,8 +14,6 @@ BrierLM (:meth:`CalmObjective.evaluate_run`).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import torch
 
@@ -23,9 +21,6 @@ from genloom.core.errors import ConfigError
 from genloom.core.model import Objective
 from genloom.core.pattern import CAUSAL
 from genloom.toolkit.brier import brier_lm, brier_ngram_estimates
-
-EVALUATE_OPTIONS = ("split", "max_batches", "out", "overwrite")
-
 
 def chunk_validity(batch: dict, n_chunks: int, K: int) -> torch.Tensor:
     """(B, n) True where every token of the chunk is real (token t is real when t = 0 or mask[t-1])."""
@@ -76,42 +71,9 @@ class CalmObjective(Objective):
         out["_brier_count"] = torch.tensor(float(estimates.shape[0]), dtype=torch.float64)
         return out
 
-    def evaluate_run(self, gen, options: dict) -> str:
-        """``genloom evaluate RUN``: the energy loss and Brier-1..K with BrierLM over a held-out split.
-
-        Options as for every run (``split``, ``max_batches``, ``out``, ``overwrite``); the figures
-        come from the core's split evaluation (validation seed, the whole split in order).
-        """
-        from genloom.core.evaluation import evaluate_split
-
-        unknown = [k for k in options if k not in EVALUATE_OPTIONS]
-        if unknown:
-            raise ConfigError(f"unknown evaluate option(s) {', '.join(unknown)} (allowed: {', '.join(EVALUATE_OPTIONS)})")
-        split = str(options.get("split", "test"))
-        max_batches = options.get("max_batches")
-        if max_batches is not None:
-            try:
-                max_batches = int(max_batches)
-            except ValueError:
-                raise ConfigError(f"max_batches must be an integer >= 1, got {max_batches!r}", path="max_batches") from None
-            if max_batches < 1:
-                raise ConfigError(f"max_batches must be an integer >= 1, got {max_batches}", path="max_batches")
-        overwrite = str(options.get("overwrite", "false")).lower()
-        if overwrite not in ("true", "false"):
-            raise ConfigError(f"overwrite must be true or false, got {overwrite!r}", path="overwrite")
-        out = options.get("out")
-        if out is not None and Path(out).exists() and overwrite != "true":
-            raise ConfigError(f"'{out}' already exists; pass overwrite=true to replace it, or choose another out=", path="out")
-        metrics = summarise(evaluate_split(gen, split, max_batches))
-        rows = [f"| {k} | {v:.6g} |" for k, v in metrics.items()]
-        what = f"split '{split}'" + (f", first {max_batches} batches" if max_batches else "")
-        table = "\n".join([f"{gen.run_dir or 'run'}: {what}", "", "| metric | value |", "| --- | --- |", *rows])
-        if out is not None:
-            from genloom.core import runio
-
-            runio.write_text(Path(out), json.dumps({"split": split, "max_batches": max_batches, "metrics": metrics}, indent=2))
-            table += f"\n\nwrote {out}"
-        return table
+    def summarise(self, metrics: dict[str, float]) -> dict[str, float]:
+        """``genloom evaluate RUN``: mean Brier-1..K and BrierLM from the split's sums (:func:`summarise`)."""
+        return summarise(metrics)
 
 
 def summarise(metrics: dict[str, float]) -> dict[str, float]:

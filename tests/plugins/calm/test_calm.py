@@ -268,3 +268,25 @@ def test_config_errors_name_the_field():
         tiny_model(base={**MODEL, "head": {"name": "calm-energy", "model_samples": 1}})
     with pytest.raises(ConfigError, match="calm-chunks"):
         tiny_model(base={**MODEL, "tokenizer": {"name": "bytes"}})
+
+
+def test_evaluate_a_run_reports_brier_lm_from_the_split_sums(tmp_path, capsys):
+    """``genloom evaluate RUN`` on a calm run: the core's split evaluation plus the objective's
+    ``summarise`` (mean Brier-n = total / count, BrierLM), with the core's options and out= file."""
+    import json as json_mod
+    from pathlib import Path
+
+    from genloom.core import cli
+
+    config = Path(__file__).resolve().parents[3] / "configs" / "calm.yaml"
+    run = tmp_path / "run"
+    overrides = ["tokenizer.base.name=bytes", "tokenizer.fit_steps=20", "tokenizer.latent_dim=8", "tokenizer.hidden=16", "head.target_samples=8",
+                 "backbone.d_model=16", "data.max_train_bytes=20000", "data.max_eval_bytes=4000", "trainer.max_steps=2", "trainer.val_every_steps=2",
+                 "logger=none", f"run_dir={run}"]
+    assert cli.main(["train", str(config), *overrides, "--no-sample"]) == 0
+    out = tmp_path / "eval.json"
+    assert cli.main(["evaluate", str(run), "max_batches=2", f"out={out}"]) == 0
+    metrics = json_mod.loads(out.read_text())["metrics"]
+    assert metrics["brier_1"] == pytest.approx(metrics["total_brier_1"] / metrics["total_brier_count"])
+    assert "brier_lm" in metrics and "| brier_lm |" in capsys.readouterr().out
+    assert cli.main(["evaluate", str(run), "max_batches=2", f"out={out}"]) == 2  # an existing file is kept
